@@ -1,0 +1,49 @@
+//! `rapd`: the rapbox gateway daemon. See `rapbox::daemon` and `docs/operations.md`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// rapbox gateway daemon: instrument reports in, durable queue, FIPS mutual-TLS uplink out.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = rapbox::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Validate the configuration and exit (0 when valid, 2 otherwise).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                rapbox::exit::CONFIG
+            } else {
+                0
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    if args.check_config {
+        match rapbox::config::Config::load(&args.config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} instruments)",
+                    c.path.display(),
+                    c.instruments.len()
+                );
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("rapd: {e}");
+                std::process::exit(rapbox::exit::CONFIG);
+            }
+        }
+    }
+    std::process::exit(rapbox::daemon::run(&args.config));
+}

@@ -1,0 +1,172 @@
+//! The local control interface: one Unix socket answering `rapctl`, the web pages and
+//! the tests alike. Each connection sends one JSON request line and reads one JSON
+//! response line. Nobody needs to scrape log lines to learn the box's state.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fips::FipsState;
+use crate::ingest::PortStatus;
+use crate::queue::QueueStats;
+use crate::uplink::UplinkStatus;
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The whole status.
+    Status,
+}
+
+/// The whole status of the box.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_s: u64,
+    pub fips: serde_json::Value,
+    pub queue: serde_json::Value,
+    pub uplink: serde_json::Value,
+    pub ports: serde_json::Value,
+}
+
+/// A response line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// What the daemon exposes to the control interface.
+pub trait Source: Send + Sync {
+    fn fips(&self) -> FipsState;
+    fn queue(&self) -> QueueStats;
+    fn uplink(&self) -> UplinkStatus;
+    fn ports(&self) -> Vec<PortStatus>;
+    fn uptime(&self) -> Duration;
+}
+
+/// Why the control socket could not be served or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: bad response: {message}")]
+    Protocol { path: PathBuf, message: String },
+}
+
+/// Binds the socket (replacing a stale one) with mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let l = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    l.set_nonblocking(true).map_err(io)?;
+    Ok(l)
+}
+
+/// Serves requests until `stop` is set.
+pub fn serve(listener: UnixListener, src: Arc<dyn Source>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let src = src.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        if let Err(e) = handle(s, &*src) {
+                            log::debug!("control: {e}");
+                        }
+                    });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => {
+                log::warn!("control: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(&s, 64 * 1024)).read_line(&mut line)?;
+    let resp = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Request::Status) => Response {
+            ok: true,
+            error: None,
+            status: Some(status(src)),
+        },
+        Err(e) => Response {
+            ok: false,
+            error: Some(format!("bad request: {e}")),
+            status: None,
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    (&s).write_all(&out)
+}
+
+fn status(src: &dyn Source) -> Status {
+    let v = |x: serde_json::Result<serde_json::Value>| x.unwrap_or(serde_json::Value::Null);
+    Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: src.uptime().as_secs(),
+        fips: v(serde_json::to_value(src.fips())),
+        queue: v(serde_json::to_value(src.queue())),
+        uplink: v(serde_json::to_value(src.uplink())),
+        ports: v(serde_json::to_value(src.ports())),
+    }
+}
+
+/// Sends one request and returns the response (used by rapctl and tests).
+pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.into(),
+        source,
+    };
+    let s = UnixStream::connect(path).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Protocol {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    line.push(b'\n');
+    (&s).write_all(&line).map_err(io)?;
+    let mut resp = String::new();
+    BufReader::new(&s).read_line(&mut resp).map_err(io)?;
+    serde_json::from_str(&resp).map_err(|e| ControlError::Protocol {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}

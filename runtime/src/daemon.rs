@@ -1,0 +1,274 @@
+//! rapd's life: validate configuration, pass the FIPS gate, open the queue, start the
+//! ports, the uplink and the control socket, tell systemd it is ready, and stop
+//! cleanly on SIGTERM — every acknowledged message is already on disk by then.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::config::Config;
+use crate::control::{self, Source};
+use crate::fips::{self, FipsState};
+use crate::ingest::{self, Port, PortStatus};
+use crate::queue::{Queue, QueueStats};
+use crate::uplink::{self, SharedStatus, UplinkStatus};
+use crate::{exit, logging};
+
+struct Daemon {
+    fips: FipsState,
+    queue: Queue,
+    uplink: SharedStatus,
+    ports: Mutex<Vec<Port>>,
+    started: Instant,
+}
+
+impl Source for Daemon {
+    fn fips(&self) -> FipsState {
+        self.fips.clone()
+    }
+    fn queue(&self) -> QueueStats {
+        self.queue.stats()
+    }
+    fn uplink(&self) -> UplinkStatus {
+        self.uplink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn ports(&self) -> Vec<PortStatus> {
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(Port::status)
+            .collect()
+    }
+    fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Runs rapd with the configuration at `config_path`; returns the process exit code.
+pub fn run(config_path: &Path) -> i32 {
+    logging::init_early();
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rapd: {e}");
+            return exit::CONFIG;
+        }
+    };
+    logging::init(&cfg.log);
+
+    // The gate comes before any socket is opened.
+    let fips_state = match fips::activate(&cfg.fips.openssl_conf)
+        .map_err(|e| {
+            let st = FipsState {
+                passed: false,
+                providers: vec![],
+                openssl_conf: cfg.fips.openssl_conf.clone(),
+                openssl_version: String::new(),
+                detail: e.to_string(),
+            };
+            (e, st)
+        })
+        .and_then(|()| fips::check(&cfg.fips.openssl_conf))
+    {
+        Ok(st) => st,
+        Err((e, _)) => {
+            log::error!("FIPS gate refused, no network I/O: {e}");
+            eprintln!("rapd: FIPS gate refused, no network I/O: {e}");
+            return exit::FIPS;
+        }
+    };
+    log::info!(
+        "FIPS gate passed: providers {:?}, {}",
+        fips_state.providers,
+        fips_state.openssl_version
+    );
+
+    // Signals are handled by one thread with sigwait; block them before any thread starts.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    if let Err(e) = sigs.thread_block() {
+        eprintln!("rapd: cannot block signals: {e}");
+        return exit::FAILURE;
+    }
+
+    let (queue, writer) = match Queue::open(
+        &cfg.queue.path,
+        cfg.queue.quota_bytes,
+        cfg.queue.dedup_retention,
+    ) {
+        Ok(q) => q,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::QUEUE;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let control_listener = match control::bind(&cfg.control.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::LISTEN;
+        }
+    };
+
+    let mut ports = Vec::new();
+    for inst in &cfg.instruments {
+        match ingest::start(
+            inst.clone(),
+            cfg.ingest.clone(),
+            queue.clone(),
+            stop.clone(),
+        ) {
+            Ok(p) => {
+                log::info!(
+                    "instrument {} ({}): listening on {}",
+                    inst.serial,
+                    inst.model,
+                    inst.listen
+                );
+                ports.push(p);
+            }
+            Err(e) => {
+                log::error!("{e}");
+                eprintln!("rapd: {e}");
+                stop.store(true, Ordering::SeqCst);
+                for p in ports {
+                    p.join();
+                }
+                return exit::LISTEN;
+            }
+        }
+    }
+
+    let uplink_status: SharedStatus = Arc::new(Mutex::new(UplinkStatus::default()));
+    let daemon = Arc::new(Daemon {
+        fips: fips_state,
+        queue: queue.clone(),
+        uplink: uplink_status.clone(),
+        ports: Mutex::new(ports),
+        started: Instant::now(),
+    });
+
+    let up = {
+        let (cfg, q, st, stop) = (
+            cfg.uplink.clone(),
+            queue.clone(),
+            uplink_status,
+            stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || uplink::run(cfg, q, st, stop))
+    };
+    let ctl = {
+        let (src, stop) = (daemon.clone() as Arc<dyn Source>, stop.clone());
+        std::thread::Builder::new()
+            .name("control-accept".into())
+            .spawn(move || control::serve(control_listener, src, stop))
+    };
+    let (up, ctl) = match (up, ctl) {
+        (Ok(u), Ok(c)) => (u, c),
+        _ => {
+            eprintln!("rapd: cannot start threads");
+            return exit::FAILURE;
+        }
+    };
+    let wd = start_watchdog(queue.clone(), stop.clone());
+    notify("READY=1\nSTATUS=ingesting and forwarding");
+    log::info!(
+        "rapd ready: {} instrument ports, queue {}",
+        cfg.instruments.len(),
+        cfg.queue.path.display()
+    );
+
+    // Wait for SIGTERM/SIGINT (SIGHUP is logged: configuration reload is a restart).
+    loop {
+        match sigs.wait() {
+            Ok(Signal::SIGHUP) => {
+                log::info!("SIGHUP ignored: restart rapd to apply a new configuration")
+            }
+            Ok(s) => {
+                log::info!("{s} received: stopping");
+                break;
+            }
+            Err(e) => {
+                log::error!("sigwait failed: {e}");
+                break;
+            }
+        }
+    }
+    notify("STOPPING=1");
+    stop.store(true, Ordering::SeqCst);
+    queue.wake();
+    let ports = std::mem::take(&mut *daemon.ports.lock().unwrap_or_else(|p| p.into_inner()));
+    for p in ports {
+        p.join();
+    }
+    let _ = up.join();
+    let _ = ctl.join();
+    if let Some(w) = wd {
+        let _ = w.join();
+    }
+    queue.shutdown();
+    drop(daemon);
+    drop(queue);
+    writer.join();
+    let _ = std::fs::remove_file(&cfg.control.socket);
+    log::info!("rapd stopped");
+    exit::OK
+}
+
+/// Sends a state line to systemd when run as a notify service.
+fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let res = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = res {
+        log::warn!("sd_notify: {e}");
+    }
+}
+
+/// Pings systemd's watchdog while the queue writer is alive.
+fn start_watchdog(queue: Queue, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let interval = Duration::from_micros(usec / 2);
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                let age = now.saturating_sub(queue.heartbeat_ms());
+                if age < usec / 1000 {
+                    notify("WATCHDOG=1");
+                } else {
+                    log::error!("queue writer has not made progress for {age} ms; withholding watchdog ping");
+                }
+                uplink::sleep_unless_stopped(&stop, interval);
+            }
+        })
+        .ok()
+}

@@ -1,0 +1,201 @@
+//! The FIPS gate: rapd does no network I/O unless OpenSSL runs with the FIPS provider
+//! as its only source of algorithms.
+//!
+//! [`activate`] points OpenSSL at the configured FIPS configuration before any other
+//! OpenSSL call, then [`check`] proves the resulting state: the fips provider is loaded
+//! and passes its self-test, `fips=yes` is the default property, no provider but
+//! `fips` and `base` is active, MD5 and ChaCha20-Poly1305 are refused, SHA-256 and
+//! AES-256-GCM give the known answers. There is no switch to skip it.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+
+use openssl::hash::{hash, MessageDigest};
+use openssl::symm::{encrypt_aead, Cipher};
+use serde::Serialize;
+
+#[allow(non_camel_case_types)]
+type OSSL_PROVIDER = c_void;
+
+extern "C" {
+    fn OSSL_PROVIDER_available(ctx: *mut c_void, name: *const c_char) -> c_int;
+    fn OSSL_PROVIDER_do_all(
+        ctx: *mut c_void,
+        cb: extern "C" fn(provider: *mut OSSL_PROVIDER, cbdata: *mut c_void) -> c_int,
+        cbdata: *mut c_void,
+    ) -> c_int;
+    fn OSSL_PROVIDER_get0_name(prov: *const OSSL_PROVIDER) -> *const c_char;
+    fn OSSL_PROVIDER_self_test(prov: *const OSSL_PROVIDER) -> c_int;
+    fn EVP_default_properties_is_fips_enabled(ctx: *mut c_void) -> c_int;
+}
+
+/// Why the gate refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FipsError {
+    #[error("FIPS configuration {0} is missing or unreadable")]
+    ConfigMissing(PathBuf),
+    #[error("the OpenSSL FIPS provider is not loaded (module missing, tampered or its configuration invalid)")]
+    NotLoaded,
+    #[error("the FIPS provider's self-test failed")]
+    SelfTest,
+    #[error("fips=yes is not the default property query")]
+    NotDefault,
+    #[error("providers other than fips and base are active: {0}")]
+    ExtraProviders(String),
+    #[error("non-approved algorithm {0} was NOT refused")]
+    NotRefused(&'static str),
+    #[error("approved algorithm {0} failed its known-answer check")]
+    ApprovedFailed(&'static str),
+}
+
+/// What the gate found; reported by `rapctl status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FipsState {
+    pub passed: bool,
+    pub providers: Vec<String>,
+    pub openssl_conf: PathBuf,
+    pub openssl_version: String,
+    pub detail: String,
+}
+
+/// Makes OpenSSL load `conf` as its configuration. Must run before any other OpenSSL
+/// use in the process, while it is still single-threaded.
+pub fn activate(conf: &Path) -> Result<(), FipsError> {
+    if std::fs::metadata(conf)
+        .map(|m| !m.is_file())
+        .unwrap_or(true)
+    {
+        return Err(FipsError::ConfigMissing(conf.into()));
+    }
+    // OpenSSL reads OPENSSL_CONF when it initialises; child processes (openvpn) inherit it.
+    std::env::set_var("OPENSSL_CONF", conf);
+    openssl::init();
+    Ok(())
+}
+
+struct Seen {
+    names: Vec<String>,
+    fips: *const OSSL_PROVIDER,
+}
+
+extern "C" fn collect(provider: *mut OSSL_PROVIDER, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the `&mut Seen` passed to OSSL_PROVIDER_do_all below, and the
+    // provider pointer is valid for the duration of the callback.
+    unsafe {
+        let seen = &mut *(data as *mut Seen);
+        let name = OSSL_PROVIDER_get0_name(provider);
+        let name = if name.is_null() {
+            String::from("?")
+        } else {
+            CStr::from_ptr(name).to_string_lossy().into_owned()
+        };
+        if name == "fips" {
+            seen.fips = provider;
+        }
+        seen.names.push(name);
+    }
+    1
+}
+
+/// Proves the FIPS state of this process. Call after [`activate`].
+pub fn check(conf: &Path) -> Result<FipsState, (FipsError, FipsState)> {
+    let mut state = FipsState {
+        passed: false,
+        providers: Vec::new(),
+        openssl_conf: conf.into(),
+        openssl_version: openssl::version::version().to_owned(),
+        detail: String::new(),
+    };
+    let fail = |e: FipsError, mut st: FipsState| {
+        st.detail = e.to_string();
+        Err((e, st))
+    };
+    let fips_name = CString::new("fips").unwrap_or_default();
+    let mut seen = Seen {
+        names: Vec::new(),
+        fips: std::ptr::null(),
+    };
+    // SAFETY: plain libcrypto calls on the default library context; `seen` outlives the call.
+    let (available, is_default) = unsafe {
+        let available = OSSL_PROVIDER_available(std::ptr::null_mut(), fips_name.as_ptr()) == 1;
+        OSSL_PROVIDER_do_all(
+            std::ptr::null_mut(),
+            collect,
+            &mut seen as *mut Seen as *mut c_void,
+        );
+        (
+            available,
+            EVP_default_properties_is_fips_enabled(std::ptr::null_mut()) == 1,
+        )
+    };
+    state.providers = seen.names.clone();
+    if !available || seen.fips.is_null() {
+        return fail(FipsError::NotLoaded, state);
+    }
+    // SAFETY: `seen.fips` was handed to us by OSSL_PROVIDER_do_all and providers stay loaded.
+    if unsafe { OSSL_PROVIDER_self_test(seen.fips) } != 1 {
+        return fail(FipsError::SelfTest, state);
+    }
+    if !is_default {
+        return fail(FipsError::NotDefault, state);
+    }
+    let extra: Vec<&str> = seen
+        .names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != "fips" && *n != "base")
+        .collect();
+    if !extra.is_empty() {
+        return fail(FipsError::ExtraProviders(extra.join(", ")), state);
+    }
+    if hash(MessageDigest::md5(), b"abc").is_ok() {
+        return fail(FipsError::NotRefused("MD5"), state);
+    }
+    let key = [7u8; 32];
+    let iv = [9u8; 12];
+    let mut tag = [0u8; 16];
+    if encrypt_aead(
+        Cipher::chacha20_poly1305(),
+        &key,
+        Some(&iv),
+        b"",
+        b"x",
+        &mut tag,
+    )
+    .is_ok()
+    {
+        return fail(FipsError::NotRefused("ChaCha20-Poly1305"), state);
+    }
+    const SHA256_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    match hash(MessageDigest::sha256(), b"abc") {
+        Ok(d) if hex(&d) == SHA256_ABC => {}
+        _ => return fail(FipsError::ApprovedFailed("SHA-256"), state),
+    }
+    // AES-256-GCM: encrypt then decrypt must round-trip.
+    let mut tag = [0u8; 16];
+    let ok = encrypt_aead(
+        Cipher::aes_256_gcm(),
+        &key,
+        Some(&iv),
+        b"aad",
+        b"approved",
+        &mut tag,
+    )
+    .and_then(|ct| {
+        openssl::symm::decrypt_aead(Cipher::aes_256_gcm(), &key, Some(&iv), b"aad", &ct, &tag)
+    })
+    .map(|pt| pt == b"approved")
+    .unwrap_or(false);
+    if !ok {
+        return fail(FipsError::ApprovedFailed("AES-256-GCM"), state);
+    }
+    state.passed = true;
+    state.detail =
+        "fips provider loaded and self-tested; fips=yes default; MD5 and ChaCha20-Poly1305 refused"
+            .into();
+    Ok(state)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

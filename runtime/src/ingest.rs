@@ -1,0 +1,471 @@
+//! Ingest: one listener per instrument port, two threads per agent connection.
+//!
+//! The reader thread decodes frames under two deadlines (a frame, once started, must
+//! arrive whole within `frame_timeout`; a silent connection is closed after
+//! `idle_timeout`), checks that the message belongs to the instrument cabled to this
+//! port, and hands it to the queue. The writer thread sends the queue's answers back,
+//! coalescing replies into one write. A connection over the per-port limit is told so
+//! and closed. Nothing a connection does can block another: each has its own threads,
+//! and the only shared resource, the queue's channel, is drained by group commits.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rapwire::agent::{self, ErrorCode, Frame, ReadError, Reply};
+use serde::Serialize;
+
+use crate::config::{IngestConfig, InstrumentConfig};
+use crate::queue::{Incoming, Queue};
+
+const THREAD_STACK: usize = 128 * 1024;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-instrument figures for the status interface.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    pub connections: AtomicUsize,
+    pub accepted_total: AtomicU64,
+    pub refused_connections: AtomicU64,
+    pub received: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_report_ms: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A snapshot of [`PortStats`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PortStatus {
+    pub serial: String,
+    pub model: String,
+    pub listen: SocketAddr,
+    pub connections: usize,
+    pub received: u64,
+    pub errors: u64,
+    pub refused_connections: u64,
+    pub last_report_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// A running listener.
+pub struct Port {
+    pub instrument: InstrumentConfig,
+    pub stats: Arc<PortStats>,
+    handle: Option<JoinHandle<()>>,
+    local: SocketAddr,
+}
+
+impl Port {
+    /// The status snapshot.
+    pub fn status(&self) -> PortStatus {
+        let s = &self.stats;
+        let last = s.last_report_ms.load(Ordering::Relaxed);
+        PortStatus {
+            serial: self.instrument.serial.clone(),
+            model: self.instrument.model.clone(),
+            listen: self.local,
+            connections: s.connections.load(Ordering::Relaxed),
+            received: s.received.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            refused_connections: s.refused_connections.load(Ordering::Relaxed),
+            last_report_ms: (last != 0).then_some(last),
+            last_error: s
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Waits for the accept loop to end (after the stop flag is set).
+    pub fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Why a listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("instrument {serial}: cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    pub serial: String,
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+/// Starts the listener for one instrument port.
+pub fn start(
+    inst: InstrumentConfig,
+    cfg: IngestConfig,
+    queue: Queue,
+    stop: Arc<AtomicBool>,
+) -> Result<Port, ListenError> {
+    let listener = TcpListener::bind(inst.listen).map_err(|source| ListenError {
+        serial: inst.serial.clone(),
+        addr: inst.listen,
+        source,
+    })?;
+    let local = listener.local_addr().unwrap_or(inst.listen);
+    // Accept with a timeout so that the loop notices the stop flag.
+    listener
+        .set_nonblocking(false)
+        .map_err(|source| ListenError {
+            serial: inst.serial.clone(),
+            addr: inst.listen,
+            source,
+        })?;
+    let stats = Arc::new(PortStats::default());
+    let ctx = Arc::new(PortCtx {
+        serial: Arc::from(inst.serial.as_str()),
+        cfg,
+        queue,
+        stats: stats.clone(),
+        stop,
+    });
+    let handle = std::thread::Builder::new()
+        .name(format!("port-{}", inst.serial))
+        .spawn(move || accept_loop(listener, ctx))
+        .map_err(|source| ListenError {
+            serial: inst.serial.clone(),
+            addr: inst.listen,
+            source,
+        })?;
+    Ok(Port {
+        instrument: inst,
+        stats,
+        handle: Some(handle),
+        local,
+    })
+}
+
+struct PortCtx {
+    serial: Arc<str>,
+    cfg: IngestConfig,
+    queue: Queue,
+    stats: Arc<PortStats>,
+    stop: Arc<AtomicBool>,
+}
+
+fn accept_loop(listener: TcpListener, ctx: Arc<PortCtx>) {
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    while !ctx.stop.load(Ordering::SeqCst) {
+        // poll() with a timeout, so that shutdown is noticed within 200 ms.
+        let mut pfd = [nix::poll::PollFd::new(
+            // SAFETY: the listener outlives this borrow.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(200u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("instrument {}: poll on listener failed: {e}", ctx.serial);
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("instrument {}: accept failed: {e}", ctx.serial);
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let active = ctx.stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        if active > ctx.cfg.max_connections_per_port {
+            ctx.stats.connections.fetch_sub(1, Ordering::SeqCst);
+            ctx.stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            refuse(stream, ctx.cfg.max_connections_per_port);
+            continue;
+        }
+        ctx.stats.accepted_total.fetch_add(1, Ordering::Relaxed);
+        let c = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{}", ctx.serial))
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                serve(stream, peer, &c);
+                c.stats.connections.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::error!(
+                "instrument {}: cannot start a connection thread: {e}",
+                ctx.serial
+            );
+            ctx.stats.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn refuse(mut stream: TcpStream, max: usize) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = agent::write_reply(
+        &mut stream,
+        &Reply::Error {
+            msg_id: 0,
+            code: ErrorCode::TooManyConnections,
+            reason: format!("this port allows {max} connections"),
+        },
+    );
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// A reader that enforces an absolute deadline across many reads.
+struct DeadlineReader {
+    stream: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let wstream = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!(
+                "instrument {}: {peer}: cannot clone socket: {e}",
+                ctx.serial
+            );
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Reply>();
+    let serial = ctx.serial.clone();
+    let writer = std::thread::Builder::new()
+        .name(format!("ack-{serial}"))
+        .stack_size(THREAD_STACK)
+        .spawn(move || write_loop(wstream, rx, &serial));
+    let writer = match writer {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("instrument {}: cannot start an ack thread: {e}", ctx.serial);
+            return;
+        }
+    };
+    log::info!("instrument {}: agent connected from {peer}", ctx.serial);
+    let mut rd = BufReader::with_capacity(
+        64 * 1024,
+        DeadlineReader {
+            stream,
+            deadline: None,
+        },
+    );
+    let mut body = Vec::with_capacity(4096);
+    let reason = loop {
+        if ctx.stop.load(Ordering::SeqCst) {
+            let _ = tx.send(Reply::Error {
+                msg_id: 0,
+                code: ErrorCode::ShuttingDown,
+                reason: "the box is shutting down".into(),
+            });
+            break "shutdown".to_string();
+        }
+        // Between frames: the idle deadline, checked in slices so that shutdown is noticed.
+        let idle_until = Instant::now() + ctx.cfg.idle_timeout;
+        let got_first = loop {
+            if rd.buffer().is_empty() {
+                rd.get_mut().deadline =
+                    Some((Instant::now() + Duration::from_millis(500)).min(idle_until));
+                match rd.fill_buf() {
+                    Ok([]) => break Ok(false),
+                    Ok(_) => break Ok(true),
+                    Err(e) if is_timeout(&e) => {
+                        if ctx.stop.load(Ordering::SeqCst) || Instant::now() >= idle_until {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            } else {
+                break Ok(true);
+            }
+        };
+        match got_first {
+            Ok(true) => {}
+            Ok(false) => break "closed by the agent".to_string(),
+            Err(e) if is_timeout(&e) && ctx.stop.load(Ordering::SeqCst) => continue,
+            Err(e) if is_timeout(&e) => {
+                break format!("idle for {} s", ctx.cfg.idle_timeout.as_secs())
+            }
+            Err(e) => break format!("read error: {e}"),
+        }
+        rd.get_mut().deadline = Some(Instant::now() + ctx.cfg.frame_timeout);
+        match agent::read_body(&mut rd, &mut body) {
+            Ok(()) => {}
+            Err(ReadError::Closed) => break "closed by the agent".to_string(),
+            Err(ReadError::TooLarge(n)) => {
+                let reason = format!(
+                    "declared frame length {n} exceeds the limit of {} bytes",
+                    agent::MAX_BODY
+                );
+                note_error(ctx, &reason);
+                let _ = tx.send(Reply::Error {
+                    msg_id: 0,
+                    code: ErrorCode::TooLarge,
+                    reason: reason.clone(),
+                });
+                break reason;
+            }
+            Err(ReadError::Io(e)) if is_timeout(&e) => {
+                let reason = format!(
+                    "frame not complete within {} ms",
+                    ctx.cfg.frame_timeout.as_millis()
+                );
+                note_error(ctx, &reason);
+                let _ = tx.send(Reply::Error {
+                    msg_id: 0,
+                    code: ErrorCode::Timeout,
+                    reason: reason.clone(),
+                });
+                break reason;
+            }
+            Err(ReadError::Io(e)) => break format!("read error: {e}"),
+        }
+        let msg_id = agent::peek_msg_id(&body);
+        let report = match agent::decode(&body) {
+            Ok(Frame::Report(r)) => r,
+            Ok(Frame::Reply(_)) => {
+                let reason = "an agent may only send REPORT frames".to_string();
+                note_error(ctx, &reason);
+                let _ = tx.send(Reply::Error {
+                    msg_id,
+                    code: ErrorCode::UnknownFrameType,
+                    reason,
+                });
+                continue;
+            }
+            Err(e) => {
+                let code = e.code();
+                let reason = e.to_string();
+                note_error(ctx, &reason);
+                let _ = tx.send(Reply::Error {
+                    msg_id,
+                    code,
+                    reason: reason.clone(),
+                });
+                if code.closes_connection() {
+                    break reason;
+                }
+                continue;
+            }
+        };
+        if *report.serial != *ctx.serial {
+            let reason = format!(
+                "this port belongs to instrument {}, not {}",
+                ctx.serial, report.serial
+            );
+            note_error(ctx, &reason);
+            let _ = tx.send(Reply::Error {
+                msg_id,
+                code: ErrorCode::WrongInstrument,
+                reason,
+            });
+            continue;
+        }
+        ctx.stats.received.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.last_report_ms.store(now_ms(), Ordering::Relaxed);
+        let incoming = Incoming {
+            instrument: ctx.serial.clone(),
+            msg_id: report.msg_id,
+            timestamp_ms: report.timestamp_ms,
+            kind: report.kind,
+            priority: report.priority,
+            payload: report.payload,
+        };
+        if ctx.queue.submit(incoming, tx.clone()).is_err() {
+            let _ = tx.send(Reply::Error {
+                msg_id,
+                code: ErrorCode::ShuttingDown,
+                reason: "the box is shutting down".into(),
+            });
+            break "queue stopped".to_string();
+        }
+    };
+    log::info!(
+        "instrument {}: connection from {peer} ended: {reason}",
+        ctx.serial
+    );
+    drop(tx);
+    // The writer ends when every reply (including those still in the queue) is sent.
+    let _ = writer.join();
+    let _ = rd.get_ref().stream.shutdown(Shutdown::Both);
+}
+
+fn note_error(ctx: &PortCtx, reason: &str) {
+    ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+    log::warn!("instrument {}: {reason}", ctx.serial);
+    *ctx.stats
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+}
+
+fn write_loop(mut stream: TcpStream, rx: Receiver<Reply>, serial: &str) {
+    let mut out = Vec::with_capacity(16 * 1024);
+    while let Ok(first) = rx.recv() {
+        out.clear();
+        let mut close = reply_closes(&first);
+        first.encode_into(&mut out);
+        while out.len() < 60 * 1024 {
+            match rx.try_recv() {
+                Ok(r) => {
+                    close |= reply_closes(&r);
+                    r.encode_into(&mut out);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = stream.write_all(&out) {
+            log::warn!("instrument {serial}: cannot send replies: {e}; closing");
+            let _ = stream.shutdown(Shutdown::Both);
+            // Keep draining so that senders never block; replies are lost with the connection
+            // and the agent resends what it did not see acknowledged.
+            while rx.recv().is_ok() {}
+            return;
+        }
+        if close {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+fn reply_closes(r: &Reply) -> bool {
+    matches!(r, Reply::Error { code, .. } if code.closes_connection())
+}

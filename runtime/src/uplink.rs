@@ -1,0 +1,347 @@
+//! The uplink: the only part of rapd that talks to the data center.
+//!
+//! It reads the next batch from the queue (priority order), POSTs it compressed over
+//! mutual TLS (directly, through an HTTP CONNECT proxy or through SOCKS5), and deletes
+//! the rows only after the data center's acknowledgement names the batch. Failures back
+//! off exponentially with jitter up to a cap, and `Retry-After` is honoured. The uplink
+//! never holds anything ingest needs: a dead data center only makes the queue grow.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rapwire::batch::{self, BatchAck, Encoder};
+use serde::Serialize;
+
+use crate::config::{ProxyKind, UplinkConfig};
+use crate::queue::{Queue, Row};
+use crate::tls;
+
+/// What the uplink is doing, for the status interface.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UplinkStatus {
+    /// `starting`, `idle`, `sending`, `backoff`, `unprovisioned`.
+    pub state: String,
+    pub url: String,
+    pub proxy: Option<String>,
+    pub last_success_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    pub next_attempt_ms: Option<u64>,
+    pub batches_sent: u64,
+    pub records_sent: u64,
+    pub duplicates_reported: u64,
+    pub bytes_sent: u64,
+}
+
+/// Shared status handle.
+pub type SharedStatus = Arc<Mutex<UplinkStatus>>;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Hides credentials in a proxy URL before it is shown anywhere.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("***");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// One failed attempt.
+struct Failure {
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+/// Builds the HTTP agent: our TLS connector, timeouts, proxy.
+pub fn agent(cfg: &UplinkConfig) -> Result<ureq::Agent, tls::TlsSetupError> {
+    let conn = tls::connector(&cfg.ca, &cfg.cert, &cfg.key)?;
+    let mut b = ureq::AgentBuilder::new()
+        .tls_connector(Arc::new(tls::Connector(Arc::new(conn))))
+        .timeout_connect(cfg.connect_timeout)
+        .timeout_read(cfg.io_timeout)
+        .timeout_write(cfg.io_timeout)
+        .redirects(0)
+        .max_idle_connections(2)
+        .user_agent(concat!("rapd/", env!("CARGO_PKG_VERSION")));
+    if let Some(p) = &cfg.proxy {
+        // Validated at configuration time; ureq names socks5 "socks5" and CONNECT "http".
+        let proxy = ureq::Proxy::new(&p.url).map_err(|e| tls::TlsSetupError::Bad {
+            what: "proxy",
+            path: p.url.clone().into(),
+            message: e.to_string(),
+        })?;
+        debug_assert!(matches!(p.kind, ProxyKind::Connect | ProxyKind::Socks5));
+        b = b.proxy(proxy);
+    }
+    Ok(b.build())
+}
+
+/// The uplink loop; returns when `stop` is set.
+pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<AtomicBool>) {
+    {
+        let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = "starting".into();
+        s.url = cfg.url.to_string();
+        s.proxy = cfg.proxy.as_ref().map(|p| redact(&p.url));
+    }
+    let set =
+        |f: &dyn Fn(&mut UplinkStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut agent_opt: Option<ureq::Agent> = None;
+    let mut backoff = cfg.backoff_initial;
+    let mut failures: u32 = 0;
+    let mut last_batch: Option<(i64, i64, usize, u64)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let agent = match &agent_opt {
+            Some(a) => a.clone(),
+            None => match agent(&cfg) {
+                Ok(a) => {
+                    agent_opt = Some(a.clone());
+                    a
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    log::error!("uplink: {msg}");
+                    set(&|s| {
+                        s.state = "unprovisioned".into();
+                        s.last_error = Some(msg.clone());
+                        s.last_error_ms = Some(now_ms());
+                    });
+                    sleep_unless_stopped(&stop, Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let generation = queue.generation();
+        let rows = match queue.next_batch(cfg.batch_max_records, cfg.batch_max_bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("uplink: reading the queue: {e}");
+                sleep_unless_stopped(&stop, Duration::from_secs(1));
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            set(&|s| {
+                if s.state != "backoff" {
+                    s.state = "idle".into();
+                }
+            });
+            queue.wait_for_new(generation, Duration::from_secs(1));
+            continue;
+        }
+        let key = (rows[0].seq, rows[rows.len() - 1].seq, rows.len(), 0);
+        let batch_id = match last_batch {
+            Some((a, b, n, id)) if (a, b, n) == (key.0, key.1, key.2) => id,
+            _ => random_u64(),
+        };
+        last_batch = Some((key.0, key.1, key.2, batch_id));
+        let dropped = queue.stats().dropped_total;
+        let body = encode(batch_id, dropped, &rows);
+        set(&|s| s.state = "sending".into());
+        let started = Instant::now();
+        match post(&agent, &cfg, batch_id, &body) {
+            Ok(ack) => {
+                let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+                if let Err(e) = queue.complete(seqs) {
+                    log::error!("uplink: batch {batch_id:016x} acknowledged but not removed from the queue: {e}");
+                    sleep_unless_stopped(&stop, Duration::from_secs(1));
+                    continue;
+                }
+                if failures > 0 {
+                    log::info!(
+                        "uplink: data center reachable again after {failures} failed attempts"
+                    );
+                }
+                log::debug!(
+                    "uplink: batch {batch_id:016x}: {} records, {} bytes, accepted {} duplicates {} in {:?}",
+                    rows.len(),
+                    body.len(),
+                    ack.accepted,
+                    ack.duplicates,
+                    started.elapsed()
+                );
+                failures = 0;
+                backoff = cfg.backoff_initial;
+                last_batch = None;
+                set(&|s| {
+                    s.state = "idle".into();
+                    s.last_success_ms = Some(now_ms());
+                    s.consecutive_failures = 0;
+                    s.next_attempt_ms = None;
+                    s.batches_sent += 1;
+                    s.records_sent += rows.len() as u64;
+                    s.duplicates_reported += ack.duplicates;
+                    s.bytes_sent += body.len() as u64;
+                });
+            }
+            Err(f) => {
+                failures = failures.saturating_add(1);
+                let jittered = jitter(backoff);
+                let wait = match f.retry_after {
+                    Some(ra) => ra.max(jittered).min(Duration::from_secs(3600)),
+                    None => jittered,
+                };
+                log::warn!(
+                    "uplink: batch {batch_id:016x} ({} records) not delivered: {}; retrying in {} ms",
+                    rows.len(),
+                    f.message,
+                    wait.as_millis()
+                );
+                set(&|s| {
+                    s.state = "backoff".into();
+                    s.last_error = Some(f.message.clone());
+                    s.last_error_ms = Some(now_ms());
+                    s.consecutive_failures = failures;
+                    s.next_attempt_ms = Some(now_ms() + wait.as_millis() as u64);
+                });
+                backoff = (backoff * 2).min(cfg.backoff_max);
+                sleep_unless_stopped(&stop, wait);
+            }
+        }
+    }
+    log::info!("uplink stopped");
+}
+
+fn encode(batch_id: u64, dropped: u64, rows: &[Row]) -> Vec<u8> {
+    let mut e = Encoder::new(batch_id, dropped);
+    for r in rows {
+        e.push(
+            &r.instrument,
+            r.msg_id,
+            r.timestamp_ms,
+            r.kind,
+            r.priority,
+            &r.payload,
+        );
+    }
+    e.finish()
+}
+
+fn post(
+    agent: &ureq::Agent,
+    cfg: &UplinkConfig,
+    batch_id: u64,
+    body: &[u8],
+) -> Result<BatchAck, Failure> {
+    let resp = agent
+        .request_url("POST", &cfg.url)
+        .set("Content-Type", batch::CONTENT_TYPE)
+        .set(batch::BATCH_ID_HEADER, &format!("{batch_id:016x}"))
+        .send_bytes(body);
+    let resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let retry_after = r
+                .header("Retry-After")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let mut text = String::new();
+            let _ = r.into_reader().take(512).read_to_string(&mut text);
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            return Err(Failure {
+                message: format!("data center answered HTTP {code}: {text}"),
+                retry_after,
+            });
+        }
+        Err(ureq::Error::Transport(t)) => {
+            let mut message = t.to_string();
+            if let Some(src) = std::error::Error::source(&t) {
+                let s = src.to_string();
+                if !message.contains(&s) {
+                    message = format!("{message}: {s}");
+                }
+            }
+            return Err(Failure {
+                message,
+                retry_after: None,
+            });
+        }
+    };
+    let mut text = String::new();
+    resp.into_reader()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| Failure {
+            message: format!("reading the acknowledgement: {e}"),
+            retry_after: None,
+        })?;
+    let ack: BatchAck = serde_json::from_str(&text).map_err(|e| Failure {
+        message: format!("acknowledgement is not valid JSON: {e}"),
+        retry_after: None,
+    })?;
+    if ack.batch_id != batch_id {
+        return Err(Failure {
+            message: format!(
+                "data center acknowledged batch {:016x}, expected {batch_id:016x}",
+                ack.batch_id
+            ),
+            retry_after: None,
+        });
+    }
+    Ok(ack)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if openssl::rand::rand_bytes(&mut b).is_err() {
+        // The DRBG failing is a FIPS-state problem the gate would have caught; fall back
+        // to the clock so that batches stay distinguishable.
+        return now_ms() ^ 0x9e37_79b9_7f4a_7c15;
+    }
+    u64::from_le_bytes(b)
+}
+
+/// A duration between half and all of `d` (full jitter would allow zero waits).
+fn jitter(d: Duration) -> Duration {
+    let r = random_u64() % 1000;
+    d / 2 + d / 2 * r as u32 / 1000
+}
+
+/// Sleeps in short slices so that shutdown is prompt.
+pub fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_full() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!(
+                j >= Duration::from_millis(500) && j <= Duration::from_millis(1000),
+                "{j:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_credentials_are_redacted() {
+        assert_eq!(
+            redact("http://alice:s3cret@10.0.0.1:3128"),
+            "http://***@10.0.0.1:3128/"
+        );
+        assert_eq!(redact("socks5://10.0.0.1:1080"), "socks5://10.0.0.1:1080");
+    }
+}
