@@ -1,0 +1,42 @@
+#!/bin/bash
+# Installs on a fresh Debian 12 (bookworm) machine everything rapbox's build, host tests,
+# demo and benchmark need: the C toolchain pieces for the openssl/rusqlite/zstd crates,
+# the real peers the tests start (nginx, tinyproxy, dante, syslog-ng), and — through
+# scripts/install-image-deps.sh — what the image build and the QEMU tests need.
+# Idempotent: quiet when everything is present. Run as root.
+set -euo pipefail
+
+PKGS=(
+  # building: openssl-sys links Debian's libssl3; rusqlite and zstd build bundled C
+  build-essential pkg-config libssl-dev openssl perl unifdef
+  # peers for the data-path tests and the demo
+  nginx-light tinyproxy dante-server
+  # the benchmark's reference peer
+  syslog-ng-core syslog-ng-mod-http
+  # network namespaces, sqlite inspection
+  iproute2 sqlite3 procps
+)
+
+log() { printf 'install-deps: %s\n' "$*"; }
+[ "$(id -u)" -eq 0 ] || { log "must run as root" >&2; exit 1; }
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packaged services must not run on their own: the tests start their own instances.
+  for svc in nginx tinyproxy danted syslog-ng; do
+    systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
+  done
+else
+  log "host dependencies present"
+fi
+
+if [ "${RAPBOX_SKIP_IMAGE:-0}" != 1 ]; then
+  bash "$(dirname "$0")/install-image-deps.sh"
+fi
