@@ -1,0 +1,106 @@
+//! rapimage: command line of the firmware image builder.
+//!
+//! Exit codes: 0 success, 1 any error (printed on standard error).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use rapimage::build::{self, BuildOptions};
+use rapimage::provision::{self, Identity};
+use rapimage::recipe::Recipe;
+
+#[derive(Parser)]
+#[command(name = "rapimage", about = "Build the rapbox firmware disk image from image/recipe.toml")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the disk image, kernel, initramfs, manifest and SHA256SUMS.
+    Build {
+        #[arg(long, default_value = "image/recipe.toml")]
+        recipe: PathBuf,
+        #[arg(long, default_value = "build/image")]
+        out: PathBuf,
+        /// Package cache (a second build with a full cache needs no network).
+        #[arg(long, env = "RAPBOX_DEB_CACHE", default_value = "image/cache")]
+        cache: PathBuf,
+        /// Use PATH for the recipe's binary NAME (repeatable), e.g. rapd=target/release/rapd.
+        #[arg(long = "binary", value_name = "NAME=PATH")]
+        binaries: Vec<String>,
+        /// Development image without the FIPS provider (rapd will refuse to start).
+        #[arg(long)]
+        without_fips: bool,
+    },
+    /// Resolve the recipe against the mirrors and rewrite recipe.lock.
+    Lock {
+        #[arg(long, default_value = "image/recipe.toml")]
+        recipe: PathBuf,
+        #[arg(long, env = "RAPBOX_DEB_CACHE", default_value = "image/cache")]
+        cache: PathBuf,
+    },
+    /// Write a box's certificate, key, CA and data-center URL into an image's data partition.
+    Provision {
+        #[arg(long, default_value = "build/image/rapbox.img")]
+        image: PathBuf,
+        #[arg(long, default_value = "build/image/manifest.json")]
+        manifest: PathBuf,
+        /// rapd configuration template with @DATACENTER_URL@.
+        #[arg(long, default_value = "buildroot-overlay/rootfs/usr/share/rapbox/rapd.toml.in")]
+        template: PathBuf,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Data-center batch endpoint, https://...
+        #[arg(long)]
+        url: String,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("rapimage: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build { recipe, out, cache, binaries, without_fips } => {
+            let recipe = Recipe::load(&recipe)?;
+            let mut map = BTreeMap::new();
+            for b in binaries {
+                let Some((name, path)) = b.split_once('=') else { bail!("--binary `{b}`: expected NAME=PATH") };
+                if !recipe.binaries.iter().any(|rb| rb.name == name) {
+                    bail!("--binary `{b}`: the recipe has no binary named `{name}`");
+                }
+                map.insert(name.to_string(), rapimage::cmd::absolute(&PathBuf::from(path)));
+            }
+            let opts = BuildOptions {
+                out: rapimage::cmd::absolute(&out),
+                cache: rapimage::cmd::absolute(&cache),
+                binaries: map,
+                fips: !without_fips,
+            };
+            let image = build::build(&recipe, &opts).context("build failed")?;
+            println!("{}", image.display());
+        }
+        Cmd::Lock { recipe, cache } => {
+            let recipe = Recipe::load(&recipe)?;
+            build::lock(&recipe, &rapimage::cmd::absolute(&cache)).context("lock failed")?;
+        }
+        Cmd::Provision { image, manifest, template, ca, cert, key, url } => {
+            provision::provision(&image, &manifest, &template, &Identity { ca, cert, key, url })?;
+            println!("provisioned {}", image.display());
+        }
+    }
+    Ok(())
+}

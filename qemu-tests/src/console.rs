@@ -1,0 +1,141 @@
+//! The serial console: everything the guest prints is collected (and logged to a
+//! file); tests wait for exact text and run commands behind a unique prompt.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The shell prompt set after login; the command that sets it is written so that its
+/// echo does not contain it.
+pub const PROMPT: &str = "RAPQ-PROMPT# ";
+const SET_PROMPT: &str = "stty -echo cols 250; export PS1='RAPQ''-PROMPT# '";
+
+#[derive(Default)]
+struct Shared {
+    text: String,
+    closed: bool,
+}
+
+/// The console of one VM.
+pub struct Console {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    cursor: usize,
+    input: Box<dyn Write + Send>,
+    pub log: PathBuf,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console").field("log", &self.log).field("cursor", &self.cursor).finish()
+    }
+}
+
+impl Console {
+    /// Starts collecting `output` (QEMU's serial stdout) into memory and `log`.
+    pub fn new(output: impl Read + Send + 'static, input: impl Write + Send + 'static, log: &Path) -> Console {
+        let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
+        let s2 = shared.clone();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
+        std::thread::spawn(move || {
+            let mut output = output;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = output.read(&mut buf).unwrap_or(0);
+                let (lock, cv) = &*s2;
+                let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if n == 0 {
+                    g.closed = true;
+                    cv.notify_all();
+                    return;
+                }
+                if let Some(f) = file.as_mut() {
+                    let _ = f.write_all(&buf[..n]);
+                }
+                g.text.push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+                cv.notify_all();
+            }
+        });
+        Console { shared, cursor: 0, input: Box::new(input), log: log.to_path_buf() }
+    }
+
+    fn tail(&self) -> String {
+        let g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        let start = g.text.len().saturating_sub(1500);
+        let start = (start..g.text.len()).find(|i| g.text.is_char_boundary(*i)).unwrap_or(g.text.len());
+        g.text[start..].to_string()
+    }
+
+    /// Waits until `needle` appears after the cursor; returns the text before it and
+    /// moves the cursor past it. Panics with the console tail on timeout.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        match self.try_expect(needle, timeout) {
+            Some(t) => t,
+            None => panic!(
+                "console: `{needle}` did not appear within {timeout:?} (log {})\n--- last console output ---\n{}",
+                self.log.display(),
+                self.tail()
+            ),
+        }
+    }
+
+    /// Like `expect`, returning None on timeout or when QEMU exited.
+    pub fn try_expect(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.shared;
+        let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(pos) = g.text[self.cursor..].find(needle) {
+                let before = g.text[self.cursor..self.cursor + pos].to_string();
+                self.cursor += pos + needle.len();
+                return Some(before);
+            }
+            let now = Instant::now();
+            if g.closed || now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Everything received so far.
+    pub fn text(&self) -> String {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).text.clone()
+    }
+
+    /// Types `line` and Enter.
+    pub fn send(&mut self, line: &str) {
+        let _ = self.input.write_all(line.as_bytes());
+        let _ = self.input.write_all(b"\n");
+        let _ = self.input.flush();
+    }
+
+    /// Logs in on the serial console and sets the unique prompt.
+    pub fn login(&mut self, user: &str, password: &str, timeout: Duration) {
+        self.expect("rapbox login: ", timeout);
+        self.send(user);
+        self.expect("Password: ", Duration::from_secs(30));
+        self.send(password);
+        self.expect("# ", Duration::from_secs(60));
+        self.send(SET_PROMPT);
+        self.expect(PROMPT, Duration::from_secs(30));
+    }
+
+    /// Runs `cmd` in the logged-in shell; returns (output, exit status).
+    pub fn run(&mut self, cmd: &str, timeout: Duration) -> (String, i32) {
+        self.send(&format!("{cmd}; echo \"RAPQ-RC=$?\""));
+        let out = self.expect(PROMPT, timeout);
+        let (body, rc) = match out.rfind("RAPQ-RC=") {
+            Some(i) => (out[..i].to_string(), out[i + 8..].trim().parse().unwrap_or(-1)),
+            None => (out, -1),
+        };
+        (body.trim_start_matches('\n').to_string(), rc)
+    }
+
+    /// `run`, asserting exit status 0.
+    pub fn run_ok(&mut self, cmd: &str, timeout: Duration) -> String {
+        let (out, rc) = self.run(cmd, timeout);
+        assert_eq!(rc, 0, "`{cmd}` exited {rc}:\n{out}");
+        out
+    }
+}

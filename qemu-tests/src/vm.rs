@@ -1,0 +1,166 @@
+//! Starting QEMU: TCG by default (KVM only after a probe boot works), direct kernel
+//! boot of the uncompressed vmlinux or OVMF + systemd-boot from the disk, inside the
+//! test's network namespace, serial console on stdio. One VM at a time.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::console::Console;
+use crate::image::Built;
+use crate::netns::Netns;
+use crate::{log_dir, HarnessError};
+
+/// How the VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// -kernel vmlinux -initrd -append (slot A command line).
+    Direct,
+    /// OVMF firmware + systemd-boot from the ESP.
+    Uefi,
+}
+
+/// Options of one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub boot: Boot,
+    pub disk: PathBuf,
+    /// Host loopback port that guest connections to 10.0.2.100:443 reach (None: no forward).
+    pub uplink_port: Option<u16>,
+    pub memory_mib: u32,
+}
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A running VM; killed on drop.
+pub struct Vm {
+    child: Child,
+    pub console: Console,
+    pub started: Instant,
+    _netns: Netns,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("pid", &self.child.id()).finish()
+    }
+}
+
+fn accel() -> &'static str {
+    // /dev/kvm exists on these hosts but guests do not run on it: TCG unless asked.
+    if std::env::var("RAPBOX_QEMU_KVM").as_deref() == Ok("1") && kvm_probe() {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+fn kvm_probe() -> bool {
+    // A firmware-only boot that must print to the debug console within 10 s.
+    let out = Command::new("timeout")
+        .args(["10", "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-display", "none", "-serial", "none"])
+        .args(["-monitor", "none", "-S", "-no-reboot", "-machine", "q35"])
+        .stderr(Stdio::piped())
+        .output();
+    matches!(out, Ok(o) if String::from_utf8_lossy(&o.stderr).trim().is_empty() && o.status.code() == Some(124))
+}
+
+impl Vm {
+    /// Boots `built` as configured; the serial log is target/qemu-logs/<test>.log.
+    pub fn start(test: &str, built: &Built, cfg: &VmConfig) -> Result<Vm, HarnessError> {
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let netns = Netns::create(&test.chars().take(6).collect::<String>(), 2)?;
+        let log = log_dir().join(format!("{test}.log"));
+        let _ = std::fs::remove_file(&log);
+        let accel = accel();
+        let mut args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            netns.name.clone(),
+            "qemu-system-x86_64".into(),
+            "-accel".into(),
+            accel.into(),
+            "-cpu".into(),
+            if accel == "kvm" { "host".into() } else { "max".into() },
+            "-smp".into(),
+            "2".into(),
+            "-m".into(),
+            cfg.memory_mib.to_string(),
+            "-M".into(),
+            "q35".into(),
+            "-display".into(),
+            "none".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-monitor".into(),
+            "none".into(),
+            "-device".into(),
+            "virtio-rng-pci".into(),
+            "-drive".into(),
+            format!("file={},if=virtio,format=qcow2,cache=unsafe", cfg.disk.display()),
+        ];
+        let mut netdev = "user,id=uplink,restrict=on,net=10.0.2.0/24".to_string();
+        if let Some(port) = cfg.uplink_port {
+            // The guest-forward command runs inside the namespace: step back into the
+            // host's network namespace to reach the loopback data center.
+            netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:443-cmd:nsenter --net=/proc/1/ns/net socat - TCP:127.0.0.1:{port}"));
+        }
+        args.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=uplink,mac=52:54:00:00:00:01".into()]);
+        for (i, tap) in netns.taps.iter().enumerate() {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=i{i},ifname={tap},script=no,downscript=no"),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=i{i},mac=52:54:00:00:01:{:02x}", i + 1),
+            ]);
+        }
+        match cfg.boot {
+            Boot::Direct => args.extend([
+                "-kernel".into(),
+                built.vmlinux.display().to_string(),
+                "-initrd".into(),
+                built.initrd.display().to_string(),
+                "-append".into(),
+                built.cmdline_a.clone(),
+            ]),
+            Boot::Uefi => {
+                let vars = crate::workspace().join(format!("target/qemu-tests/{test}-OVMF_VARS.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .map_err(|source| HarnessError::Io { path: vars.clone(), source })?;
+                args.extend([
+                    "-drive".into(),
+                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                ]);
+            }
+        }
+        let cmdline = format!("ip {}\n", args.join(" "));
+        let _ = std::fs::write(log.with_extension("cmd"), &cmdline);
+        let mut child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| HarnessError::Cmd { cmd: cmdline.clone(), stderr: e.to_string() })?;
+        let out = child.stdout.take().ok_or_else(|| HarnessError::Setup("no qemu stdout".into()))?;
+        let inp = child.stdin.take().ok_or_else(|| HarnessError::Setup("no qemu stdin".into()))?;
+        let console = Console::new(out, inp, &log);
+        Ok(Vm { child, console, started: Instant::now(), _netns: netns, _guard: guard })
+    }
+
+    /// Hard power-off (kill -9 of QEMU).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
