@@ -1,0 +1,477 @@
+//! The backend's HTTP server: routing, the batch endpoint, the query API and the admin
+//! (test) endpoints, on a loopback listener served by a small pool of worker threads.
+//!
+//! Blocking I/O throughout (`tiny_http`, which reads requests on its own connection threads
+//! and hands complete request heads to our workers). The store serializes writes, so a few
+//! workers suffice; more only help queries overlap an ingest.
+//!
+//! Who may call what:
+//! * `POST /api/v1/batches` is the box's endpoint: it requires the identity the front door
+//!   vouches for ([`crate::identity`]), else 403.
+//! * The query API (`/api/v1/reports`, `/api/v1/stats`), `/healthz` and `/admin/*` are for
+//!   tests and operators on this machine: the front door does not expose them (it answers
+//!   404), and the listener is loopback only.
+//!
+//! Every answer is JSON; every error is `{"error": "..."}` ([`crate::api::ErrorBody`]).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rapwire::batch::{self, BatchAck};
+use serde::Serialize;
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::api::{
+    self, Done, ErrorBody, FaultSpec, Health, ReportQuery, RequestCounts, ADMIN_PREFIX, CLIENT_SUBJECT_HEADER,
+    CLIENT_VERIFY_HEADER,
+};
+use crate::identity;
+use crate::store::{Store, StoreError};
+
+/// Default limit on a (compressed) batch body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Default number of worker threads.
+pub const DEFAULT_WORKERS: usize = 4;
+/// Limit on an admin request body.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// Distinct paths counted by name; further ones are counted under [`OTHER_PATHS`].
+const MAX_COUNTED_PATHS: usize = 1024;
+/// Where requests are counted once 1024 distinct paths have been seen.
+pub const OTHER_PATHS: &str = "(other)";
+
+/// How to run the backend.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Loopback address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Worker threads answering requests.
+    pub workers: usize,
+    /// Largest batch body accepted (larger: 413).
+    pub max_body_bytes: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the address.
+    pub fn new(listen: SocketAddr) -> Self {
+        ServerConfig { listen, workers: DEFAULT_WORKERS, max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+    }
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The backend trusts identity headers, so it must never be reachable from elsewhere.
+    #[error("refusing to listen on {0}: the backend binds loopback addresses only (nginx is the front door)")]
+    NotLoopback(SocketAddr),
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No worker thread could be started.
+    #[error("cannot start worker thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A running backend. Dropping it stops it.
+pub struct Server {
+    addr: SocketAddr,
+    http: Arc<tiny_http::Server>,
+    state: Arc<State>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds, starts the workers and returns at once.
+    pub fn start(config: ServerConfig, store: Store) -> Result<Server, ServerError> {
+        if !config.listen.ip().is_loopback() {
+            return Err(ServerError::NotLoopback(config.listen));
+        }
+        let http = tiny_http::Server::http(config.listen)
+            .map_err(|e| ServerError::Bind { addr: config.listen, reason: e.to_string() })?;
+        let addr = http.server_addr().to_ip().unwrap_or(config.listen);
+        let http = Arc::new(http);
+        let state = Arc::new(State {
+            store,
+            max_body: config.max_body_bytes,
+            fault: Mutex::new(None),
+            requests: Mutex::new(BTreeMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        let mut server = Server { addr, http, state, workers: Vec::new() };
+        for i in 0..config.workers.max(1) {
+            let (http, state) = (server.http.clone(), server.state.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("rapdc-http-{i}"))
+                .spawn(move || worker(&http, &state))
+                .map_err(ServerError::Thread)?;
+            server.workers.push(handle);
+        }
+        log::info!("rapdc backend listening on http://{addr}, database {}", server.state.store.path().display());
+        Ok(server)
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for [`crate::client::Client::new`].
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The store behind the server.
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Blocks until every worker has ended (they end only through [`Server::shutdown`] or
+    /// a panic).
+    pub fn wait(mut self) {
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish and joins the workers.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        for _ in 0..self.workers.len() {
+            self.http.unblock();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("addr", &self.addr).field("workers", &self.workers.len()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the workers share.
+#[derive(Debug)]
+struct State {
+    store: Store,
+    max_body: usize,
+    fault: Mutex<Option<FaultSpec>>,
+    requests: Mutex<BTreeMap<String, u64>>,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn worker(http: &tiny_http::Server, state: &State) {
+    while !state.stopping.load(Ordering::SeqCst) {
+        match http.recv() {
+            Ok(req) => handle(req, state),
+            // recv() fails when unblocked for shutdown (or the listener broke).
+            Err(e) => {
+                if !state.stopping.load(Ordering::SeqCst) {
+                    log::error!("http receive failed: {e}");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// An answer to send.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    retry_after_s: Option<u64>,
+    allow: Option<&'static str>,
+}
+
+impl Reply {
+    fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+        // Serializing our own plain structs cannot fail.
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Reply { status, body, retry_after_s: None, allow: None }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> Reply {
+        Reply::json(status, &ErrorBody { error: message.into() })
+    }
+}
+
+impl From<StoreError> for Reply {
+    fn from(e: StoreError) -> Reply {
+        log::error!("store: {e}");
+        Reply::error(500, format!("store: {e}"))
+    }
+}
+
+fn header(name: &str, value: &str) -> Option<Header> {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+fn handle(mut req: Request, state: &State) {
+    let url = req.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    count_request(state, path);
+    let reply = route(&mut req, state, path, query);
+    log::debug!("{} {} -> {}", req.method(), url, reply.status);
+    let mut resp = Response::from_data(reply.body).with_status_code(reply.status);
+    if let Some(h) = header("Content-Type", "application/json") {
+        resp.add_header(h);
+    }
+    if let Some(h) = reply.retry_after_s.and_then(|s| header("Retry-After", &s.to_string())) {
+        resp.add_header(h);
+    }
+    if let Some(h) = reply.allow.and_then(|a| header("Allow", a)) {
+        resp.add_header(h);
+    }
+    if let Err(e) = req.respond(resp) {
+        log::debug!("{path}: answering failed: {e}");
+    }
+}
+
+fn count_request(state: &State, path: &str) {
+    let mut counts = lock(&state.requests);
+    if let Some(n) = counts.get_mut(path) {
+        *n += 1;
+    } else if counts.len() < MAX_COUNTED_PATHS {
+        counts.insert(path.to_owned(), 1);
+    } else {
+        *counts.entry(OTHER_PATHS.to_owned()).or_default() += 1;
+    }
+}
+
+fn route(req: &mut Request, state: &State, path: &str, query: &str) -> Reply {
+    let allow = match path {
+        api::BATCHES_PATH | api::FAULT_PATH | api::RESET_PATH => "POST",
+        api::REPORTS_PATH | api::STATS_PATH | api::HEALTH_PATH | api::REQUESTS_PATH => "GET",
+        _ => return Reply::error(404, format!("no such path: {path}")),
+    };
+    let method_ok = match req.method() {
+        Method::Post => allow == "POST",
+        Method::Get => allow == "GET",
+        _ => false,
+    };
+    if !method_ok {
+        let mut r = Reply::error(405, format!("{path} accepts {allow} only"));
+        r.allow = Some(allow);
+        return r;
+    }
+    match path {
+        api::BATCHES_PATH => post_batch(req, state),
+        api::REPORTS_PATH => match parse_report_query(query) {
+            Ok(q) => state.store.reports(&q).map_or_else(Reply::from, |p| Reply::json(200, &p)),
+            Err(e) => Reply::error(400, e),
+        },
+        api::STATS_PATH => state.store.stats().map_or_else(Reply::from, |s| Reply::json(200, &s)),
+        api::HEALTH_PATH => {
+            Reply::json(200, &Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+        }
+        api::FAULT_PATH => arm_fault(req, state),
+        api::RESET_PATH => {
+            if let Err(e) = state.store.reset() {
+                return e.into();
+            }
+            *lock(&state.fault) = None;
+            lock(&state.requests).clear();
+            log::info!("store reset");
+            Reply::json(200, &Done { ok: true })
+        }
+        api::REQUESTS_PATH => {
+            let by_path = lock(&state.requests).clone();
+            let outside_admin = by_path.iter().filter(|(p, _)| !p.starts_with(ADMIN_PREFIX)).map(|(_, n)| n).sum();
+            Reply::json(200, &RequestCounts { by_path, outside_admin })
+        }
+        _ => Reply::error(404, format!("no such path: {path}")),
+    }
+}
+
+/// The single value of a header, or an error if it is repeated.
+fn single_header<'a>(req: &'a Request, name: &'static str) -> Result<Option<&'a str>, String> {
+    let mut values = req.headers().iter().filter(|h| h.field.equiv(name));
+    let first = values.next().map(|h| h.value.as_str());
+    if values.next().is_some() {
+        return Err(format!("header {name} repeated"));
+    }
+    Ok(first)
+}
+
+/// Why a request body was not read.
+enum BodyError {
+    /// Larger than the limit (declared or actual).
+    TooLarge,
+    /// The connection failed while reading.
+    Io(std::io::Error),
+}
+
+/// Reads the body, refusing more than `limit` bytes (before reading, when the length is
+/// declared).
+fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if req.body_length().is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::with_capacity(req.body_length().unwrap_or(0).min(limit));
+    req.as_reader().take(limit as u64 + 1).read_to_end(&mut body).map_err(BodyError::Io)?;
+    if body.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(body)
+}
+
+fn post_batch(req: &mut Request, state: &State) -> Reply {
+    let verify = match single_header(req, CLIENT_VERIFY_HEADER) {
+        Ok(v) => v,
+        Err(e) => return Reply::error(403, e),
+    };
+    let subject = match single_header(req, CLIENT_SUBJECT_HEADER) {
+        Ok(v) => v,
+        Err(e) => return Reply::error(403, e),
+    };
+    let who = match identity::from_headers(verify, subject) {
+        Ok(who) => who,
+        Err(e) => {
+            log::warn!("batch refused: {e}");
+            return Reply::error(403, e.to_string());
+        }
+    };
+
+    {
+        let mut fault = lock(&state.fault);
+        if let Some(f) = fault.as_mut().filter(|f| f.count > 0) {
+            f.count -= 1;
+            let mut r = Reply::error(f.status, format!("injected fault: status {}", f.status));
+            r.retry_after_s = f.retry_after_s;
+            if f.count == 0 {
+                *fault = None;
+            }
+            log::info!("box {}: batch answered with injected fault {}", who.box_id, r.status);
+            return r;
+        }
+    }
+
+    let content_type = single_header(req, "Content-Type").ok().flatten().unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case(batch::CONTENT_TYPE) {
+        return Reply::error(415, format!("content type must be {}, not {content_type:?}", batch::CONTENT_TYPE));
+    }
+    let body = match read_body(req, state.max_body) {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            log::warn!("box {}: batch body larger than {} bytes", who.box_id, state.max_body);
+            return Reply::error(413, format!("batch body larger than {} bytes", state.max_body));
+        }
+        Err(BodyError::Io(e)) => return Reply::error(400, format!("reading the body failed: {e}")),
+    };
+    let batch = match batch::decode(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("box {}: malformed batch ({} bytes): {e}", who.box_id, body.len());
+            return Reply::error(400, format!("malformed batch: {e}"));
+        }
+    };
+    match single_header(req, batch::BATCH_ID_HEADER) {
+        Ok(None) => {}
+        Ok(Some(h)) if u64::from_str_radix(h.trim(), 16) == Ok(batch.batch_id) => {}
+        Ok(Some(h)) => {
+            return Reply::error(
+                400,
+                format!("{} {h:?} does not match the body's batch id {:016x}", batch::BATCH_ID_HEADER, batch.batch_id),
+            )
+        }
+        Err(e) => return Reply::error(400, e),
+    }
+    match state.store.ingest(&who.box_id, &batch) {
+        Ok(done) => {
+            let BatchAck { batch_id, accepted, duplicates } = done.ack;
+            log::info!(
+                "box {}: batch {batch_id:016x}{}: {accepted} accepted, {duplicates} duplicates, dropped_total {}",
+                who.box_id,
+                if done.repeated { " (repeated)" } else { "" },
+                batch.dropped_total
+            );
+            Reply::json(200, &done.ack)
+        }
+        Err(e) => e.into(),
+    }
+}
+
+fn arm_fault(req: &mut Request, state: &State) -> Reply {
+    let body = match read_body(req, MAX_ADMIN_BODY) {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return Reply::error(413, "fault body too large"),
+        Err(BodyError::Io(e)) => return Reply::error(400, format!("reading the body failed: {e}")),
+    };
+    let spec: FaultSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return Reply::error(400, format!("bad fault JSON: {e}")),
+    };
+    if !(400..=599).contains(&spec.status) {
+        return Reply::error(400, format!("fault status {} is not an error status (400-599)", spec.status));
+    }
+    log::info!("fault armed: {spec:?}");
+    *lock(&state.fault) = (spec.count > 0).then_some(spec);
+    Reply::json(200, &Done { ok: true })
+}
+
+fn parse_report_query(query: &str) -> Result<ReportQuery, String> {
+    let mut q = ReportQuery::default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "box" => q.box_id = Some(v.into_owned()),
+            "instrument" => q.instrument = Some(v.into_owned()),
+            "since_id" => q.since_id = v.parse().map_err(|_| format!("since_id {v:?} is not a number"))?,
+            "limit" => q.limit = Some(v.parse().map_err(|_| format!("limit {v:?} is not a number"))?),
+            other => return Err(format!("unknown query parameter {other:?} (box, instrument, since_id, limit)")),
+        }
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_query_parsing() {
+        let q = parse_report_query("box=box-0001&instrument=A%201&since_id=5&limit=10").unwrap();
+        assert_eq!(
+            q,
+            ReportQuery {
+                box_id: Some("box-0001".into()),
+                instrument: Some("A 1".into()),
+                since_id: 5,
+                limit: Some(10)
+            }
+        );
+        assert_eq!(parse_report_query("").unwrap(), ReportQuery::default());
+        assert!(parse_report_query("since_id=x").unwrap_err().contains("since_id"));
+        assert!(parse_report_query("boxx=1").unwrap_err().contains("boxx"));
+    }
+
+    #[test]
+    fn refuses_non_loopback() {
+        let err = Server::start(ServerConfig::new("0.0.0.0:0".parse().unwrap()), Store::open_in_memory().unwrap())
+            .unwrap_err();
+        assert!(matches!(err, ServerError::NotLoopback(_)), "{err}");
+    }
+}

@@ -1,0 +1,34 @@
+//! rapdc: the reference data center of rapbox.
+//!
+//! Boxes reach it through an nginx front door that terminates mutual TLS and passes the
+//! verified certificate subject to a synchronous backend on loopback, which stores the
+//! reports of every batch exactly once in SQLite and acknowledges each batch idempotently.
+//! Tests use it as the box's peer; commands, triggers and a dashboard grow here later.
+//!
+//! ```text
+//! box ──HTTPS, mTLS──▶ nginx (frontdoor) ──HTTP, X-Client-Subject──▶ backend (http) ──▶ store (SQLite)
+//!                                                                        ▲
+//!                              tests, operators ──client (loopback)──────┘
+//! ```
+//!
+//! Modules, one concern each:
+//! * [`api`]: the JSON types and paths of the HTTP API, shared by server and client;
+//! * [`identity`]: the box identity (certificate CN) from the front door's headers;
+//! * [`store`]: the only code that touches the database;
+//! * [`http`]: the backend: routing, the batch endpoint, query and admin endpoints;
+//! * [`frontdoor`]: the nginx configuration and a runner for tests;
+//! * [`client`]: a blocking client of the backend.
+//!
+//! The batch format and its acknowledgement are `rapwire::batch`, shared with the box.
+
+pub mod api;
+pub mod client;
+pub mod frontdoor;
+pub mod http;
+pub mod identity;
+pub mod store;
+
+pub use client::Client;
+pub use frontdoor::FrontDoor;
+pub use http::{Server, ServerConfig};
+pub use store::Store;

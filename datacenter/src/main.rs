@@ -1,0 +1,172 @@
+//! `rapdc`: runs the reference data center's backend, or renders its nginx front door.
+//!
+//! ```text
+//! rapdc serve --listen 127.0.0.1:8080 --db /var/lib/rapdc/dc.sqlite
+//! rapdc nginx-conf --listen 0.0.0.0:443 --server-cert C --server-key K --client-ca CA \
+//!                  --backend-port 8080 --prefix /var/lib/rapdc/nginx
+//! ```
+//!
+//! Exit codes: 0 success, 1 runtime error (printed on stderr), 2 bad command line.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use rapdc::frontdoor::{self, FrontDoor};
+use rapdc::http::{Server, ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_WORKERS};
+use rapdc::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "rapdc", version, about = "The rapbox reference data center")]
+struct Cli {
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: log::LevelFilter,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs the backend (plain HTTP on loopback, behind the nginx front door).
+    Serve {
+        /// Loopback address to listen on; port 0 picks one (printed on stdout).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// SQLite database file (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = DEFAULT_WORKERS)]
+        workers: usize,
+        /// Largest compressed batch body accepted (larger: 413).
+        #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+        max_body_bytes: usize,
+    },
+    /// Writes the nginx front door config to PREFIX/nginx.conf and prints how to run it.
+    NginxConf {
+        /// Address nginx listens on for boxes.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Server certificate chain (PEM).
+        #[arg(long)]
+        server_cert: PathBuf,
+        /// Server private key (PEM).
+        #[arg(long)]
+        server_key: PathBuf,
+        /// CA of the box certificates (PEM).
+        #[arg(long)]
+        client_ca: PathBuf,
+        /// Port of the backend on 127.0.0.1.
+        #[arg(long)]
+        backend_port: u16,
+        /// nginx prefix directory (pid, temp files, the config).
+        #[arg(long)]
+        prefix: PathBuf,
+        /// Access log (default PREFIX/access.log).
+        #[arg(long)]
+        access_log: Option<PathBuf>,
+        /// Error log (default PREFIX/error.log).
+        #[arg(long)]
+        error_log: Option<PathBuf>,
+        /// Print the config on stdout instead of writing it.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_level);
+    if let Err(e) = run(cli.command) {
+        eprintln!("rapdc: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Serve { listen, db, workers, max_body_bytes } => {
+            let store = Store::open(&db).with_context(|| format!("opening store {}", db.display()))?;
+            let server = Server::start(ServerConfig { listen, workers, max_body_bytes }, store)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "rapdc listening on {}", server.url())?;
+            out.flush()?;
+            drop(out);
+            server.wait();
+            Ok(())
+        }
+        Cmd::NginxConf {
+            listen,
+            server_cert,
+            server_key,
+            client_ca,
+            backend_port,
+            prefix,
+            access_log,
+            error_log,
+            print,
+        } => {
+            let abs = |p: PathBuf| std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()));
+            let mut fd = FrontDoor::new(
+                listen,
+                abs(server_cert)?,
+                abs(server_key)?,
+                abs(client_ca)?,
+                backend_port,
+                abs(prefix)?,
+            );
+            if let Some(p) = access_log {
+                fd.access_log = abs(p)?;
+            }
+            if let Some(p) = error_log {
+                fd.error_log = abs(p)?;
+            }
+            if print {
+                fd.validate()?;
+                print!("{}", frontdoor::render(&fd));
+                return Ok(());
+            }
+            let path = fd.write_config()?;
+            println!("wrote {}", path.display());
+            println!("run: nginx -c {} -p {} -g 'daemon off;'", path.display(), fd.prefix_dir.display());
+            Ok(())
+        }
+    }
+}
+
+/// Log records on stderr: `<unix time> <LEVEL> <target>: <message>`.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "{}.{:03} {} {}: {}",
+                t.as_secs(),
+                t.subsec_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logging(level: log::LevelFilter) {
+    static LOGGER: StderrLogger = StderrLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
