@@ -12,15 +12,27 @@ use crate::cmd::{self, CmdError};
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cmd(#[from] CmdError),
-    #[error("partition `{name}`: content needs {need_mib} MiB but the layout gives {size_mib} MiB")]
-    TooSmall { name: String, need_mib: u64, size_mib: u64 },
+    #[error(
+        "partition `{name}`: content needs {need_mib} MiB but the layout gives {size_mib} MiB"
+    )]
+    TooSmall {
+        name: String,
+        need_mib: u64,
+        size_mib: u64,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
-    move |source| DiskError::Io { path: path.into(), source }
+    move |source| DiskError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -46,7 +58,14 @@ pub fn derived_uuid(parts: &[&str]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let x = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }
 
 /// Size of a directory tree in bytes (apparent sizes, plus a block per entry).
@@ -69,21 +88,39 @@ fn tree_bytes(dir: &Path) -> u64 {
 }
 
 /// An ext4 image of `size_mib` filled from `dir`.
-pub fn ext4(dir: &Path, out: &Path, name: &str, label: &str, uuid: &str, size_mib: u64, epoch: u64) -> Result<(), DiskError> {
+pub fn ext4(
+    dir: &Path,
+    out: &Path,
+    name: &str,
+    label: &str,
+    uuid: &str,
+    size_mib: u64,
+    epoch: u64,
+) -> Result<(), DiskError> {
     let need = tree_bytes(dir) * 11 / 10 / MIB + 8;
     if need > size_mib {
-        return Err(DiskError::TooSmall { name: name.into(), need_mib: need, size_mib });
+        return Err(DiskError::TooSmall {
+            name: name.into(),
+            need_mib: need,
+            size_mib,
+        });
     }
     let _ = std::fs::remove_file(out);
     cmd::output(
-        cmd::new("mkfs.ext4", ["-q", "-F", "-m", "0", "-b", "4096", "-L", label, "-U", uuid])
-            .args(["-E", &format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,nodiscard")])
-            .arg("-d")
-            .arg(dir)
-            .arg(out)
-            .arg(format!("{size_mib}M"))
-            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-            .env("MKE2FS_DEVICE_SECTSIZE", "512"),
+        cmd::new(
+            "mkfs.ext4",
+            ["-q", "-F", "-m", "0", "-b", "4096", "-L", label, "-U", uuid],
+        )
+        .args([
+            "-E",
+            &format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,nodiscard"),
+        ])
+        .arg("-d")
+        .arg(dir)
+        .arg(out)
+        .arg(format!("{size_mib}M"))
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .env("MKE2FS_DEVICE_SECTSIZE", "512"),
     )?;
     Ok(())
 }
@@ -97,30 +134,58 @@ pub fn empty(out: &Path, size_mib: u64) -> Result<(), DiskError> {
 
 /// A FAT image of `size_mib` holding `dir` (files copied in sorted order with their
 /// time stamps kept).
-pub fn vfat(dir: &Path, out: &Path, name: &str, label: &str, volume_id: &str, size_mib: u64) -> Result<(), DiskError> {
+pub fn vfat(
+    dir: &Path,
+    out: &Path,
+    name: &str,
+    label: &str,
+    volume_id: &str,
+    size_mib: u64,
+) -> Result<(), DiskError> {
     let need = tree_bytes(dir) / MIB + 2;
     if need > size_mib {
-        return Err(DiskError::TooSmall { name: name.into(), need_mib: need, size_mib });
+        return Err(DiskError::TooSmall {
+            name: name.into(),
+            need_mib: need,
+            size_mib,
+        });
     }
     let _ = std::fs::remove_file(out);
     cmd::output(
-        cmd::new("mkfs.vfat", ["-C", "--invariant", "-n", label, "-i", volume_id])
-            .arg(out)
-            .arg((size_mib * 1024).to_string()),
+        cmd::new(
+            "mkfs.vfat",
+            ["-C", "--invariant", "-n", label, "-i", volume_id],
+        )
+        .arg(out)
+        .arg((size_mib * 1024).to_string()),
     )?;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let abs = dir.join(&rel);
-        let mut entries: Vec<_> = std::fs::read_dir(&abs).map_err(io(&abs))?.flatten().collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&abs)
+            .map_err(io(&abs))?
+            .flatten()
+            .collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries.iter().rev() {
             let r = rel.join(e.file_name());
             let target = format!("::/{}", r.display());
             if e.path().is_dir() {
-                cmd::output(cmd::new("mmd", ["-i"]).arg(out).arg(&target).env("MTOOLS_SKIP_CHECK", "1"))?;
+                cmd::output(
+                    cmd::new("mmd", ["-i"])
+                        .arg(out)
+                        .arg(&target)
+                        .env("MTOOLS_SKIP_CHECK", "1"),
+                )?;
                 stack.push(r);
             } else {
-                cmd::output(cmd::new("mcopy", ["-m", "-i"]).arg(out).arg(e.path()).arg(&target).env("MTOOLS_SKIP_CHECK", "1"))?;
+                cmd::output(
+                    cmd::new("mcopy", ["-m", "-i"])
+                        .arg(out)
+                        .arg(e.path())
+                        .arg(&target)
+                        .env("MTOOLS_SKIP_CHECK", "1"),
+                )?;
             }
         }
     }
@@ -140,13 +205,19 @@ pub struct Placed {
 
 /// Writes the GPT onto `disk` and copies every partition image into place.
 pub fn assemble(disk: &Path, label_id: &str, parts: &[Placed]) -> Result<(), DiskError> {
-    let end = parts.iter().map(|p| p.start_mib + p.size_mib).max().unwrap_or(1);
+    let end = parts
+        .iter()
+        .map(|p| p.start_mib + p.size_mib)
+        .max()
+        .unwrap_or(1);
     let total = (end + 1) * MIB;
     let _ = std::fs::remove_file(disk);
     let f = std::fs::File::create(disk).map_err(io(disk))?;
     f.set_len(total).map_err(io(disk))?;
     drop(f);
-    let mut script = format!("label: gpt\nlabel-id: {label_id}\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\n");
+    let mut script = format!(
+        "label: gpt\nlabel-id: {label_id}\nunit: sectors\nfirst-lba: 2048\nsector-size: 512\n\n"
+    );
     for p in parts {
         script.push_str(&format!(
             "start={}, size={}, type={}, uuid={}, name=\"{}\"\n",
@@ -160,7 +231,16 @@ pub fn assemble(disk: &Path, label_id: &str, parts: &[Placed]) -> Result<(), Dis
     let sf = disk.with_extension("sfdisk");
     std::fs::write(&sf, &script).map_err(io(&sf))?;
     cmd::output(
-        cmd::new("sh", ["-c", "sfdisk --quiet --no-reread --no-tell-kernel --wipe always \"$1\" < \"$2\"", "sh"]).arg(disk).arg(&sf),
+        cmd::new(
+            "sh",
+            [
+                "-c",
+                "sfdisk --quiet --no-reread --no-tell-kernel --wipe always \"$1\" < \"$2\"",
+                "sh",
+            ],
+        )
+        .arg(disk)
+        .arg(&sf),
     )?;
     std::fs::remove_file(&sf).map_err(io(&sf))?;
     for p in parts {

@@ -9,7 +9,10 @@ use crate::cmd::{self, CmdError};
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cmd(#[from] CmdError),
     #[error("{path}: no partition named `{name}` in the manifest")]
@@ -30,26 +33,40 @@ pub struct Identity {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
-    move |source| ProvisionError::Io { path: path.into(), source }
+    move |source| ProvisionError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 /// (start MiB, size MiB) of partition `name` from the build's manifest.json.
 pub fn partition(manifest: &Path, name: &str) -> Result<(u64, u64), ProvisionError> {
     let text = std::fs::read_to_string(manifest).map_err(io(manifest))?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ProvisionError::Manifest { path: manifest.into(), message: e.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| ProvisionError::Manifest {
+            path: manifest.into(),
+            message: e.to_string(),
+        })?;
     v["partitions"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| p["name"] == name)
         .and_then(|p| Some((p["start_mib"].as_u64()?, p["size_mib"].as_u64()?)))
-        .ok_or_else(|| ProvisionError::NoPartition { path: manifest.into(), name: name.into() })
+        .ok_or_else(|| ProvisionError::NoPartition {
+            path: manifest.into(),
+            name: name.into(),
+        })
 }
 
 /// Writes `id` into the data partition of `image`; `template` is the rapd
 /// configuration template (with @DATACENTER_URL@) from the overlay.
-pub fn provision(image: &Path, manifest: &Path, template: &Path, id: &Identity) -> Result<(), ProvisionError> {
+pub fn provision(
+    image: &Path,
+    manifest: &Path,
+    template: &Path,
+    id: &Identity,
+) -> Result<(), ProvisionError> {
     if !id.url.starts_with("https://") {
         return Err(ProvisionError::Url(id.url.clone()));
     }
@@ -77,7 +94,10 @@ pub fn provision(image: &Path, manifest: &Path, template: &Path, id: &Identity) 
     let mut script = String::new();
     for (src, dest, mode) in files {
         if !src.is_file() {
-            return Err(ProvisionError::Io { path: src.into(), source: std::io::Error::from(std::io::ErrorKind::NotFound) });
+            return Err(ProvisionError::Io {
+                path: src.into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
         }
         script.push_str(&format!(
             "rm {dest}\nwrite {} {dest}\nsif {dest} mode {mode}\nsif {dest} uid 0\nsif {dest} gid 0\n",

@@ -13,7 +13,10 @@ use crate::recipe::Recipe;
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cmd(#[from] CmdError),
     #[error("installed packages differ from the lock: {0}")]
@@ -25,7 +28,10 @@ pub enum RootfsError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
-    move |source| RootfsError::Io { path: path.into(), source }
+    move |source| RootfsError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 /// Options for mmdebstrap common to `lock` and `build`.
@@ -75,7 +81,10 @@ pub fn installed(root: &Path) -> Result<BTreeMap<String, (String, String)>, Root
     let out = cmd::stdout(
         cmd::new("dpkg-query", ["--admindir"])
             .arg(root.join("var/lib/dpkg"))
-            .args(["-W", "-f=${db:Status-Abbrev}\\t${Package}\\t${Version}\\t${Architecture}\\n"]),
+            .args([
+                "-W",
+                "-f=${db:Status-Abbrev}\\t${Package}\\t${Version}\\t${Architecture}\\n",
+            ]),
     )?;
     let mut m = BTreeMap::new();
     for line in out.lines() {
@@ -89,7 +98,12 @@ pub fn installed(root: &Path) -> Result<BTreeMap<String, (String, String)>, Root
 
 /// Runs mmdebstrap against the real mirrors and returns the packages it installed,
 /// with the .debs it downloaded copied into `debs_out` (for `rapimage lock`).
-pub fn resolve(recipe: &Recipe, work: &Path, debs_out: &Path, log: &Path) -> Result<Vec<Package>, RootfsError> {
+pub fn resolve(
+    recipe: &Recipe,
+    work: &Path,
+    debs_out: &Path,
+    log: &Path,
+) -> Result<Vec<Package>, RootfsError> {
     let target = work.join("lock-root");
     let _ = std::fs::remove_dir_all(&target);
     let setup = work.join("setup");
@@ -115,16 +129,27 @@ pub fn resolve(recipe: &Recipe, work: &Path, debs_out: &Path, log: &Path) -> Res
     for e in std::fs::read_dir(&archives).map_err(io(&archives))? {
         let p = e.map_err(io(&archives))?.path();
         if p.extension().is_some_and(|x| x == "deb") {
-            let id = crate::cache::deb_identity(&p).map_err(|e| RootfsError::Mismatch(e.to_string()))?;
+            let id =
+                crate::cache::deb_identity(&p).map_err(|e| RootfsError::Mismatch(e.to_string()))?;
             by_id.insert(id, p);
         }
     }
     let mut pkgs = Vec::new();
     for (name, (version, arch)) in inst {
-        let src = by_id.get(&(name.clone(), version.clone(), arch.clone())).ok_or_else(|| {
-            RootfsError::Mismatch(format!("{name}={version} is installed but its .deb was not kept by mmdebstrap"))
-        })?;
-        let mut p = Package { name, version, arch, sha256: String::new(), role: Role::Rootfs };
+        let src = by_id
+            .get(&(name.clone(), version.clone(), arch.clone()))
+            .ok_or_else(|| {
+                RootfsError::Mismatch(format!(
+                    "{name}={version} is installed but its .deb was not kept by mmdebstrap"
+                ))
+            })?;
+        let mut p = Package {
+            name,
+            version,
+            arch,
+            sha256: String::new(),
+            role: Role::Rootfs,
+        };
         let dest = debs_out.join(p.filename());
         std::fs::copy(src, &dest).map_err(io(&dest))?;
         p.sha256 = crate::cache::sha256_file(&dest).map_err(io(&dest))?;
@@ -135,7 +160,13 @@ pub fn resolve(recipe: &Recipe, work: &Path, debs_out: &Path, log: &Path) -> Res
 }
 
 /// A flat apt repository holding exactly the locked root file system packages.
-fn flat_repo(lock: &Lock, cache: &crate::cache::Cache, repo: &Path) -> Result<(), RootfsError> {
+fn flat_repo(
+    lock: &Lock,
+    cache: &crate::cache::Cache,
+    repo: &Path,
+    suite: &str,
+    date: &str,
+) -> Result<(), RootfsError> {
     let _ = std::fs::remove_dir_all(repo);
     std::fs::create_dir_all(repo).map_err(io(repo))?;
     for p in lock.with_role(Role::Rootfs) {
@@ -148,6 +179,17 @@ fn flat_repo(lock: &Lock, cache: &crate::cache::Cache, repo: &Path) -> Result<()
     let packages = cmd::output(cmd::new("apt-ftparchive", ["packages", "."]).current_dir(repo))?;
     let idx = repo.join("Packages");
     std::fs::write(&idx, &packages.stdout).map_err(io(&idx))?;
+    // mmdebstrap selects packages by suite and codename: the repository says which.
+    let release = cmd::output(
+        cmd::new("apt-ftparchive", ["release", "."])
+            .arg(format!("-oAPT::FTPArchive::Release::Suite={suite}"))
+            .arg(format!("-oAPT::FTPArchive::Release::Codename={suite}"))
+            .arg("-oAPT::FTPArchive::Release::Origin=rapbox")
+            .arg(format!("-oAPT::FTPArchive::Release::Date={date}"))
+            .current_dir(repo),
+    )?;
+    let rel = repo.join("Release");
+    std::fs::write(&rel, &release.stdout).map_err(io(&rel))?;
     Ok(())
 }
 
@@ -162,7 +204,9 @@ pub fn bootstrap(
     log: &Path,
 ) -> Result<(), RootfsError> {
     let repo = work.join("repo");
-    flat_repo(lock, cache, &repo)?;
+    let date =
+        cmd::stdout(cmd::new("date", ["-u", "-R", "-d"]).arg(format!("@{}", recipe.epoch())))?;
+    flat_repo(lock, cache, &repo, &recipe.debian.suite, date.trim())?;
     let setup = work.join("setup");
     setup_tree(recipe, &setup)?;
     let _ = std::fs::remove_dir_all(target);
@@ -172,7 +216,16 @@ pub fn bootstrap(
         .arg(format!("--variant={}", recipe.debian.variant))
         .arg("--aptopt=Acquire::Languages \"none\"")
         .args(dpkg_filters(recipe, Some(module_paths)))
-        .arg(format!("--include={}", recipe.debian.packages.join(",")))
+        // Every locked package by name: the flat repository carries the packages'
+        // own Priority fields, not the archive's, so minbase's priority-based
+        // selection alone would not reproduce the locked set.
+        .arg(format!(
+            "--include={}",
+            lock.with_role(Role::Rootfs)
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ))
         .arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount")
         .arg(format!("--setup-hook=cp -a {}/. \"$1\"/", setup.display()));
     if !recipe.debian.purge.is_empty() {
@@ -181,7 +234,9 @@ pub fn bootstrap(
             recipe.debian.purge.join(" ")
         ));
     }
-    c.arg(&recipe.debian.suite).arg(target).arg(format!("deb [trusted=yes] file://{} ./", repo.display()));
+    c.arg(&recipe.debian.suite)
+        .arg(target)
+        .arg(format!("deb [trusted=yes] file://{} ./", repo.display()));
     cmd::logged(&mut c, log)?;
     verify_installed(recipe, lock, target)
 }
@@ -194,7 +249,9 @@ fn verify_installed(recipe: &Recipe, lock: &Lock, target: &Path) -> Result<(), R
     for p in lock.with_role(Role::Rootfs) {
         match inst.get(&p.name) {
             Some((v, _)) if *v == p.version => {}
-            Some((v, _)) => problems.push(format!("{} {} installed, {} locked", p.name, v, p.version)),
+            Some((v, _)) => {
+                problems.push(format!("{} {} installed, {} locked", p.name, v, p.version))
+            }
             None if recipe.debian.purge.contains(&p.name) => {}
             None => problems.push(format!("{} {} locked but not installed", p.name, p.version)),
         }
@@ -213,7 +270,10 @@ fn verify_installed(recipe: &Recipe, lock: &Lock, target: &Path) -> Result<(), R
 
 /// Copies a tree onto the root (Buildroot overlay semantics: verbatim, root-owned).
 pub fn copy_tree(src: &Path, dest: &Path) -> Result<(), RootfsError> {
-    let mut entries: Vec<_> = std::fs::read_dir(src).map_err(io(src))?.collect::<Result<_, _>>().map_err(io(src))?;
+    let mut entries: Vec<_> = std::fs::read_dir(src)
+        .map_err(io(src))?
+        .collect::<Result<_, _>>()
+        .map_err(io(src))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let from = e.path();
@@ -272,16 +332,29 @@ pub fn customize(
         copy_tree(&recipe.resolve(dir), root)?;
     }
     for b in &recipe.binaries {
-        let src = binaries.get(&b.name).cloned().unwrap_or_else(|| recipe.resolve(&b.source));
+        let src = binaries
+            .get(&b.name)
+            .cloned()
+            .unwrap_or_else(|| recipe.resolve(&b.source));
         if !src.is_file() {
-            return Err(RootfsError::MissingBinary { name: b.name.clone(), path: src });
+            return Err(RootfsError::MissingBinary {
+                name: b.name.clone(),
+                path: src,
+            });
         }
         install_file(&src, root, &b.dest, 0o755)?;
         let sha256 = crate::cache::sha256_file(&src).map_err(io(&src))?;
-        done.push(Installed { name: b.name.clone(), source: src, dest: b.dest.clone(), sha256 });
+        done.push(Installed {
+            name: b.name.clone(),
+            source: src,
+            dest: b.dest.clone(),
+            sha256,
+        });
     }
     let f = &recipe.fips;
-    let module_dir = std::env::var_os("RAPBOX_FIPS_DIR").map(PathBuf::from).unwrap_or_else(|| f.module_dir.clone());
+    let module_dir = std::env::var_os("RAPBOX_FIPS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| f.module_dir.clone());
     let module = module_dir.join(&f.module);
     if fips {
         if !module.is_file() {
@@ -290,12 +363,20 @@ pub fn customize(
         // Copied byte for byte: its HMAC is checked by `openssl fipsinstall` on the box.
         install_file(&module, root, &f.image_module, 0o644)?;
         let sha256 = crate::cache::sha256_file(&module).map_err(io(&module))?;
-        done.push(Installed { name: "fips.so".into(), source: module, dest: f.image_module.clone(), sha256 });
+        done.push(Installed {
+            name: "fips.so".into(),
+            source: module,
+            dest: f.image_module.clone(),
+            sha256,
+        });
     }
     let tpl = recipe.resolve(&f.config_template);
     let text = std::fs::read_to_string(&tpl).map_err(io(&tpl))?;
     let text = text
-        .replace("@FIPSMODULE_CNF@", &f.image_fipsmodule_cnf.to_string_lossy())
+        .replace(
+            "@FIPSMODULE_CNF@",
+            &f.image_fipsmodule_cnf.to_string_lossy(),
+        )
         .replace("@FIPS_MODULE@", &f.image_module.to_string_lossy());
     let cfg = root.join(f.image_config.strip_prefix("/").unwrap_or(&f.image_config));
     std::fs::create_dir_all(cfg.parent().unwrap_or(root)).map_err(io(&cfg))?;
@@ -305,12 +386,21 @@ pub fn customize(
     let hostname = root.join("etc/hostname");
     std::fs::write(&hostname, format!("{}\n", recipe.image.hostname)).map_err(io(&hostname))?;
     let hosts = root.join("etc/hosts");
-    std::fs::write(&hosts, format!("127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n", recipe.image.hostname))
-        .map_err(io(&hosts))?;
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+            recipe.image.hostname
+        ),
+    )
+    .map_err(io(&hosts))?;
 
     if let Some(script) = &recipe.overlay.post_build {
         let script = recipe.resolve(script);
-        cmd::logged(cmd::new("sh", [&script]).arg(root).env("TARGET_DIR", root), log)?;
+        cmd::logged(
+            cmd::new("sh", [&script]).arg(root).env("TARGET_DIR", root),
+            log,
+        )?;
     }
     remove_identity(root)?;
     Ok(done)
@@ -326,12 +416,21 @@ pub fn remove_identity(root: &Path) -> Result<(), RootfsError> {
     if ssh.is_dir() {
         for e in std::fs::read_dir(&ssh).map_err(io(&ssh))? {
             let p = e.map_err(io(&ssh))?.path();
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ssh_host_")) {
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ssh_host_"))
+            {
                 std::fs::remove_file(&p).map_err(io(&p))?;
             }
         }
     }
-    for d in ["var/cache/apt", "var/lib/apt", "var/log", "var/cache/debconf", "tmp", "var/tmp"] {
+    for d in [
+        "var/cache/apt",
+        "var/lib/apt",
+        "var/log",
+        "var/cache/debconf",
+        "tmp",
+        "var/tmp",
+    ] {
         let p = root.join(d);
         if !p.is_dir() {
             continue;
@@ -377,9 +476,16 @@ fn remove_files_in(dir: &Path) -> Result<(), RootfsError> {
 /// Sets every time stamp newer than `epoch` to `epoch`.
 pub fn clamp_mtimes(dir: &Path, epoch: u64) -> Result<(), RootfsError> {
     let stamp = format!("@{epoch}");
-    cmd::output(
-        cmd::new("find", [dir])
-            .args(["-newermt", &stamp, "-exec", "touch", "--no-dereference", "--date", &stamp, "{}", "+"]),
-    )?;
+    cmd::output(cmd::new("find", [dir]).args([
+        "-newermt",
+        &stamp,
+        "-exec",
+        "touch",
+        "--no-dereference",
+        "--date",
+        &stamp,
+        "{}",
+        "+",
+    ]))?;
     Ok(())
 }
