@@ -1,0 +1,66 @@
+//! rapsim: the instrument simulator.
+//!
+//! * [`Instrument`]: a simulated instrument agent that behaves like a real one:
+//!   pipelined reports (up to `window` unacknowledged), replies read on a second
+//!   thread, every message kept until the box acks it, retries with backoff on
+//!   `QueueFull`/`StorageFailure`/`ShuttingDown`, reconnect and resend in id order
+//!   after a disconnect. Blocking I/O, no async runtime.
+//! * [`Stats`]: live counters shared through an `Arc`, including the set of acked
+//!   message ids that kill tests compare with what reached the data center.
+//! * [`raw`]: deliberately wrong clients for negative tests (garbage, oversized
+//!   frames, slowloris, idle connection floods).
+//! * [`StatusText`]: realistic, slowly varying status payloads.
+//!
+//! The frame format is [`rapwire::agent`]'s; this crate never defines its own.
+
+#[cfg(test)]
+mod fakebox;
+mod idset;
+mod instrument;
+mod payload;
+pub mod raw;
+mod stats;
+
+use std::net::SocketAddr;
+
+pub use idset::IdSet;
+pub use instrument::{
+    now_ms, Instrument, RunningInstrument, Summary, DEFAULT_PAYLOAD, DEFAULT_WINDOW,
+    STATUS_PRIORITY,
+};
+pub use payload::StatusText;
+pub use stats::{Rejection, Stats, StatsSnapshot};
+
+/// Why a simulated instrument (or a raw helper) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The configuration cannot produce valid messages.
+    #[error("instrument {serial}: invalid configuration: {what}")]
+    Config { serial: String, what: String },
+    /// Nothing was acked or rejected for `stall_timeout`.
+    #[error("instrument {serial}: no progress for {secs} s talking to {addr} ({outstanding} messages unacknowledged)")]
+    Stalled {
+        serial: String,
+        addr: SocketAddr,
+        outstanding: usize,
+        secs: u64,
+    },
+    /// A socket operation failed.
+    #[error("{op} ({addr}): {source}")]
+    Io {
+        addr: SocketAddr,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("instrument {serial}: starting a thread: {source}")]
+    Spawn {
+        serial: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The instrument's thread panicked.
+    #[error("instrument {serial}: thread panicked")]
+    Panicked { serial: String },
+}
