@@ -2,7 +2,7 @@
 //! scripted behaviour and records what it saw.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,15 +109,36 @@ fn serve(
     if let Behaviour::ReadTimeout(t) = b {
         let _ = stream.set_read_timeout(Some(t));
     }
-    let mut rd = BufReader::new(stream);
+    let mut rd = BufReader::with_capacity(64 * 1024, stream);
     let mut body = Vec::new();
     let mut unanswered: Vec<Reply> = Vec::new();
     let mut in_conn = 0usize;
     loop {
-        // With AckAll, flush held acks when the client pauses.
+        // With AckAll, held acks go out once `hold` are pending or the client pauses
+        // (nothing more arrives for 20 ms): a pipelining client fills its window first.
         if let Behaviour::AckAll { hold } = b {
-            let buffered = rd.buffer().len();
-            if unanswered.len() >= hold || (buffered == 0 && !unanswered.is_empty()) {
+            let mut flush = unanswered.len() >= hold;
+            if !flush && !unanswered.is_empty() && rd.buffer().is_empty() {
+                let _ = rd
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(20)));
+                let more = rd.fill_buf().map(|b| b.len());
+                let _ = rd.get_ref().set_read_timeout(None);
+                match more {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        flush = true
+                    }
+                    Err(_) => return,
+                }
+            }
+            if flush {
                 let mut out = Vec::new();
                 for r in unanswered.drain(..) {
                     r.encode_into(&mut out);
