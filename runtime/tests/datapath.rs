@@ -82,6 +82,54 @@ fn direct_delivery_exactly_once_alarms_first() {
     assert!(st.uplink["proxy"].is_null());
 }
 
+#[test]
+fn connect_proxy_delivery_exactly_once_alarms_first() {
+    use rapbox_testkit::peers::{Tinyproxy, TinyproxyConfig};
+    let mut w = World::new("connect_proxy");
+    let proxy = Tinyproxy::start(
+        &w.dir.subdir("tinyproxy").unwrap(),
+        &TinyproxyConfig { basic_auth: Some(("rapbox".into(), "pr0xy-pass".into())), ..Default::default() },
+    )
+    .expect("tinyproxy");
+    let rapd = delivery_exactly_once_alarms_first(&mut w, Some(proxy.url()));
+    assert!(proxy.saw_connect(&format!("{}:443", w.dc_addr.ip())), "the uplink went through the proxy:\n{}", proxy.log());
+    let st = rapd.status();
+    let shown = st.uplink["proxy"].as_str().unwrap().to_string();
+    assert!(shown.contains("***@") && !shown.contains("pr0xy-pass"), "proxy credentials are never shown: {shown}");
+}
+
+#[test]
+fn socks5_proxy_delivery_exactly_once_alarms_first() {
+    use rapbox_testkit::peers::{Dante, DanteConfig};
+    let mut w = World::new("socks5_proxy");
+    let proxy = Dante::start(&w.dir.subdir("dante").unwrap(), &DanteConfig::default()).expect("dante");
+    delivery_exactly_once_alarms_first(&mut w, Some(proxy.url()));
+    assert!(proxy.saw_connect(w.dc_addr), "the uplink went through the SOCKS5 proxy:\n{}", proxy.log());
+}
+
+#[test]
+fn wrong_proxy_credentials_send_nothing() {
+    use rapbox_testkit::peers::{Tinyproxy, TinyproxyConfig};
+    let mut w = World::new("proxy_bad_auth");
+    w.start_nginx();
+    let proxy = Tinyproxy::start(
+        &w.dir.subdir("tinyproxy").unwrap(),
+        &TinyproxyConfig { basic_auth: Some(("rapbox".into(), "right".into())), ..Default::default() },
+    )
+    .expect("tinyproxy");
+    let inst = vec![("INST-0001".to_string(), instrument_addr())];
+    let mut spec = w.rapd_spec();
+    spec.instruments = inst.clone();
+    spec.proxy = Some(format!("http://rapbox:wrong@{}", proxy.addr()));
+    let rapd = Rapd::start(&spec);
+    send_all(&inst, 10, 0, 1);
+    let st = rapd.wait_status("a proxy refusal", Duration::from_secs(30), |s| {
+        s.uplink["consecutive_failures"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(depth(&st), 10);
+    assert_eq!(w.batch_posts(), 0);
+}
+
 /// Drives a data center that refuses at the TLS level and proves nothing was sent.
 fn refused(name: &str, configure: impl FnOnce(&World) -> rapdc::FrontDoor, expect: &[&str]) {
     let mut w = World::new(name);
