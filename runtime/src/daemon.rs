@@ -65,21 +65,9 @@ pub fn run(config_path: &Path) -> i32 {
     logging::init(&cfg.log);
 
     // The gate comes before any socket is opened.
-    let fips_state = match fips::activate(&cfg.fips.openssl_conf)
-        .map_err(|e| {
-            let st = FipsState {
-                passed: false,
-                providers: vec![],
-                openssl_conf: cfg.fips.openssl_conf.clone(),
-                openssl_version: String::new(),
-                detail: e.to_string(),
-            };
-            (e, st)
-        })
-        .and_then(|()| fips::check(&cfg.fips.openssl_conf))
-    {
+    let fips_state = match fips::activate(&cfg.fips.openssl_conf).and_then(|()| fips::check(&cfg.fips.openssl_conf)) {
         Ok(st) => st,
-        Err((e, _)) => {
+        Err(e) => {
             log::error!("FIPS gate refused, no network I/O: {e}");
             eprintln!("rapd: FIPS gate refused, no network I/O: {e}");
             return exit::FIPS;

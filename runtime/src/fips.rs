@@ -98,17 +98,13 @@ extern "C" fn collect(provider: *mut OSSL_PROVIDER, data: *mut c_void) -> c_int 
 }
 
 /// Proves the FIPS state of this process. Call after [`activate`].
-pub fn check(conf: &Path) -> Result<FipsState, (FipsError, FipsState)> {
+pub fn check(conf: &Path) -> Result<FipsState, FipsError> {
     let mut state = FipsState {
         passed: false,
         providers: Vec::new(),
         openssl_conf: conf.into(),
         openssl_version: openssl::version::version().to_owned(),
         detail: String::new(),
-    };
-    let fail = |e: FipsError, mut st: FipsState| {
-        st.detail = e.to_string();
-        Err((e, st))
     };
     let fips_name = CString::new("fips").unwrap_or_default();
     let mut seen = Seen {
@@ -130,14 +126,14 @@ pub fn check(conf: &Path) -> Result<FipsState, (FipsError, FipsState)> {
     };
     state.providers = seen.names.clone();
     if !available || seen.fips.is_null() {
-        return fail(FipsError::NotLoaded, state);
+        return Err(FipsError::NotLoaded);
     }
     // SAFETY: `seen.fips` was handed to us by OSSL_PROVIDER_do_all and providers stay loaded.
     if unsafe { OSSL_PROVIDER_self_test(seen.fips) } != 1 {
-        return fail(FipsError::SelfTest, state);
+        return Err(FipsError::SelfTest);
     }
     if !is_default {
-        return fail(FipsError::NotDefault, state);
+        return Err(FipsError::NotDefault);
     }
     let extra: Vec<&str> = seen
         .names
@@ -146,10 +142,10 @@ pub fn check(conf: &Path) -> Result<FipsState, (FipsError, FipsState)> {
         .filter(|n| *n != "fips" && *n != "base")
         .collect();
     if !extra.is_empty() {
-        return fail(FipsError::ExtraProviders(extra.join(", ")), state);
+        return Err(FipsError::ExtraProviders(extra.join(", ")));
     }
     if hash(MessageDigest::md5(), b"abc").is_ok() {
-        return fail(FipsError::NotRefused("MD5"), state);
+        return Err(FipsError::NotRefused("MD5"));
     }
     let key = [7u8; 32];
     let iv = [9u8; 12];
@@ -164,12 +160,12 @@ pub fn check(conf: &Path) -> Result<FipsState, (FipsError, FipsState)> {
     )
     .is_ok()
     {
-        return fail(FipsError::NotRefused("ChaCha20-Poly1305"), state);
+        return Err(FipsError::NotRefused("ChaCha20-Poly1305"));
     }
     const SHA256_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     match hash(MessageDigest::sha256(), b"abc") {
         Ok(d) if hex(&d) == SHA256_ABC => {}
-        _ => return fail(FipsError::ApprovedFailed("SHA-256"), state),
+        _ => return Err(FipsError::ApprovedFailed("SHA-256")),
     }
     // AES-256-GCM: encrypt then decrypt must round-trip.
     let mut tag = [0u8; 16];
@@ -187,7 +183,7 @@ pub fn check(conf: &Path) -> Result<FipsState, (FipsError, FipsState)> {
     .map(|pt| pt == b"approved")
     .unwrap_or(false);
     if !ok {
-        return fail(FipsError::ApprovedFailed("AES-256-GCM"), state);
+        return Err(FipsError::ApprovedFailed("AES-256-GCM"));
     }
     state.passed = true;
     state.detail =
