@@ -563,7 +563,8 @@ fn rapctl_status_human_and_json() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("FIPS         passed (providers: "), "{text}");
-    assert!(text.contains("sent 1 batches, 25 messages"), "{text}");
+    assert!(text.contains(" batches, 25 messages, "), "{text}");
+    assert!(text.contains("Queue        0 messages (alarms 0, high 0, normal 0, low 0)"), "{text}");
     assert!(text.contains("INST-0001"), "{text}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
         .args(["--socket", spec.socket().to_str().unwrap(), "status", "--json"])
