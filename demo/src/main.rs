@@ -91,9 +91,8 @@ fn run(a: Args) -> Result<()> {
     println!("data center   https://{}/api/v1/batches (nginx mTLS → rapdc on {})", dc_addr.ip(), backend.addr());
 
     // rapd with one port per instrument.
-    let instruments: Vec<(String, SocketAddr)> = (0..a.instruments)
-        .map(|i| Ok((format!("DXI-{:04}", i + 1), ports::unique_addr()?)))
-        .collect::<Result<_>>()?;
+    let instruments: Vec<(String, SocketAddr)> =
+        (0..a.instruments).map(|i| Ok((format!("DXI-{:04}", i + 1), ports::unique_addr()?))).collect::<Result<_>>()?;
     let socket = dir.join("rapd.sock");
     let mut cfg = format!(
         "[queue]\npath = {:?}\n\n[uplink]\nurl = \"https://{}/api/v1/batches\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n\
@@ -140,7 +139,13 @@ fn run(a: Args) -> Result<()> {
         let mut line = format!("{:>4}s ", started.elapsed().as_secs());
         for r in &runs {
             let at_dc = dc.as_ref().and_then(|d| d.for_instrument(BOX_ID, r.serial())).map(|i| i.count).unwrap_or(0);
-            line += &format!(" | {} sent {} acked {} at data center {}", r.serial(), r.stats().sent(), r.stats().acked(), at_dc);
+            line += &format!(
+                " | {} sent {} acked {} at data center {}",
+                r.serial(),
+                r.stats().sent(),
+                r.stats().acked(),
+                at_dc
+            );
         }
         if let Some(st) = st {
             line += &format!(" | queue {} uplink {}", st.queue["depth"], st.uplink["state"].as_str().unwrap_or("?"));

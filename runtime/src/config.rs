@@ -17,18 +17,11 @@ pub const DEFAULT_PATH: &str = "/etc/rapbox/rapd.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read configuration: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: key `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 /// Validated configuration of rapd.
@@ -191,9 +184,7 @@ struct RawFips {
 
 impl Default for RawFips {
     fn default() -> Self {
-        RawFips {
-            openssl_conf: d_openssl_conf(),
-        }
+        RawFips { openssl_conf: d_openssl_conf() }
     }
 }
 
@@ -242,10 +233,7 @@ struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog {
-            target: d_log_target(),
-            level: d_log_level(),
-        }
+        RawLog { target: d_log_target(), level: d_log_level() }
     }
 }
 
@@ -310,43 +298,27 @@ fn d_log_level() -> String {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(path, &text)
     }
 
     /// Validates `text` as if read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: one_line(&e.to_string()),
-        })?;
-        let bad = |key: &str, message: String| ConfigError::Invalid {
-            path: path.into(),
-            key: key.into(),
-            message,
-        };
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: one_line(&e.to_string()) })?;
+        let bad = |key: &str, message: String| ConfigError::Invalid { path: path.into(), key: key.into(), message };
 
         // queue
         if raw.queue.quota_bytes < 1024 * 1024 {
-            return Err(bad(
-                "queue.quota_bytes",
-                format!("{} is below the minimum of 1 MiB", raw.queue.quota_bytes),
-            ));
+            return Err(bad("queue.quota_bytes", format!("{} is below the minimum of 1 MiB", raw.queue.quota_bytes)));
         }
         require_absolute(&raw.queue.path, "queue.path", &bad)?;
 
         // uplink
         let u = &raw.uplink;
-        let url = url::Url::parse(&u.url)
-            .map_err(|e| bad("uplink.url", format!("`{}` is not a URL: {e}", u.url)))?;
+        let url = url::Url::parse(&u.url).map_err(|e| bad("uplink.url", format!("`{}` is not a URL: {e}", u.url)))?;
         if url.scheme() != "https" {
-            return Err(bad(
-                "uplink.url",
-                format!("scheme must be https, not `{}`", url.scheme()),
-            ));
+            return Err(bad("uplink.url", format!("scheme must be https, not `{}`", url.scheme())));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(bad("uplink.url", "has no host".into()));
@@ -359,10 +331,7 @@ impl Config {
         }
         let port = url.port_or_known_default().unwrap_or(443);
         if u.allowed_ports.is_empty() {
-            return Err(bad(
-                "uplink.allowed_ports",
-                "must list at least one port".into(),
-            ));
+            return Err(bad("uplink.allowed_ports", "must list at least one port".into()));
         }
         if !u.allowed_ports.contains(&port) {
             return Err(bad(
@@ -370,11 +339,7 @@ impl Config {
                 format!("port {port} is not in uplink.allowed_ports {:?} (the box speaks outward on 443 only unless allowed)", u.allowed_ports),
             ));
         }
-        for (key, p) in [
-            ("uplink.ca", &u.ca),
-            ("uplink.cert", &u.cert),
-            ("uplink.key", &u.key),
-        ] {
+        for (key, p) in [("uplink.ca", &u.ca), ("uplink.cert", &u.cert), ("uplink.key", &u.key)] {
             require_absolute(p, key, &bad)?;
         }
         let proxy = match &u.proxy {
@@ -383,42 +348,19 @@ impl Config {
             Some(p) => Some(parse_proxy(p).map_err(|m| bad("uplink.proxy", m))?),
         };
         for (key, v, min, max) in [
-            (
-                "uplink.connect_timeout_ms",
-                u.connect_timeout_ms,
-                100,
-                600_000,
-            ),
+            ("uplink.connect_timeout_ms", u.connect_timeout_ms, 100, 600_000),
             ("uplink.io_timeout_ms", u.io_timeout_ms, 100, 3_600_000),
-            (
-                "uplink.backoff_initial_ms",
-                u.backoff_initial_ms,
-                10,
-                3_600_000,
-            ),
+            ("uplink.backoff_initial_ms", u.backoff_initial_ms, 10, 3_600_000),
             ("uplink.backoff_max_ms", u.backoff_max_ms, 10, 86_400_000),
-            (
-                "uplink.batch_max_records",
-                u.batch_max_records as u64,
-                1,
-                100_000,
-            ),
-            (
-                "uplink.batch_max_bytes",
-                u.batch_max_bytes as u64,
-                64 * 1024,
-                32 * 1024 * 1024,
-            ),
+            ("uplink.batch_max_records", u.batch_max_records as u64, 1, 100_000),
+            ("uplink.batch_max_bytes", u.batch_max_bytes as u64, 64 * 1024, 32 * 1024 * 1024),
         ] {
             if v < min || v > max {
                 return Err(bad(key, format!("{v} is outside {min}..={max}")));
             }
         }
         if u.backoff_max_ms < u.backoff_initial_ms {
-            return Err(bad(
-                "uplink.backoff_max_ms",
-                "must not be below uplink.backoff_initial_ms".into(),
-            ));
+            return Err(bad("uplink.backoff_max_ms", "must not be below uplink.backoff_initial_ms".into()));
         }
 
         // ingest
@@ -430,37 +372,20 @@ impl Config {
             ));
         }
         if i.frame_timeout_ms < 100 {
-            return Err(bad(
-                "ingest.frame_timeout_ms",
-                "must be at least 100".into(),
-            ));
+            return Err(bad("ingest.frame_timeout_ms", "must be at least 100".into()));
         }
         if i.idle_timeout_ms < i.frame_timeout_ms {
-            return Err(bad(
-                "ingest.idle_timeout_ms",
-                "must not be below ingest.frame_timeout_ms".into(),
-            ));
+            return Err(bad("ingest.idle_timeout_ms", "must not be below ingest.frame_timeout_ms".into()));
         }
 
         // log
         let target = match raw.log.target.as_str() {
             "syslog" => LogTarget::Syslog,
             "stderr" => LogTarget::Stderr,
-            other => {
-                return Err(bad(
-                    "log.target",
-                    format!("`{other}` is not one of syslog, stderr"),
-                ))
-            }
+            other => return Err(bad("log.target", format!("`{other}` is not one of syslog, stderr"))),
         };
         let level: log::LevelFilter = raw.log.level.parse().map_err(|_| {
-            bad(
-                "log.level",
-                format!(
-                    "`{}` is not one of error, warn, info, debug, trace",
-                    raw.log.level
-                ),
-            )
+            bad("log.level", format!("`{}` is not one of error, warn, info, debug, trace", raw.log.level))
         })?;
 
         // instruments
@@ -470,10 +395,7 @@ impl Config {
         for (n, ri) in raw.instruments.iter().enumerate() {
             let key = |k: &str| format!("instrument[{n}].{k}");
             let s = &ri.serial;
-            if s.is_empty()
-                || s.len() > rapwire::agent::MAX_SERIAL
-                || !s.bytes().all(|b| b.is_ascii_graphic())
-            {
+            if s.is_empty() || s.len() > rapwire::agent::MAX_SERIAL || !s.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(bad(
                     &key("serial"),
                     format!("`{s}` must be 1 to 64 printable ASCII characters without spaces"),
@@ -482,23 +404,14 @@ impl Config {
             if !serials.insert(s.clone()) {
                 return Err(bad(&key("serial"), format!("`{s}` is configured twice")));
             }
-            let listen: SocketAddr = ri.listen.parse().map_err(|e| {
-                bad(
-                    &key("listen"),
-                    format!("`{}` is not an address:port: {e}", ri.listen),
-                )
-            })?;
+            let listen: SocketAddr = ri
+                .listen
+                .parse()
+                .map_err(|e| bad(&key("listen"), format!("`{}` is not an address:port: {e}", ri.listen)))?;
             if !listens.insert(listen) {
-                return Err(bad(
-                    &key("listen"),
-                    format!("{listen} is already used by another instrument"),
-                ));
+                return Err(bad(&key("listen"), format!("{listen} is already used by another instrument")));
             }
-            instruments.push(InstrumentConfig {
-                serial: s.clone(),
-                model: ri.model.clone(),
-                listen,
-            });
+            instruments.push(InstrumentConfig { serial: s.clone(), model: ri.model.clone(), listen });
         }
 
         Ok(Config {
@@ -521,12 +434,8 @@ impl Config {
                 backoff_initial: Duration::from_millis(u.backoff_initial_ms),
                 backoff_max: Duration::from_millis(u.backoff_max_ms),
             },
-            fips: FipsConfig {
-                openssl_conf: raw.fips.openssl_conf,
-            },
-            control: ControlConfig {
-                socket: raw.control.socket,
-            },
+            fips: FipsConfig { openssl_conf: raw.fips.openssl_conf },
+            control: ControlConfig { socket: raw.control.socket },
             ingest: IngestConfig {
                 max_connections_per_port: i.max_connections_per_port,
                 frame_timeout: Duration::from_millis(i.frame_timeout_ms),
@@ -538,18 +447,11 @@ impl Config {
     }
 }
 
-fn require_absolute(
-    p: &Path,
-    key: &str,
-    bad: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<(), ConfigError> {
+fn require_absolute(p: &Path, key: &str, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
     if p.is_absolute() {
         Ok(())
     } else {
-        Err(bad(
-            key,
-            format!("`{}` must be an absolute path", p.display()),
-        ))
+        Err(bad(key, format!("`{}` must be an absolute path", p.display())))
     }
 }
 
@@ -558,11 +460,7 @@ fn parse_proxy(p: &str) -> Result<Proxy, String> {
     let kind = match u.scheme() {
         "http" => ProxyKind::Connect,
         "socks5" => ProxyKind::Socks5,
-        other => {
-            return Err(format!(
-                "scheme `{other}` is not supported; use http:// (CONNECT) or socks5://"
-            ))
-        }
+        other => return Err(format!("scheme `{other}` is not supported; use http:// (CONNECT) or socks5://")),
     };
     if u.host_str().is_none_or(str::is_empty) {
         return Err(format!("`{p}` has no host"));
@@ -573,18 +471,11 @@ fn parse_proxy(p: &str) -> Result<Proxy, String> {
     if u.path() != "/" && !u.path().is_empty() {
         return Err(format!("`{p}` must not have a path"));
     }
-    Ok(Proxy {
-        kind,
-        url: p.to_owned(),
-    })
+    Ok(Proxy { kind, url: p.to_owned() })
 }
 
 fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
+    s.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" | ")
 }
 
 #[cfg(test)]
@@ -625,10 +516,7 @@ listen = "10.10.2.1:7300"
         assert_eq!(c.instruments.len(), 2);
         assert_eq!(c.queue.quota_bytes, 256 * 1024 * 1024);
         assert_eq!(c.uplink.url.port_or_known_default(), Some(443));
-        assert_eq!(
-            c.fips.openssl_conf,
-            Path::new("/etc/rapbox/fips/openssl-fips.cnf")
-        );
+        assert_eq!(c.fips.openssl_conf, Path::new("/etc/rapbox/fips/openssl-fips.cnf"));
         assert_eq!(c.log.target, LogTarget::Syslog);
         assert!(c.uplink.proxy.is_none());
     }
@@ -636,27 +524,15 @@ listen = "10.10.2.1:7300"
     #[test]
     fn errors_name_file_and_key() {
         let e = err(&GOOD.replace("https://dc.example.net", "http://dc.example.net"));
-        assert_eq!(
-            e,
-            "/etc/rapbox/rapd.toml: key `uplink.url`: scheme must be https, not `http`"
-        );
+        assert_eq!(e, "/etc/rapbox/rapd.toml: key `uplink.url`: scheme must be https, not `http`");
         let e = err(&GOOD.replace("dc.example.net/api", "dc.example.net:8443/api"));
-        assert!(
-            e.contains("key `uplink.url`: port 8443 is not in uplink.allowed_ports [443]"),
-            "{e}"
-        );
+        assert!(e.contains("key `uplink.url`: port 8443 is not in uplink.allowed_ports [443]"), "{e}");
         let e = err(&GOOD.replace("\"AU-0002\"", "\"DXI-0001\""));
-        assert!(
-            e.contains("key `instrument[1].serial`: `DXI-0001` is configured twice"),
-            "{e}"
-        );
+        assert!(e.contains("key `instrument[1].serial`: `DXI-0001` is configured twice"), "{e}");
         let e = err(&GOOD.replace("10.10.2.1:7300", "10.10.2.1"));
         assert!(e.contains("key `instrument[1].listen`"), "{e}");
         let e = err(&GOOD.replace("/data/rapd/queue.db", "queue.db"));
-        assert!(
-            e.contains("key `queue.path`: `queue.db` must be an absolute path"),
-            "{e}"
-        );
+        assert!(e.contains("key `queue.path`: `queue.db` must be an absolute path"), "{e}");
     }
 
     #[test]
@@ -680,18 +556,11 @@ listen = "10.10.2.1:7300"
         ))
         .unwrap();
         assert_eq!(c.uplink.proxy.unwrap().kind, ProxyKind::Connect);
-        let e = err(&GOOD.replace(
-            "key = \"/data/certs/box.key\"",
-            "key = \"/data/certs/box.key\"\nproxy = \"ftp://10.0.0.9:21\"",
-        ));
-        assert!(
-            e.contains("key `uplink.proxy`: scheme `ftp` is not supported"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace(
-            "key = \"/data/certs/box.key\"",
-            "key = \"/data/certs/box.key\"\nproxy = \"http://10.0.0.9\"",
-        ));
+        let e = err(&GOOD
+            .replace("key = \"/data/certs/box.key\"", "key = \"/data/certs/box.key\"\nproxy = \"ftp://10.0.0.9:21\""));
+        assert!(e.contains("key `uplink.proxy`: scheme `ftp` is not supported"), "{e}");
+        let e = err(&GOOD
+            .replace("key = \"/data/certs/box.key\"", "key = \"/data/certs/box.key\"\nproxy = \"http://10.0.0.9\""));
         assert!(e.contains("must name the proxy port"), "{e}");
     }
 
@@ -702,9 +571,6 @@ listen = "10.10.2.1:7300"
         let e = err(&format!("{GOOD}\n[ingest]\nmax_connections_per_port = 0\n"));
         assert!(e.contains("key `ingest.max_connections_per_port`"), "{e}");
         let e = err(&format!("{GOOD}\n[log]\ntarget = \"kafka\"\n"));
-        assert!(
-            e.contains("key `log.target`: `kafka` is not one of syslog, stderr"),
-            "{e}"
-        );
+        assert!(e.contains("key `log.target`: `kafka` is not one of syslog, stderr"), "{e}");
     }
 }

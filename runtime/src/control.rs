@@ -59,20 +59,14 @@ pub trait Source: Send + Sync {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("control socket {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("control socket {path}: bad response: {message}")]
     Protocol { path: PathBuf, message: String },
 }
 
 /// Binds the socket (replacing a stale one) with mode 0660.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let io = |source| ControlError::Io {
-        path: path.into(),
-        source,
-    };
+    let io = |source| ControlError::Io { path: path.into(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -93,18 +87,13 @@ pub fn serve(listener: UnixListener, src: Arc<dyn Source>, stop: Arc<AtomicBool>
         match listener.accept() {
             Ok((s, _)) => {
                 let src = src.clone();
-                let _ = std::thread::Builder::new()
-                    .name("control".into())
-                    .stack_size(256 * 1024)
-                    .spawn(move || {
-                        if let Err(e) = handle(s, &*src) {
-                            log::debug!("control: {e}");
-                        }
-                    });
+                let _ = std::thread::Builder::new().name("control".into()).stack_size(256 * 1024).spawn(move || {
+                    if let Err(e) = handle(s, &*src) {
+                        log::debug!("control: {e}");
+                    }
+                });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => {
                 log::warn!("control: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(200));
@@ -120,16 +109,8 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&s, 64 * 1024)).read_line(&mut line)?;
     let resp = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(Request::Status) => Response {
-            ok: true,
-            error: None,
-            status: Some(status(src)),
-        },
-        Err(e) => Response {
-            ok: false,
-            error: Some(format!("bad request: {e}")),
-            status: None,
-        },
+        Ok(Request::Status) => Response { ok: true, error: None, status: Some(status(src)) },
+        Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), status: None },
     };
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
@@ -150,23 +131,14 @@ fn status(src: &dyn Source) -> Status {
 
 /// Sends one request and returns the response (used by rapctl and tests).
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
-    let io = |source| ControlError::Io {
-        path: path.into(),
-        source,
-    };
+    let io = |source| ControlError::Io { path: path.into(), source };
     let s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
-    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Protocol {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let mut line =
+        serde_json::to_vec(req).map_err(|e| ControlError::Protocol { path: path.into(), message: e.to_string() })?;
     line.push(b'\n');
     (&s).write_all(&line).map_err(io)?;
     let mut resp = String::new();
     BufReader::new(&s).read_line(&mut resp).map_err(io)?;
-    serde_json::from_str(&resp).map_err(|e| ControlError::Protocol {
-        path: path.into(),
-        message: e.to_string(),
-    })
+    serde_json::from_str(&resp).map_err(|e| ControlError::Protocol { path: path.into(), message: e.to_string() })
 }

@@ -34,18 +34,10 @@ impl Source for Daemon {
         self.queue.stats()
     }
     fn uplink(&self) -> UplinkStatus {
-        self.uplink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.uplink.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     fn ports(&self) -> Vec<PortStatus> {
-        self.ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(Port::status)
-            .collect()
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).iter().map(Port::status).collect()
     }
     fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -73,11 +65,7 @@ pub fn run(config_path: &Path) -> i32 {
             return exit::FIPS;
         }
     };
-    log::info!(
-        "FIPS gate passed: providers {:?}, {}",
-        fips_state.providers,
-        fips_state.openssl_version
-    );
+    log::info!("FIPS gate passed: providers {:?}, {}", fips_state.providers, fips_state.openssl_version);
 
     // Signals are handled by one thread with sigwait; block them before any thread starts.
     let mut sigs = SigSet::empty();
@@ -89,11 +77,7 @@ pub fn run(config_path: &Path) -> i32 {
         return exit::FAILURE;
     }
 
-    let (queue, writer) = match Queue::open(
-        &cfg.queue.path,
-        cfg.queue.quota_bytes,
-        cfg.queue.dedup_retention,
-    ) {
+    let (queue, writer) = match Queue::open(&cfg.queue.path, cfg.queue.quota_bytes, cfg.queue.dedup_retention) {
         Ok(q) => q,
         Err(e) => {
             log::error!("{e}");
@@ -114,19 +98,9 @@ pub fn run(config_path: &Path) -> i32 {
 
     let mut ports = Vec::new();
     for inst in &cfg.instruments {
-        match ingest::start(
-            inst.clone(),
-            cfg.ingest.clone(),
-            queue.clone(),
-            stop.clone(),
-        ) {
+        match ingest::start(inst.clone(), cfg.ingest.clone(), queue.clone(), stop.clone()) {
             Ok(p) => {
-                log::info!(
-                    "instrument {} ({}): listening on {}",
-                    inst.serial,
-                    inst.model,
-                    inst.listen
-                );
+                log::info!("instrument {} ({}): listening on {}", inst.serial, inst.model, inst.listen);
                 ports.push(p);
             }
             Err(e) => {
@@ -151,15 +125,8 @@ pub fn run(config_path: &Path) -> i32 {
     });
 
     let up = {
-        let (cfg, q, st, stop) = (
-            cfg.uplink.clone(),
-            queue.clone(),
-            uplink_status,
-            stop.clone(),
-        );
-        std::thread::Builder::new()
-            .name("uplink".into())
-            .spawn(move || uplink::run(cfg, q, st, stop))
+        let (cfg, q, st, stop) = (cfg.uplink.clone(), queue.clone(), uplink_status, stop.clone());
+        std::thread::Builder::new().name("uplink".into()).spawn(move || uplink::run(cfg, q, st, stop))
     };
     let ctl = {
         let (src, stop) = (daemon.clone() as Arc<dyn Source>, stop.clone());
@@ -176,11 +143,7 @@ pub fn run(config_path: &Path) -> i32 {
     };
     let wd = start_watchdog(queue.clone(), stop.clone());
     notify("READY=1\nSTATUS=ingesting and forwarding");
-    log::info!(
-        "rapd ready: {} instrument ports, queue {}",
-        cfg.instruments.len(),
-        cfg.queue.path.display()
-    );
+    log::info!("rapd ready: {} instrument ports, queue {}", cfg.instruments.len(), cfg.queue.path.display());
 
     // Wait for SIGTERM/SIGINT (SIGHUP is logged: configuration reload is a restart).
     loop {
@@ -230,8 +193,7 @@ fn notify(state: &str) {
     let bytes = path.as_encoded_bytes();
     let res = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
         sock.send_to(state.as_bytes(), Path::new(&path))
     };

@@ -61,10 +61,7 @@ pub struct FipsState {
 /// Makes OpenSSL load `conf` as its configuration. Must run before any other OpenSSL
 /// use in the process, while it is still single-threaded.
 pub fn activate(conf: &Path) -> Result<(), FipsError> {
-    if std::fs::metadata(conf)
-        .map(|m| !m.is_file())
-        .unwrap_or(true)
-    {
+    if std::fs::metadata(conf).map(|m| !m.is_file()).unwrap_or(true) {
         return Err(FipsError::ConfigMissing(conf.into()));
     }
     // OpenSSL reads OPENSSL_CONF when it initialises; child processes (openvpn) inherit it.
@@ -84,11 +81,7 @@ extern "C" fn collect(provider: *mut OSSL_PROVIDER, data: *mut c_void) -> c_int 
     unsafe {
         let seen = &mut *(data as *mut Seen);
         let name = OSSL_PROVIDER_get0_name(provider);
-        let name = if name.is_null() {
-            String::from("?")
-        } else {
-            CStr::from_ptr(name).to_string_lossy().into_owned()
-        };
+        let name = if name.is_null() { String::from("?") } else { CStr::from_ptr(name).to_string_lossy().into_owned() };
         if name == "fips" {
             seen.fips = provider;
         }
@@ -107,22 +100,12 @@ pub fn check(conf: &Path) -> Result<FipsState, FipsError> {
         detail: String::new(),
     };
     let fips_name = CString::new("fips").unwrap_or_default();
-    let mut seen = Seen {
-        names: Vec::new(),
-        fips: std::ptr::null(),
-    };
+    let mut seen = Seen { names: Vec::new(), fips: std::ptr::null() };
     // SAFETY: plain libcrypto calls on the default library context; `seen` outlives the call.
     let (available, is_default) = unsafe {
         let available = OSSL_PROVIDER_available(std::ptr::null_mut(), fips_name.as_ptr()) == 1;
-        OSSL_PROVIDER_do_all(
-            std::ptr::null_mut(),
-            collect,
-            &mut seen as *mut Seen as *mut c_void,
-        );
-        (
-            available,
-            EVP_default_properties_is_fips_enabled(std::ptr::null_mut()) == 1,
-        )
+        OSSL_PROVIDER_do_all(std::ptr::null_mut(), collect, &mut seen as *mut Seen as *mut c_void);
+        (available, EVP_default_properties_is_fips_enabled(std::ptr::null_mut()) == 1)
     };
     state.providers = seen.names.clone();
     if !available || seen.fips.is_null() {
@@ -135,12 +118,7 @@ pub fn check(conf: &Path) -> Result<FipsState, FipsError> {
     if !is_default {
         return Err(FipsError::NotDefault);
     }
-    let extra: Vec<&str> = seen
-        .names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| *n != "fips" && *n != "base")
-        .collect();
+    let extra: Vec<&str> = seen.names.iter().map(String::as_str).filter(|n| *n != "fips" && *n != "base").collect();
     if !extra.is_empty() {
         return Err(FipsError::ExtraProviders(extra.join(", ")));
     }
@@ -150,16 +128,7 @@ pub fn check(conf: &Path) -> Result<FipsState, FipsError> {
     let key = [7u8; 32];
     let iv = [9u8; 12];
     let mut tag = [0u8; 16];
-    if encrypt_aead(
-        Cipher::chacha20_poly1305(),
-        &key,
-        Some(&iv),
-        b"",
-        b"x",
-        &mut tag,
-    )
-    .is_ok()
-    {
+    if encrypt_aead(Cipher::chacha20_poly1305(), &key, Some(&iv), b"", b"x", &mut tag).is_ok() {
         return Err(FipsError::NotRefused("ChaCha20-Poly1305"));
     }
     const SHA256_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -169,26 +138,15 @@ pub fn check(conf: &Path) -> Result<FipsState, FipsError> {
     }
     // AES-256-GCM: encrypt then decrypt must round-trip.
     let mut tag = [0u8; 16];
-    let ok = encrypt_aead(
-        Cipher::aes_256_gcm(),
-        &key,
-        Some(&iv),
-        b"aad",
-        b"approved",
-        &mut tag,
-    )
-    .and_then(|ct| {
-        openssl::symm::decrypt_aead(Cipher::aes_256_gcm(), &key, Some(&iv), b"aad", &ct, &tag)
-    })
-    .map(|pt| pt == b"approved")
-    .unwrap_or(false);
+    let ok = encrypt_aead(Cipher::aes_256_gcm(), &key, Some(&iv), b"aad", b"approved", &mut tag)
+        .and_then(|ct| openssl::symm::decrypt_aead(Cipher::aes_256_gcm(), &key, Some(&iv), b"aad", &ct, &tag))
+        .map(|pt| pt == b"approved")
+        .unwrap_or(false);
     if !ok {
         return Err(FipsError::ApprovedFailed("AES-256-GCM"));
     }
     state.passed = true;
-    state.detail =
-        "fips provider loaded and self-tested; fips=yes default; MD5 and ChaCha20-Poly1305 refused"
-            .into();
+    state.detail = "fips provider loaded and self-tested; fips=yes default; MD5 and ChaCha20-Poly1305 refused".into();
     Ok(state)
 }
 

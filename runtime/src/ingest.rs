@@ -73,11 +73,7 @@ impl Port {
             errors: s.errors.load(Ordering::Relaxed),
             refused_connections: s.refused_connections.load(Ordering::Relaxed),
             last_report_ms: (last != 0).then_some(last),
-            last_error: s
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: s.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 
@@ -112,35 +108,18 @@ pub fn start(
     })?;
     let local = listener.local_addr().unwrap_or(inst.listen);
     // Accept with a timeout so that the loop notices the stop flag.
-    listener
-        .set_nonblocking(false)
-        .map_err(|source| ListenError {
-            serial: inst.serial.clone(),
-            addr: inst.listen,
-            source,
-        })?;
+    listener.set_nonblocking(false).map_err(|source| ListenError {
+        serial: inst.serial.clone(),
+        addr: inst.listen,
+        source,
+    })?;
     let stats = Arc::new(PortStats::default());
-    let ctx = Arc::new(PortCtx {
-        serial: Arc::from(inst.serial.as_str()),
-        cfg,
-        queue,
-        stats: stats.clone(),
-        stop,
-    });
+    let ctx = Arc::new(PortCtx { serial: Arc::from(inst.serial.as_str()), cfg, queue, stats: stats.clone(), stop });
     let handle = std::thread::Builder::new()
         .name(format!("port-{}", inst.serial))
         .spawn(move || accept_loop(listener, ctx))
-        .map_err(|source| ListenError {
-            serial: inst.serial.clone(),
-            addr: inst.listen,
-            source,
-        })?;
-    Ok(Port {
-        instrument: inst,
-        stats,
-        handle: Some(handle),
-        local,
-    })
+        .map_err(|source| ListenError { serial: inst.serial.clone(), addr: inst.listen, source })?;
+    Ok(Port { instrument: inst, stats, handle: Some(handle), local })
 }
 
 struct PortCtx {
@@ -182,26 +161,20 @@ fn accept_loop(listener: TcpListener, ctx: Arc<PortCtx>) {
         let active = ctx.stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
         if active > ctx.cfg.max_connections_per_port {
             ctx.stats.connections.fetch_sub(1, Ordering::SeqCst);
-            ctx.stats
-                .refused_connections
-                .fetch_add(1, Ordering::Relaxed);
+            ctx.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
             refuse(stream, ctx.cfg.max_connections_per_port);
             continue;
         }
         ctx.stats.accepted_total.fetch_add(1, Ordering::Relaxed);
         let c = ctx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("conn-{}", ctx.serial))
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
+        let spawned = std::thread::Builder::new().name(format!("conn-{}", ctx.serial)).stack_size(THREAD_STACK).spawn(
+            move || {
                 serve(stream, peer, &c);
                 c.stats.connections.fetch_sub(1, Ordering::SeqCst);
-            });
+            },
+        );
         if let Err(e) = spawned {
-            log::error!(
-                "instrument {}: cannot start a connection thread: {e}",
-                ctx.serial
-            );
+            log::error!("instrument {}: cannot start a connection thread: {e}", ctx.serial);
             ctx.stats.connections.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -240,17 +213,11 @@ impl Read for DeadlineReader {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
@@ -259,10 +226,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
     let wstream = match stream.try_clone() {
         Ok(s) => s,
         Err(e) => {
-            log::warn!(
-                "instrument {}: {peer}: cannot clone socket: {e}",
-                ctx.serial
-            );
+            log::warn!("instrument {}: {peer}: cannot clone socket: {e}", ctx.serial);
             return;
         }
     };
@@ -280,13 +244,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         }
     };
     log::info!("instrument {}: agent connected from {peer}", ctx.serial);
-    let mut rd = BufReader::with_capacity(
-        64 * 1024,
-        DeadlineReader {
-            stream,
-            deadline: None,
-        },
-    );
+    let mut rd = BufReader::with_capacity(64 * 1024, DeadlineReader { stream, deadline: None });
     let mut body = Vec::with_capacity(4096);
     let reason = loop {
         if ctx.stop.load(Ordering::SeqCst) {
@@ -301,8 +259,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         let idle_until = Instant::now() + ctx.cfg.idle_timeout;
         let got_first = loop {
             if rd.buffer().is_empty() {
-                rd.get_mut().deadline =
-                    Some((Instant::now() + Duration::from_millis(500)).min(idle_until));
+                rd.get_mut().deadline = Some((Instant::now() + Duration::from_millis(500)).min(idle_until));
                 match rd.fill_buf() {
                     Ok([]) => break Ok(false),
                     Ok(_) => break Ok(true),
@@ -321,9 +278,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             Ok(true) => {}
             Ok(false) => break "closed by the agent".to_string(),
             Err(e) if is_timeout(&e) && ctx.stop.load(Ordering::SeqCst) => continue,
-            Err(e) if is_timeout(&e) => {
-                break format!("idle for {} s", ctx.cfg.idle_timeout.as_secs())
-            }
+            Err(e) if is_timeout(&e) => break format!("idle for {} s", ctx.cfg.idle_timeout.as_secs()),
             Err(e) => break format!("read error: {e}"),
         }
         rd.get_mut().deadline = Some(Instant::now() + ctx.cfg.frame_timeout);
@@ -331,29 +286,15 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             Ok(()) => {}
             Err(ReadError::Closed) => break "closed by the agent".to_string(),
             Err(ReadError::TooLarge(n)) => {
-                let reason = format!(
-                    "declared frame length {n} exceeds the limit of {} bytes",
-                    agent::MAX_BODY
-                );
+                let reason = format!("declared frame length {n} exceeds the limit of {} bytes", agent::MAX_BODY);
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error {
-                    msg_id: 0,
-                    code: ErrorCode::TooLarge,
-                    reason: reason.clone(),
-                });
+                let _ = tx.send(Reply::Error { msg_id: 0, code: ErrorCode::TooLarge, reason: reason.clone() });
                 break reason;
             }
             Err(ReadError::Io(e)) if is_timeout(&e) => {
-                let reason = format!(
-                    "frame not complete within {} ms",
-                    ctx.cfg.frame_timeout.as_millis()
-                );
+                let reason = format!("frame not complete within {} ms", ctx.cfg.frame_timeout.as_millis());
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error {
-                    msg_id: 0,
-                    code: ErrorCode::Timeout,
-                    reason: reason.clone(),
-                });
+                let _ = tx.send(Reply::Error { msg_id: 0, code: ErrorCode::Timeout, reason: reason.clone() });
                 break reason;
             }
             Err(ReadError::Io(e)) => break format!("read error: {e}"),
@@ -364,22 +305,14 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             Ok(Frame::Reply(_)) => {
                 let reason = "an agent may only send REPORT frames".to_string();
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error {
-                    msg_id,
-                    code: ErrorCode::UnknownFrameType,
-                    reason,
-                });
+                let _ = tx.send(Reply::Error { msg_id, code: ErrorCode::UnknownFrameType, reason });
                 continue;
             }
             Err(e) => {
                 let code = e.code();
                 let reason = e.to_string();
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error {
-                    msg_id,
-                    code,
-                    reason: reason.clone(),
-                });
+                let _ = tx.send(Reply::Error { msg_id, code, reason: reason.clone() });
                 if code.closes_connection() {
                     break reason;
                 }
@@ -387,16 +320,9 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             }
         };
         if *report.serial != *ctx.serial {
-            let reason = format!(
-                "this port belongs to instrument {}, not {}",
-                ctx.serial, report.serial
-            );
+            let reason = format!("this port belongs to instrument {}, not {}", ctx.serial, report.serial);
             note_error(ctx, &reason);
-            let _ = tx.send(Reply::Error {
-                msg_id,
-                code: ErrorCode::WrongInstrument,
-                reason,
-            });
+            let _ = tx.send(Reply::Error { msg_id, code: ErrorCode::WrongInstrument, reason });
             continue;
         }
         ctx.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -418,10 +344,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             break "queue stopped".to_string();
         }
     };
-    log::info!(
-        "instrument {}: connection from {peer} ended: {reason}",
-        ctx.serial
-    );
+    log::info!("instrument {}: connection from {peer} ended: {reason}", ctx.serial);
     drop(tx);
     // The writer ends when every reply (including those still in the queue) is sent.
     let _ = writer.join();
@@ -431,10 +354,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
 fn note_error(ctx: &PortCtx, reason: &str) {
     ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
     log::warn!("instrument {}: {reason}", ctx.serial);
-    *ctx.stats
-        .last_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    *ctx.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
 }
 
 fn write_loop(mut stream: TcpStream, rx: Receiver<Reply>, serial: &str) {

@@ -14,12 +14,7 @@ impl log::Log for Stderr {
     }
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "rapd[{}]: {}",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
+            let _ = writeln!(std::io::stderr().lock(), "rapd[{}]: {}", r.level().as_str().to_lowercase(), r.args());
         }
     }
     fn flush(&self) {}

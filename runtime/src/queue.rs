@@ -61,19 +61,13 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue database {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("queue database {path}: schema version {found} is newer than this rapd understands ({SCHEMA_VERSION})")]
     FutureSchema { path: PathBuf, found: i64 },
     #[error("queue database {path}: integrity check failed: {detail}")]
     Corrupt { path: PathBuf, detail: String },
     #[error("queue directory {path}: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { path: PathBuf, source: std::io::Error },
     #[error("the queue writer has stopped")]
     Stopped,
 }
@@ -162,58 +156,38 @@ impl QueueWriter {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn sq(path: &Path) -> impl Fn(rusqlite::Error) -> QueueError + '_ {
-    move |source| QueueError::Sqlite {
-        path: path.into(),
-        source,
-    }
+    move |source| QueueError::Sqlite { path: path.into(), source }
 }
 
 /// Opens (creating and migrating as needed) the database for writing.
 pub fn open_write(path: &Path) -> Result<Connection, QueueError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| QueueError::Dir {
-            path: dir.into(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| QueueError::Dir { path: dir.into(), source })?;
     }
     let conn = Connection::open(path).map_err(sq(path))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(sq(path))?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sq(path))?;
-    conn.pragma_update(None, "foreign_keys", "OFF")
-        .map_err(sq(path))?;
-    conn.pragma_update(None, "wal_autocheckpoint", 4000)
-        .map_err(sq(path))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(sq(path))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(sq(path))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(sq(path))?;
+    conn.pragma_update(None, "foreign_keys", "OFF").map_err(sq(path))?;
+    conn.pragma_update(None, "wal_autocheckpoint", 4000).map_err(sq(path))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(sq(path))?;
     migrate(&conn, path)?;
     Ok(conn)
 }
 
 /// Applies forward migrations up to [`SCHEMA_VERSION`].
 pub fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(sq(path))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sq(path))?;
     if version > SCHEMA_VERSION {
-        return Err(QueueError::FutureSchema {
-            path: path.into(),
-            found: version,
-        });
+        return Err(QueueError::FutureSchema { path: path.into(), found: version });
     }
     for (v, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.unchecked_transaction().map_err(sq(path))?;
         tx.execute_batch(sql).map_err(sq(path))?;
-        tx.pragma_update(None, "user_version", v as i64 + 1)
-            .map_err(sq(path))?;
+        tx.pragma_update(None, "user_version", v as i64 + 1).map_err(sq(path))?;
         tx.commit().map_err(sq(path))?;
     }
     Ok(())
@@ -221,44 +195,26 @@ pub fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
 
 /// Runs SQLite's integrity check.
 pub fn integrity_check(conn: &Connection, path: &Path) -> Result<(), QueueError> {
-    let res: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(sq(path))?;
+    let res: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(sq(path))?;
     if res == "ok" {
         Ok(())
     } else {
-        Err(QueueError::Corrupt {
-            path: path.into(),
-            detail: res,
-        })
+        Err(QueueError::Corrupt { path: path.into(), detail: res })
     }
 }
 
 impl Queue {
     /// Opens the queue at `path` and starts its writer thread.
-    pub fn open(
-        path: &Path,
-        quota_bytes: u64,
-        dedup_retention: Duration,
-    ) -> Result<(Queue, QueueWriter), QueueError> {
+    pub fn open(path: &Path, quota_bytes: u64, dedup_retention: Duration) -> Result<(Queue, QueueWriter), QueueError> {
         let conn = open_write(path)?;
         integrity_check(&conn, path)?;
-        let mut stats = QueueStats {
-            quota_bytes,
-            ..Default::default()
-        };
+        let mut stats = QueueStats { quota_bytes, ..Default::default() };
         {
             let mut st = conn
                 .prepare("SELECT priority, COUNT(*), COALESCE(SUM(size),0) FROM messages GROUP BY priority")
                 .map_err(sq(path))?;
             let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
                 .map_err(sq(path))?;
             for row in rows {
                 let (p, n, b) = row.map_err(sq(path))?;
@@ -269,14 +225,10 @@ impl Queue {
             stats.dropped_total = counter(&conn, "dropped_total").map_err(sq(path))?;
             stats.refused_full_total = counter(&conn, "refused_full_total").map_err(sq(path))?;
         }
-        let rconn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sq(path))?;
-        rconn
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(sq(path))?;
+        let rconn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(sq(path))?;
+        rconn.busy_timeout(Duration::from_secs(10)).map_err(sq(path))?;
         let shared = Arc::new(Shared {
             stats: Mutex::new(stats),
             pending: (Mutex::new(0), Condvar::new()),
@@ -284,58 +236,33 @@ impl Queue {
             stop: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::sync_channel(WRITE_CHANNEL);
-        let writer = Writer::new(
-            conn,
-            path.into(),
-            quota_bytes,
-            dedup_retention,
-            shared.clone(),
-        )
-        .map_err(sq(path))?;
+        let writer = Writer::new(conn, path.into(), quota_bytes, dedup_retention, shared.clone()).map_err(sq(path))?;
         let handle = std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|source| QueueError::Dir {
-                path: path.into(),
-                source,
-            })?;
+            .map_err(|source| QueueError::Dir { path: path.into(), source })?;
         let q = Queue {
             tx,
             shared,
-            reader: Arc::new(Mutex::new(Reader {
-                conn: rconn,
-                serials: HashMap::new(),
-            })),
+            reader: Arc::new(Mutex::new(Reader { conn: rconn, serials: HashMap::new() })),
             path: path.into(),
         };
-        Ok((
-            q,
-            QueueWriter {
-                handle: Some(handle),
-            },
-        ))
+        Ok((q, QueueWriter { handle: Some(handle) }))
     }
 
     /// Hands a message to the writer; the outcome arrives on `reply`. Blocks while the
     /// writer's channel is full (back-pressure from the disk).
     pub fn submit(&self, msg: Incoming, reply: ReplyTo) -> Result<(), QueueError> {
-        self.tx
-            .send(Cmd::Insert(msg, reply))
-            .map_err(|_| QueueError::Stopped)
+        self.tx.send(Cmd::Insert(msg, reply)).map_err(|_| QueueError::Stopped)
     }
 
     /// Deletes delivered rows (after the data center acknowledged them); returns once committed.
     pub fn complete(&self, seqs: Vec<i64>) -> Result<(), QueueError> {
         let (tx, rx) = mpsc::channel();
-        self.tx
-            .send(Cmd::Complete(seqs, tx))
-            .map_err(|_| QueueError::Stopped)?;
+        self.tx.send(Cmd::Complete(seqs, tx)).map_err(|_| QueueError::Stopped)?;
         match rx.recv() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(QueueError::Corrupt {
-                path: self.path.clone(),
-                detail: msg,
-            }),
+            Ok(Err(msg)) => Err(QueueError::Corrupt { path: self.path.clone(), detail: msg }),
             Err(_) => Err(QueueError::Stopped),
         }
     }
@@ -367,9 +294,7 @@ impl Queue {
                     Some(s) => s.clone(),
                     None => {
                         let s: String = tx
-                            .query_row("SELECT serial FROM instruments WHERE id=?1", [iid], |r| {
-                                r.get(0)
-                            })
+                            .query_row("SELECT serial FROM instruments WHERE id=?1", [iid], |r| r.get(0))
                             .map_err(sq(path))?;
                         let s: Arc<str> = s.into();
                         serials.insert(iid, s.clone());
@@ -397,20 +322,13 @@ impl Queue {
     pub fn wait_for_new(&self, seen: u64, timeout: Duration) -> u64 {
         let (m, cv) = &self.shared.pending;
         let g = m.lock().unwrap_or_else(|p| p.into_inner());
-        let (g, _) = cv
-            .wait_timeout_while(g, timeout, |n| *n == seen)
-            .unwrap_or_else(|p| p.into_inner());
+        let (g, _) = cv.wait_timeout_while(g, timeout, |n| *n == seen).unwrap_or_else(|p| p.into_inner());
         *g
     }
 
     /// The commit counter that [`Queue::wait_for_new`] compares against.
     pub fn generation(&self) -> u64 {
-        *self
-            .shared
-            .pending
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *self.shared.pending.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wakes [`Queue::wait_for_new`] callers (used at shutdown).
@@ -423,19 +341,11 @@ impl Queue {
 
     /// Current figures, including the age of the oldest message.
     pub fn stats(&self) -> QueueStats {
-        let mut s = self
-            .shared
-            .stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut s = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if s.depth > 0 {
             let rd = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            s.oldest_received_ms = rd
-                .conn
-                .query_row("SELECT MIN(received) FROM messages", [], |r| r.get(0))
-                .ok()
-                .flatten();
+            s.oldest_received_ms =
+                rd.conn.query_row("SELECT MIN(received) FROM messages", [], |r| r.get(0)).ok().flatten();
         }
         s
     }
@@ -454,9 +364,7 @@ impl Queue {
 
 fn counter(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
     Ok(conn
-        .query_row("SELECT value FROM counters WHERE name=?1", [name], |r| {
-            r.get::<_, i64>(0)
-        })
+        .query_row("SELECT value FROM counters WHERE name=?1", [name], |r| r.get::<_, i64>(0))
         .optional()?
         .unwrap_or(0) as u64)
 }
@@ -509,9 +417,7 @@ impl Writer {
     fn run(mut self, rx: Receiver<Cmd>) {
         let mut group: Vec<Cmd> = Vec::with_capacity(MAX_GROUP);
         loop {
-            self.shared
-                .heartbeat_ms
-                .store(now_ms() as u64, Ordering::Relaxed);
+            self.shared.heartbeat_ms.store(now_ms() as u64, Ordering::Relaxed);
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(cmd) => group.push(cmd),
                 Err(RecvTimeoutError::Timeout) => {
@@ -543,12 +449,7 @@ impl Writer {
 
     fn commit_group(&mut self, group: &mut Vec<Cmd>) {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(group.len());
-        let stats_before = self
-            .shared
-            .stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let stats_before = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut stats = stats_before.clone();
         let mut stored_any = false;
         let result = (|| -> rusqlite::Result<()> {
@@ -577,19 +478,9 @@ impl Writer {
                     match cmd {
                         Cmd::Insert(m, reply) => {
                             let r = match outcome {
-                                Outcome::Stored => Reply::Ack {
-                                    msg_id: m.msg_id,
-                                    duplicate: false,
-                                },
-                                Outcome::Duplicate => Reply::Ack {
-                                    msg_id: m.msg_id,
-                                    duplicate: true,
-                                },
-                                Outcome::Refused(code, reason) => Reply::Error {
-                                    msg_id: m.msg_id,
-                                    code,
-                                    reason,
-                                },
+                                Outcome::Stored => Reply::Ack { msg_id: m.msg_id, duplicate: false },
+                                Outcome::Duplicate => Reply::Ack { msg_id: m.msg_id, duplicate: true },
+                                Outcome::Refused(code, reason) => Reply::Error { msg_id: m.msg_id, code, reason },
                             };
                             let _ = reply.send(r);
                         }
@@ -609,11 +500,7 @@ impl Writer {
                 for cmd in group.drain(..) {
                     match cmd {
                         Cmd::Insert(m, reply) => {
-                            let _ = reply.send(Reply::Error {
-                                msg_id: m.msg_id,
-                                code,
-                                reason: reason.clone(),
-                            });
+                            let _ = reply.send(Reply::Error { msg_id: m.msg_id, code, reason: reason.clone() });
                         }
                         Cmd::Complete(_, done) => {
                             let _ = done.send(Err(reason.clone()));
@@ -623,9 +510,7 @@ impl Writer {
                 // Instrument ids assigned in the failed transaction may not exist.
                 self.instruments.clear();
                 if let Ok(mut st) = self.conn.prepare("SELECT id, serial FROM instruments") {
-                    if let Ok(rows) =
-                        st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                    {
+                    if let Ok(rows) = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))) {
                         for (id, s) in rows.flatten() {
                             self.instruments.insert(Arc::from(s), id);
                         }
@@ -648,10 +533,7 @@ impl Writer {
         }
         self.last_prune = Instant::now();
         let cutoff = now_ms() - self.retention_ms;
-        if let Err(e) = self
-            .conn
-            .execute("DELETE FROM delivered WHERE at < ?1", [cutoff])
-        {
+        if let Err(e) = self.conn.execute("DELETE FROM delivered WHERE at < ?1", [cutoff]) {
             log::warn!("pruning delivered ids in {}: {e}", self.path.display());
         }
     }
@@ -662,33 +544,25 @@ fn storage_error(path: &Path, e: &rusqlite::Error) -> (ErrorCode, String) {
         Some(rusqlite::ErrorCode::DiskFull) => "the data partition is full".to_string(),
         _ => e.to_string(),
     };
-    (
-        ErrorCode::StorageFailure,
-        format!("not stored: queue {}: {what}", path.display()),
-    )
+    (ErrorCode::StorageFailure, format!("not stored: queue {}: {what}", path.display()))
 }
 
 fn set_counter(tx: &Connection, name: &str, value: u64) -> rusqlite::Result<()> {
-    tx.prepare_cached("INSERT INTO counters(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value=excluded.value")?
-        .execute(params![name, value as i64])?;
+    tx.prepare_cached(
+        "INSERT INTO counters(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+    )?
+    .execute(params![name, value as i64])?;
     Ok(())
 }
 
-fn instrument_id(
-    tx: &Connection,
-    cache: &mut HashMap<Arc<str>, i64>,
-    serial: &Arc<str>,
-) -> rusqlite::Result<i64> {
+fn instrument_id(tx: &Connection, cache: &mut HashMap<Arc<str>, i64>, serial: &Arc<str>) -> rusqlite::Result<i64> {
     if let Some(id) = cache.get(serial) {
         return Ok(*id);
     }
-    tx.prepare_cached(
-        "INSERT INTO instruments(serial) VALUES (?1) ON CONFLICT(serial) DO NOTHING",
-    )?
-    .execute([&**serial])?;
-    let id: i64 = tx
-        .prepare_cached("SELECT id FROM instruments WHERE serial=?1")?
-        .query_row([&**serial], |r| r.get(0))?;
+    tx.prepare_cached("INSERT INTO instruments(serial) VALUES (?1) ON CONFLICT(serial) DO NOTHING")?
+        .execute([&**serial])?;
+    let id: i64 =
+        tx.prepare_cached("SELECT id FROM instruments WHERE serial=?1")?.query_row([&**serial], |r| r.get(0))?;
     cache.insert(serial.clone(), id);
     Ok(id)
 }
@@ -721,11 +595,7 @@ fn insert_one(
         return Ok(Outcome::Duplicate);
     }
     // Alarms and the box's own records always leave first.
-    let priority = if m.kind.droppable() {
-        m.priority.max(1)
-    } else {
-        0
-    };
+    let priority = if m.kind.droppable() { m.priority.max(1) } else { 0 };
     let size = m.payload.len() as u64 + ROW_OVERHEAD;
     if stats.bytes + size > quota {
         // Make room by evicting droppable rows, least important priority first, oldest first.
@@ -741,9 +611,7 @@ fn insert_one(
                    (SELECT seq FROM messages WHERE priority=?1 ORDER BY seq LIMIT 256)
                  RETURNING size",
             )?;
-            let sizes: Vec<i64> = st
-                .query_map([lowest_allowed], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+            let sizes: Vec<i64> = st.query_map([lowest_allowed], |r| r.get(0))?.collect::<Result<_, _>>()?;
             if sizes.is_empty() {
                 if lowest_allowed == floor {
                     break;
@@ -761,17 +629,11 @@ fn insert_one(
         }
         if stats.bytes + size > quota {
             stats.refused_full_total += 1;
-            let what = if m.kind.droppable() {
-                "messages of equal or higher priority"
-            } else {
-                "alarms and audit records"
-            };
+            let what =
+                if m.kind.droppable() { "messages of equal or higher priority" } else { "alarms and audit records" };
             return Ok(Outcome::Refused(
                 ErrorCode::QueueFull,
-                format!(
-                    "queue full: {} of {} bytes used by {what}; keep the message and retry",
-                    stats.bytes, quota
-                ),
+                format!("queue full: {} of {} bytes used by {what}; keep the message and retry", stats.bytes, quota),
             ));
         }
     }
@@ -779,16 +641,7 @@ fn insert_one(
         "INSERT INTO messages(instrument, msg_id, ts, received, kind, priority, size, payload)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![
-        iid,
-        id,
-        m.timestamp_ms,
-        now_ms(),
-        m.kind as u8,
-        priority,
-        size as i64,
-        m.payload
-    ])?;
+    .execute(params![iid, id, m.timestamp_ms, now_ms(), m.kind as u8, priority, size as i64, m.payload])?;
     stats.bytes += size;
     stats.depth += 1;
     stats.depth_by_priority[priority as usize] += 1;
@@ -798,21 +651,14 @@ fn insert_one(
 
 fn delete_delivered(tx: &Connection, stats: &mut QueueStats, seqs: &[i64]) -> rusqlite::Result<()> {
     let now = now_ms();
-    let mut del = tx.prepare_cached(
-        "DELETE FROM messages WHERE seq=?1 RETURNING instrument, msg_id, priority, size",
-    )?;
-    let mut remember = tx.prepare_cached(
-        "INSERT INTO delivered(instrument, msg_id, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-    )?;
+    let mut del =
+        tx.prepare_cached("DELETE FROM messages WHERE seq=?1 RETURNING instrument, msg_id, priority, size")?;
+    let mut remember =
+        tx.prepare_cached("INSERT INTO delivered(instrument, msg_id, at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?;
     for seq in seqs {
         let row = del
             .query_row([seq], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
             })
             .optional()?;
         // A row may already be gone (evicted by the quota while its batch was in flight).
@@ -858,53 +704,17 @@ mod tests {
     fn store_ack_dedup_and_drain_order() {
         let p = tmp("order");
         let (q, w) = Queue::open(&p, 64 << 20, Duration::from_secs(3600)).unwrap();
-        assert_eq!(
-            put(&q, msg("A", 1, Kind::Status, 10)),
-            Reply::Ack {
-                msg_id: 1,
-                duplicate: false
-            }
-        );
-        assert_eq!(
-            put(&q, msg("A", 2, Kind::Status, 10)),
-            Reply::Ack {
-                msg_id: 2,
-                duplicate: false
-            }
-        );
-        assert_eq!(
-            put(&q, msg("B", 1, Kind::Alarm, 10)),
-            Reply::Ack {
-                msg_id: 1,
-                duplicate: false
-            }
-        );
-        assert_eq!(
-            put(&q, msg("A", 1, Kind::Status, 10)),
-            Reply::Ack {
-                msg_id: 1,
-                duplicate: true
-            }
-        );
+        assert_eq!(put(&q, msg("A", 1, Kind::Status, 10)), Reply::Ack { msg_id: 1, duplicate: false });
+        assert_eq!(put(&q, msg("A", 2, Kind::Status, 10)), Reply::Ack { msg_id: 2, duplicate: false });
+        assert_eq!(put(&q, msg("B", 1, Kind::Alarm, 10)), Reply::Ack { msg_id: 1, duplicate: false });
+        assert_eq!(put(&q, msg("A", 1, Kind::Status, 10)), Reply::Ack { msg_id: 1, duplicate: true });
         let batch = q.next_batch(100, 1 << 20).unwrap();
-        let keys: Vec<(String, u64)> = batch
-            .iter()
-            .map(|r| (r.instrument.to_string(), r.msg_id))
-            .collect();
-        assert_eq!(
-            keys,
-            vec![("B".into(), 1), ("A".into(), 1), ("A".into(), 2)]
-        );
+        let keys: Vec<(String, u64)> = batch.iter().map(|r| (r.instrument.to_string(), r.msg_id)).collect();
+        assert_eq!(keys, vec![("B".into(), 1), ("A".into(), 1), ("A".into(), 2)]);
         q.complete(batch.iter().map(|r| r.seq).collect()).unwrap();
         assert_eq!(q.stats().depth, 0);
         // A resend after delivery is acked as a duplicate and not stored again.
-        assert_eq!(
-            put(&q, msg("A", 2, Kind::Status, 10)),
-            Reply::Ack {
-                msg_id: 2,
-                duplicate: true
-            }
-        );
+        assert_eq!(put(&q, msg("A", 2, Kind::Status, 10)), Reply::Ack { msg_id: 2, duplicate: true });
         assert_eq!(q.stats().depth, 0);
         q.shutdown();
         drop(q);
@@ -927,13 +737,7 @@ mod tests {
         let s = q.stats();
         assert_eq!(s.depth, 50);
         assert_eq!(s.bytes, 50 * (100 + ROW_OVERHEAD));
-        assert_eq!(
-            put(&q, msg("A", 7, Kind::Status, 100)),
-            Reply::Ack {
-                msg_id: 7,
-                duplicate: true
-            }
-        );
+        assert_eq!(put(&q, msg("A", 7, Kind::Status, 100)), Reply::Ack { msg_id: 7, duplicate: true });
         q.shutdown();
         drop(q);
         w.join();
@@ -947,17 +751,11 @@ mod tests {
         let big = 10_000;
         // Fill with routine status.
         for i in 0..200 {
-            assert!(matches!(
-                put(&q, msg("A", i, Kind::Status, big)),
-                Reply::Ack { .. }
-            ));
+            assert!(matches!(put(&q, msg("A", i, Kind::Status, big)), Reply::Ack { .. }));
         }
         let s = q.stats();
         assert!(s.bytes <= quota);
-        assert!(
-            s.dropped_total > 0,
-            "routine messages were dropped to stay within quota"
-        );
+        assert!(s.dropped_total > 0, "routine messages were dropped to stay within quota");
         // Alarms displace routine messages.
         for i in 0..200 {
             let r = put(&q, msg("B", i, Kind::Alarm, big));
@@ -967,15 +765,9 @@ mod tests {
                 assert!(reason.contains("alarms and audit records"), "{reason}");
                 // From now on the queue is all alarms: every further alarm is refused too.
                 assert_eq!(q.stats().depth_by_priority[2], 0);
-                assert!(matches!(
-                    put(&q, msg("B", 10_000, Kind::Alarm, big)),
-                    Reply::Error { .. }
-                ));
+                assert!(matches!(put(&q, msg("B", 10_000, Kind::Alarm, big)), Reply::Error { .. }));
                 // ...and so is routine traffic, which may not displace alarms.
-                assert!(matches!(
-                    put(&q, msg("A", 10_000, Kind::Status, big)),
-                    Reply::Error { .. }
-                ));
+                assert!(matches!(put(&q, msg("A", 10_000, Kind::Status, big)), Reply::Error { .. }));
                 let s = q.stats();
                 assert!(s.refused_full_total >= 3);
                 q.shutdown();
@@ -995,8 +787,7 @@ mod tests {
             let c = Connection::open(&p).unwrap();
             c.execute_batch(MIGRATIONS[0]).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
-            c.execute("INSERT INTO instruments(id, serial) VALUES (1, 'A')", [])
-                .unwrap();
+            c.execute("INSERT INTO instruments(id, serial) VALUES (1, 'A')", []).unwrap();
             c.execute(
                 "INSERT INTO messages(instrument,msg_id,ts,received,kind,priority,size,payload) VALUES (1,5,0,0,1,2,74,x'00')",
                 [],
@@ -1004,25 +795,15 @@ mod tests {
             .unwrap();
         }
         let c = open_write(&p).unwrap();
-        let v: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        let n: i64 = c
-            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
-            .unwrap();
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1);
-        let d: i64 = c
-            .query_row("SELECT COUNT(*) FROM delivered", [], |r| r.get(0))
-            .unwrap();
+        let d: i64 = c.query_row("SELECT COUNT(*) FROM delivered", [], |r| r.get(0)).unwrap();
         assert_eq!(d, 0);
-        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         drop(c);
         let e = open_write(&p).unwrap_err().to_string();
-        assert!(
-            e.contains("schema version 3 is newer than this rapd understands (2)"),
-            "{e}"
-        );
+        assert!(e.contains("schema version 3 is newer than this rapd understands (2)"), "{e}");
     }
 }

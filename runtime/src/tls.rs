@@ -27,11 +27,7 @@ pub enum TlsSetupError {
     #[error("{what} {path} is missing: the box is not provisioned")]
     Missing { what: &'static str, path: PathBuf },
     #[error("{what} {path}: {message}")]
-    Bad {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
+    Bad { what: &'static str, path: PathBuf, message: String },
     #[error("TLS setup: {0}")]
     Openssl(#[from] openssl::error::ErrorStack),
 }
@@ -39,16 +35,9 @@ pub enum TlsSetupError {
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsSetupError> {
     std::fs::read(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
-            TlsSetupError::Missing {
-                what,
-                path: path.into(),
-            }
+            TlsSetupError::Missing { what, path: path.into() }
         } else {
-            TlsSetupError::Bad {
-                what,
-                path: path.into(),
-                message: e.to_string(),
-            }
+            TlsSetupError::Bad { what, path: path.into(), message: e.to_string() }
         }
     })
 }
@@ -58,36 +47,22 @@ pub fn connector(ca: &Path, cert: &Path, key: &Path) -> Result<SslConnector, Tls
     let ca_pem = read("CA certificate", ca)?;
     let cert_pem = read("box certificate", cert)?;
     let key_pem = read("box key", key)?;
-    let bad = |what, path: &Path, message: String| TlsSetupError::Bad {
-        what,
-        path: path.into(),
-        message,
-    };
+    let bad = |what, path: &Path, message: String| TlsSetupError::Bad { what, path: path.into(), message };
 
-    let cas = X509::stack_from_pem(&ca_pem)
-        .map_err(|e| bad("CA certificate", ca, format!("not PEM certificates: {e}")))?;
+    let cas =
+        X509::stack_from_pem(&ca_pem).map_err(|e| bad("CA certificate", ca, format!("not PEM certificates: {e}")))?;
     if cas.is_empty() {
         return Err(bad("CA certificate", ca, "contains no certificate".into()));
     }
-    let chain = X509::stack_from_pem(&cert_pem)
-        .map_err(|e| bad("box certificate", cert, format!("not PEM: {e}")))?;
+    let chain = X509::stack_from_pem(&cert_pem).map_err(|e| bad("box certificate", cert, format!("not PEM: {e}")))?;
     let Some((leaf, rest)) = chain.split_first() else {
-        return Err(bad(
-            "box certificate",
-            cert,
-            "contains no certificate".into(),
-        ));
+        return Err(bad("box certificate", cert, "contains no certificate".into()));
     };
     let key_text = String::from_utf8_lossy(&key_pem);
     if !key_text.contains("-----BEGIN PRIVATE KEY-----") {
-        return Err(bad(
-            "box key",
-            key,
-            "must be an unencrypted PKCS#8 PEM key (BEGIN PRIVATE KEY)".into(),
-        ));
+        return Err(bad("box key", key, "must be an unencrypted PKCS#8 PEM key (BEGIN PRIVATE KEY)".into()));
     }
-    let pkey = PKey::private_key_from_pem(&key_pem)
-        .map_err(|e| bad("box key", key, format!("cannot load: {e}")))?;
+    let pkey = PKey::private_key_from_pem(&key_pem).map_err(|e| bad("box key", key, format!("cannot load: {e}")))?;
 
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     // Replace the store that SslConnector filled with the system roots: only our CA.
@@ -106,13 +81,7 @@ pub fn connector(ca: &Path, cert: &Path, key: &Path) -> Result<SslConnector, Tls
         b.add_extra_chain_cert(c.clone())?;
     }
     b.set_private_key(&pkey)?;
-    b.check_private_key().map_err(|e| {
-        bad(
-            "box key",
-            key,
-            format!("does not match the box certificate: {e}"),
-        )
-    })?;
+    b.check_private_key().map_err(|e| bad("box key", key, format!("does not match the box certificate: {e}")))?;
     Ok(b.build())
 }
 
@@ -155,16 +124,9 @@ impl ureq::ReadWrite for Stream {
 }
 
 impl ureq::TlsConnector for Connector {
-    fn connect(
-        &self,
-        dns_name: &str,
-        io: Box<dyn ureq::ReadWrite>,
-    ) -> Result<Box<dyn ureq::ReadWrite>, ureq::Error> {
+    fn connect(&self, dns_name: &str, io: Box<dyn ureq::ReadWrite>) -> Result<Box<dyn ureq::ReadWrite>, ureq::Error> {
         let host = dns_name.trim_start_matches('[').trim_end_matches(']');
-        let cfg = self
-            .0
-            .configure()
-            .map_err(|e| tls_error(format!("TLS setup: {e}")))?;
+        let cfg = self.0.configure().map_err(|e| tls_error(format!("TLS setup: {e}")))?;
         match cfg.connect(host, io) {
             Ok(s) => Ok(Box::new(Stream(s))),
             Err(HandshakeError::Failure(mid)) => {
@@ -174,16 +136,10 @@ impl ureq::TlsConnector for Connector {
                 } else {
                     format!("{}", mid.error())
                 };
-                Err(tls_error(format!(
-                    "TLS handshake with {host} failed: {detail}"
-                )))
+                Err(tls_error(format!("TLS handshake with {host} failed: {detail}")))
             }
-            Err(HandshakeError::SetupFailure(e)) => {
-                Err(tls_error(format!("TLS setup for {host}: {e}")))
-            }
-            Err(HandshakeError::WouldBlock(_)) => {
-                Err(tls_error(format!("TLS handshake with {host} timed out")))
-            }
+            Err(HandshakeError::SetupFailure(e)) => Err(tls_error(format!("TLS setup for {host}: {e}"))),
+            Err(HandshakeError::WouldBlock(_)) => Err(tls_error(format!("TLS handshake with {host} timed out"))),
         }
     }
 }

@@ -40,10 +40,7 @@ pub struct UplinkStatus {
 pub type SharedStatus = Arc<Mutex<UplinkStatus>>;
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Hides credentials in a proxy URL before it is shown anywhere.
@@ -96,8 +93,7 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
         s.url = cfg.url.to_string();
         s.proxy = cfg.proxy.as_ref().map(|p| redact(&p.url));
     }
-    let set =
-        |f: &dyn Fn(&mut UplinkStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+    let set = |f: &dyn Fn(&mut UplinkStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
     let mut agent_opt: Option<ureq::Agent> = None;
     let mut backoff = cfg.backoff_initial;
     let mut failures: u32 = 0;
@@ -160,9 +156,7 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                     continue;
                 }
                 if failures > 0 {
-                    log::info!(
-                        "uplink: data center reachable again after {failures} failed attempts"
-                    );
+                    log::info!("uplink: data center reachable again after {failures} failed attempts");
                 }
                 log::debug!(
                     "uplink: batch {batch_id:016x}: {} records, {} bytes, accepted {} duplicates {} in {:?}",
@@ -217,24 +211,12 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
 fn encode(batch_id: u64, dropped: u64, rows: &[Row]) -> Vec<u8> {
     let mut e = Encoder::new(batch_id, dropped);
     for r in rows {
-        e.push(
-            &r.instrument,
-            r.msg_id,
-            r.timestamp_ms,
-            r.kind,
-            r.priority,
-            &r.payload,
-        );
+        e.push(&r.instrument, r.msg_id, r.timestamp_ms, r.kind, r.priority, &r.payload);
     }
     e.finish()
 }
 
-fn post(
-    agent: &ureq::Agent,
-    cfg: &UplinkConfig,
-    batch_id: u64,
-    body: &[u8],
-) -> Result<BatchAck, Failure> {
+fn post(agent: &ureq::Agent, cfg: &UplinkConfig, batch_id: u64, body: &[u8]) -> Result<BatchAck, Failure> {
     let resp = agent
         .request_url("POST", &cfg.url)
         .set("Content-Type", batch::CONTENT_TYPE)
@@ -243,17 +225,12 @@ fn post(
     let resp = match resp {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
-            let retry_after = r
-                .header("Retry-After")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after =
+                r.header("Retry-After").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
             let mut text = String::new();
             let _ = r.into_reader().take(512).read_to_string(&mut text);
             let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            return Err(Failure {
-                message: format!("data center answered HTTP {code}: {text}"),
-                retry_after,
-            });
+            return Err(Failure { message: format!("data center answered HTTP {code}: {text}"), retry_after });
         }
         Err(ureq::Error::Transport(t)) => {
             let mut message = t.to_string();
@@ -263,30 +240,19 @@ fn post(
                     message = format!("{message}: {s}");
                 }
             }
-            return Err(Failure {
-                message,
-                retry_after: None,
-            });
+            return Err(Failure { message, retry_after: None });
         }
     };
     let mut text = String::new();
     resp.into_reader()
         .take(64 * 1024)
         .read_to_string(&mut text)
-        .map_err(|e| Failure {
-            message: format!("reading the acknowledgement: {e}"),
-            retry_after: None,
-        })?;
-    let ack: BatchAck = serde_json::from_str(&text).map_err(|e| Failure {
-        message: format!("acknowledgement is not valid JSON: {e}"),
-        retry_after: None,
-    })?;
+        .map_err(|e| Failure { message: format!("reading the acknowledgement: {e}"), retry_after: None })?;
+    let ack: BatchAck = serde_json::from_str(&text)
+        .map_err(|e| Failure { message: format!("acknowledgement is not valid JSON: {e}"), retry_after: None })?;
     if ack.batch_id != batch_id {
         return Err(Failure {
-            message: format!(
-                "data center acknowledged batch {:016x}, expected {batch_id:016x}",
-                ack.batch_id
-            ),
+            message: format!("data center acknowledged batch {:016x}, expected {batch_id:016x}", ack.batch_id),
             retry_after: None,
         });
     }
@@ -329,19 +295,13 @@ mod tests {
     fn jitter_stays_within_half_and_full() {
         for _ in 0..100 {
             let j = jitter(Duration::from_millis(1000));
-            assert!(
-                j >= Duration::from_millis(500) && j <= Duration::from_millis(1000),
-                "{j:?}"
-            );
+            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000), "{j:?}");
         }
     }
 
     #[test]
     fn proxy_credentials_are_redacted() {
-        assert_eq!(
-            redact("http://alice:s3cret@10.0.0.1:3128"),
-            "http://***@10.0.0.1:3128/"
-        );
+        assert_eq!(redact("http://alice:s3cret@10.0.0.1:3128"), "http://***@10.0.0.1:3128/");
         assert_eq!(redact("socks5://10.0.0.1:1080"), "socks5://10.0.0.1:1080");
     }
 }

@@ -92,7 +92,11 @@ fn connect_proxy_delivery_exactly_once_alarms_first() {
     )
     .expect("tinyproxy");
     let rapd = delivery_exactly_once_alarms_first(&mut w, Some(proxy.url()));
-    assert!(proxy.saw_connect(&format!("{}:443", w.dc_addr.ip())), "the uplink went through the proxy:\n{}", proxy.log());
+    assert!(
+        proxy.saw_connect(&format!("{}:443", w.dc_addr.ip())),
+        "the uplink went through the proxy:\n{}",
+        proxy.log()
+    );
     let st = rapd.status();
     let shown = st.uplink["proxy"].as_str().unwrap().to_string();
     assert!(shown.contains("***@") && !shown.contains("pr0xy-pass"), "proxy credentials are never shown: {shown}");
@@ -144,10 +148,7 @@ fn refused(name: &str, configure: impl FnOnce(&World) -> rapdc::FrontDoor, expec
         s.uplink["consecutive_failures"].as_u64().unwrap_or(0) >= 2
     });
     let err = st.uplink["last_error"].as_str().unwrap_or("").to_string();
-    assert!(
-        expect.iter().any(|e| err.contains(e)),
-        "{name}: last error {err:?} does not mention any of {expect:?}"
-    );
+    assert!(expect.iter().any(|e| err.contains(e)), "{name}: last error {err:?} does not mention any of {expect:?}");
     assert_eq!(depth(&st), 50, "{name}: nothing leaves the queue");
     assert_eq!(st.uplink["records_sent"], 0);
     assert_eq!(w.batch_posts(), 0, "{name}: no request reached the data center");
@@ -166,7 +167,11 @@ fn refuses_server_certificate_from_another_ca() {
 
 #[test]
 fn refuses_expired_server_certificate() {
-    refused("expired", |w| w.front_door(&w.pki.expired_server.clone()), &["server certificate refused: certificate has expired"]);
+    refused(
+        "expired",
+        |w| w.front_door(&w.pki.expired_server.clone()),
+        &["server certificate refused: certificate has expired"],
+    );
 }
 
 #[test]
@@ -235,7 +240,10 @@ fn fips_refusal(name: &str, break_it: impl FnOnce(&std::path::Path), expect: &st
     for f in ["fips.so", "fipsmodule.cnf", "openssl-fips.cnf"] {
         let text = std::fs::read(src_dir.join(f)).unwrap();
         let text = if f.ends_with(".cnf") {
-            String::from_utf8(text).unwrap().replace(&src_dir.display().to_string(), &dir.display().to_string()).into_bytes()
+            String::from_utf8(text)
+                .unwrap()
+                .replace(&src_dir.display().to_string(), &dir.display().to_string())
+                .into_bytes()
         } else {
             text
         };
@@ -455,9 +463,10 @@ fn bad_inputs_get_their_error_code_and_never_affect_another_instrument() {
     let big = raw::send_oversized(a.1, 10 << 20, Duration::from_secs(2)).unwrap();
     assert_eq!(big.error_codes(), vec![ErrorCode::TooLarge]);
     assert!(big.closed, "an oversized frame closes the connection");
-    let wrong = Instrument { count: Some(5), claimed_serial: Some("INST-B".into()), ..Instrument::new(a.1, a.0.clone()) }
-        .run()
-        .unwrap();
+    let wrong =
+        Instrument { count: Some(5), claimed_serial: Some("INST-B".into()), ..Instrument::new(a.1, a.0.clone()) }
+            .run()
+            .unwrap();
     assert_eq!(wrong.stats.errors.get("wrong_instrument"), Some(&5), "{:?}", wrong.stats);
     assert_eq!(wrong.stats.acked, 0);
     let frame = raw::report_frame(&raw::status_report("INST-A", 1, b"slow"));
@@ -542,7 +551,10 @@ fn box_not_provisioned_keeps_ingesting_and_names_the_missing_file() {
     send_all(&[a], 10, 0, 1);
     let st = rapd.wait_status("unprovisioned", Duration::from_secs(10), |s| s.uplink["state"] == "unprovisioned");
     let err = st.uplink["last_error"].as_str().unwrap();
-    assert!(err.contains("box certificate") && err.contains("missing/box.pem") && err.contains("not provisioned"), "{err}");
+    assert!(
+        err.contains("box certificate") && err.contains("missing/box.pem") && err.contains("not provisioned"),
+        "{err}"
+    );
     assert_eq!(depth(&st), 10);
 }
 
@@ -585,7 +597,11 @@ fn rapctl_status_human_and_json() {
 fn bad_configuration_exits_2_naming_the_key() {
     let dir = rapbox_testkit::TestDir::new("datapath/bad_config").unwrap();
     let cfg = dir.join("rapd.toml");
-    std::fs::write(&cfg, "[queue]\npath = \"/tmp/q.db\"\n[uplink]\nurl = \"http://x\"\nca = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[queue]\npath = \"/tmp/q.db\"\n[uplink]\nurl = \"http://x\"\nca = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapd")).arg("--config").arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(rapbox::exit::CONFIG));
     let err = String::from_utf8_lossy(&out.stderr);

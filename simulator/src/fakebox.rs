@@ -57,11 +57,7 @@ impl Drop for FakeBox {
 
 impl FakeBox {
     pub fn start(serial: &str, behaviour: Behaviour) -> FakeBox {
-        Self::start_on(
-            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-            serial,
-            behaviour,
-        )
+        Self::start_on("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()), serial, behaviour)
     }
 
     pub fn start_on(addr: SocketAddr, serial: &str, behaviour: Behaviour) -> FakeBox {
@@ -88,23 +84,11 @@ impl FakeBox {
                 thread::spawn(move || serve(stream, &seen, idx, n, &serial, behaviour));
             }
         });
-        FakeBox {
-            addr,
-            seen,
-            serial: serial.to_string(),
-            done,
-        }
+        FakeBox { addr, seen, serial: serial.to_string(), done }
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    seen: &Mutex<Seen>,
-    idx: usize,
-    conn_no: usize,
-    serial: &str,
-    b: Behaviour,
-) {
+fn serve(stream: TcpStream, seen: &Mutex<Seen>, idx: usize, conn_no: usize, serial: &str, b: Behaviour) {
     let mut w = stream.try_clone().expect("clone");
     if let Behaviour::ReadTimeout(t) = b {
         let _ = stream.set_read_timeout(Some(t));
@@ -119,20 +103,13 @@ fn serve(
         if let Behaviour::AckAll { hold } = b {
             let mut flush = unanswered.len() >= hold;
             if !flush && !unanswered.is_empty() && rd.buffer().is_empty() {
-                let _ = rd
-                    .get_ref()
-                    .set_read_timeout(Some(Duration::from_millis(20)));
+                let _ = rd.get_ref().set_read_timeout(Some(Duration::from_millis(20)));
                 let more = rd.fill_buf().map(|b| b.len());
                 let _ = rd.get_ref().set_read_timeout(None);
                 match more {
                     Ok(0) => return,
                     Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                         flush = true
                     }
                     Err(_) => return,
@@ -151,25 +128,14 @@ fn serve(
         match agent::read_body(&mut rd, &mut body) {
             Ok(()) => {}
             Err(ReadError::TooLarge(_)) => {
-                let reply = Reply::Error {
-                    msg_id: 0,
-                    code: ErrorCode::TooLarge,
-                    reason: "too large".into(),
-                };
+                let reply = Reply::Error { msg_id: 0, code: ErrorCode::TooLarge, reason: "too large".into() };
                 let _ = agent::write_reply(&mut w, &reply);
                 return;
             }
             Err(ReadError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
             {
-                let reply = Reply::Error {
-                    msg_id: 0,
-                    code: ErrorCode::Timeout,
-                    reason: "too slow".into(),
-                };
+                let reply = Reply::Error { msg_id: 0, code: ErrorCode::Timeout, reason: "too slow".into() };
                 let _ = agent::write_reply(&mut w, &reply);
                 return;
             }
@@ -179,21 +145,13 @@ fn serve(
             Ok(Frame::Report(r)) => r,
             Ok(Frame::Reply(_)) => {
                 let msg_id = agent::peek_msg_id(&body);
-                let reply = Reply::Error {
-                    msg_id,
-                    code: ErrorCode::UnknownFrameType,
-                    reason: "reply".into(),
-                };
+                let reply = Reply::Error { msg_id, code: ErrorCode::UnknownFrameType, reason: "reply".into() };
                 let _ = agent::write_reply(&mut w, &reply);
                 continue;
             }
             Err(e) => {
                 let msg_id = agent::peek_msg_id(&body);
-                let reply = Reply::Error {
-                    msg_id,
-                    code: e.code(),
-                    reason: e.to_string(),
-                };
+                let reply = Reply::Error { msg_id, code: e.code(), reason: e.to_string() };
                 let _ = agent::write_reply(&mut w, &reply);
                 continue;
             }
@@ -204,11 +162,7 @@ fn serve(
         in_conn += 1;
         if report.serial != serial {
             drop(s);
-            let reply = Reply::Error {
-                msg_id: id,
-                code: ErrorCode::WrongInstrument,
-                reason: "wrong".into(),
-            };
+            let reply = Reply::Error { msg_id: id, code: ErrorCode::WrongInstrument, reason: "wrong".into() };
             let _ = agent::write_reply(&mut w, &reply);
             continue;
         }
@@ -218,10 +172,7 @@ fn serve(
             if !duplicate {
                 *n = 1;
             }
-            Reply::Ack {
-                msg_id: id,
-                duplicate,
-            }
+            Reply::Ack { msg_id: id, duplicate }
         };
         match b {
             Behaviour::AckAll { .. } => {
@@ -245,11 +196,7 @@ fn serve(
             Behaviour::QueueFullFirst { n } => {
                 let reply = if s.queue_full_sent < n {
                     s.queue_full_sent += 1;
-                    Reply::Error {
-                        msg_id: id,
-                        code: ErrorCode::QueueFull,
-                        reason: "queue full".into(),
-                    }
+                    Reply::Error { msg_id: id, code: ErrorCode::QueueFull, reason: "queue full".into() }
                 } else {
                     store(&mut s)
                 };

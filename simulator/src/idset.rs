@@ -32,10 +32,7 @@ impl IdSet {
 
     /// Whether `id` is in the set.
     pub fn contains(&self, id: u64) -> bool {
-        self.ranges
-            .range(..=id)
-            .next_back()
-            .is_some_and(|(_, &end)| id <= end)
+        self.ranges.range(..=id).next_back().is_some_and(|(_, &end)| id <= end)
     }
 
     /// Adds `id`; returns false if it was already present.
@@ -45,10 +42,7 @@ impl IdSet {
         }
         let prev = self.ranges.range(..id).next_back().map(|(&s, &e)| (s, e));
         let next_start = id.checked_add(1).filter(|n| self.ranges.contains_key(n));
-        match (
-            prev.filter(|&(_, e)| e.checked_add(1) == Some(id)),
-            next_start,
-        ) {
+        match (prev.filter(|&(_, e)| e.checked_add(1) == Some(id)), next_start) {
             (Some((s, _)), Some(n)) => {
                 let e = self.ranges.remove(&n).unwrap_or(n);
                 self.ranges.insert(s, e);
@@ -101,10 +95,7 @@ mod tests {
         }
         assert!(!s.insert(6));
         assert_eq!(s.len(), 11);
-        assert_eq!(
-            s.ranges().collect::<Vec<_>>(),
-            vec![(0, 9), (u64::MAX, u64::MAX)]
-        );
+        assert_eq!(s.ranges().collect::<Vec<_>>(), vec![(0, 9), (u64::MAX, u64::MAX)]);
         assert!(s.contains(0) && s.contains(9) && s.contains(u64::MAX));
         assert!(!s.contains(10) && !s.contains(u64::MAX - 1));
         assert_eq!(s.iter().take(3).collect::<Vec<_>>(), vec![0, 1, 2]);
@@ -125,9 +116,6 @@ mod tests {
         assert_eq!(s.len() as usize, reference.len());
         assert!(s.iter().eq(reference.iter().copied()));
         let r: Vec<_> = s.ranges().collect();
-        assert!(
-            r.windows(2).all(|w| w[0].1 + 1 < w[1].0),
-            "ranges touch: {r:?}"
-        );
+        assert!(r.windows(2).all(|w| w[0].1 + 1 < w[1].0), "ranges touch: {r:?}");
     }
 }

@@ -128,28 +128,17 @@ impl Instrument {
     }
 
     fn validate(&self) -> Result<(), SimError> {
-        let bad = |what: String| {
-            Err(SimError::Config {
-                serial: self.serial.clone(),
-                what,
-            })
-        };
+        let bad = |what: String| Err(SimError::Config { serial: self.serial.clone(), what });
         let s = self.wire_serial();
         if s.is_empty() || s.len() > agent::MAX_SERIAL || !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return bad(format!(
-                "serial {s:?} must be 1 to {} printable ASCII characters",
-                agent::MAX_SERIAL
-            ));
+            return bad(format!("serial {s:?} must be 1 to {} printable ASCII characters", agent::MAX_SERIAL));
         }
         if self.window == 0 {
             return bad("window must be at least 1".into());
         }
         let max = Report::max_payload(s.len());
         if self.payload_size > max {
-            return bad(format!(
-                "payload_size {} exceeds the protocol maximum of {max} bytes",
-                self.payload_size
-            ));
+            return bad(format!("payload_size {} exceeds the protocol maximum of {max} bytes", self.payload_size));
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad("backoff_min must be > 0 and <= backoff_max".into());
@@ -173,16 +162,8 @@ impl Instrument {
         let handle = thread::Builder::new()
             .name(format!("rapsim-{serial}"))
             .spawn(move || self.run())
-            .map_err(|source| SimError::Spawn {
-                serial: serial.clone(),
-                source,
-            })?;
-        Ok(RunningInstrument {
-            serial,
-            stats,
-            stop,
-            handle,
-        })
+            .map_err(|source| SimError::Spawn { serial: serial.clone(), source })?;
+        Ok(RunningInstrument { serial, stats, stop, handle })
     }
 }
 
@@ -214,9 +195,7 @@ impl RunningInstrument {
     }
     /// Waits for it to finish.
     pub fn join(self) -> Result<Summary, SimError> {
-        self.handle.join().unwrap_or(Err(SimError::Panicked {
-            serial: self.serial,
-        }))
+        self.handle.join().unwrap_or(Err(SimError::Panicked { serial: self.serial }))
     }
 }
 
@@ -328,8 +307,7 @@ impl<'a> Engine<'a> {
         if st.pending.is_empty() && (stopping || self.exhausted()) {
             return true;
         }
-        self.stop_seen
-            .is_some_and(|t| t.elapsed() >= self.cfg.drain_timeout)
+        self.stop_seen.is_some_and(|t| t.elapsed() >= self.cfg.drain_timeout)
     }
 
     fn stalled(&self, st: &State, connected: bool) -> bool {
@@ -373,10 +351,7 @@ impl<'a> Engine<'a> {
             addr: self.cfg.addr,
             generated: self.generated,
             first_id,
-            last_id: self
-                .generated
-                .checked_sub(1)
-                .map(|n| first_id.wrapping_add(n)),
+            last_id: self.generated.checked_sub(1).map(|n| first_id.wrapping_add(n)),
             unacked: st.pending.keys().copied().collect(),
             elapsed_ms: self.started.elapsed().as_millis() as u64,
             stats: self.shared.stats.snapshot(),
@@ -401,11 +376,7 @@ impl<'a> Engine<'a> {
             if now >= end {
                 return;
             }
-            if self.stopping()
-                && self
-                    .stop_seen
-                    .is_some_and(|t| t.elapsed() >= self.cfg.drain_timeout)
-            {
+            if self.stopping() && self.stop_seen.is_some_and(|t| t.elapsed() >= self.cfg.drain_timeout) {
                 return;
             }
             thread::sleep((end - now).min(TICK));
@@ -443,15 +414,9 @@ impl<'a> Engine<'a> {
 
     /// Drives one connection until it breaks or the run is over.
     fn serve(&mut self, stream: TcpStream) -> Result<ConnEnd, SimError> {
-        let io = |source| SimError::Io {
-            addr: self.cfg.addr,
-            op: "setting up the connection",
-            source,
-        };
+        let io = |source| SimError::Io { addr: self.cfg.addr, op: "setting up the connection", source };
         stream.set_nodelay(true).map_err(io)?;
-        stream
-            .set_write_timeout(Some(self.cfg.io_timeout))
-            .map_err(io)?;
+        stream.set_write_timeout(Some(self.cfg.io_timeout)).map_err(io)?;
         let rd = stream.try_clone().map_err(io)?;
         {
             let mut st = self.shared.lock();
@@ -462,10 +427,7 @@ impl<'a> Engine<'a> {
         let reader = thread::Builder::new()
             .name(format!("rapsim-rd-{}", self.cfg.serial))
             .spawn(move || read_replies(rd, &shared))
-            .map_err(|source| SimError::Spawn {
-                serial: self.cfg.serial.clone(),
-                source,
-            })?;
+            .map_err(|source| SimError::Spawn { serial: self.cfg.serial.clone(), source })?;
         let end = self.write_loop(&stream);
         let _ = stream.shutdown(Shutdown::Both);
         let _ = reader.join();
@@ -506,11 +468,7 @@ impl<'a> Engine<'a> {
                     continue;
                 }
             }
-            let res = if out.is_empty() {
-                w.flush()
-            } else {
-                w.write_all(&out)
-            };
+            let res = if out.is_empty() { w.flush() } else { w.write_all(&out) };
             if res.is_err() {
                 shared.lock().broken = true;
                 return ConnEnd::Broken;
@@ -552,14 +510,9 @@ impl<'a> Engine<'a> {
             return (next_retry, None);
         }
         let mut next_new = None;
-        while out.len() < WRITE_CHUNK
-            && st.pending.len() < self.cfg.window
-            && !self.exhausted()
-            && !self.stopping()
-        {
+        while out.len() < WRITE_CHUNK && st.pending.len() < self.cfg.window && !self.exhausted() && !self.stopping() {
             if self.cfg.rate > 0 {
-                let due = self.started
-                    + Duration::from_secs_f64(self.generated as f64 / f64::from(self.cfg.rate));
+                let due = self.started + Duration::from_secs_f64(self.generated as f64 / f64::from(self.cfg.rate));
                 if due > now {
                     next_new = Some(due);
                     break;
@@ -567,15 +520,7 @@ impl<'a> Engine<'a> {
             }
             let (id, frame) = self.next_frame();
             out.extend_from_slice(&frame);
-            st.pending.insert(
-                id,
-                Pending {
-                    frame,
-                    in_flight: true,
-                    ready_at: now,
-                    sent_before: true,
-                },
-            );
+            st.pending.insert(id, Pending { frame, in_flight: true, ready_at: now, sent_before: true });
             stats.add_sent(true);
         }
         (next_retry, next_new)
@@ -590,11 +535,7 @@ impl<'a> Engine<'a> {
             msg_id,
             timestamp_ms: now_ms(),
             kind: if alarm { Kind::Alarm } else { Kind::Status },
-            priority: if alarm {
-                rapwire::PRIORITY_URGENT
-            } else {
-                STATUS_PRIORITY
-            },
+            priority: if alarm { rapwire::PRIORITY_URGENT } else { STATUS_PRIORITY },
             serial: self.cfg.wire_serial().to_string(),
             payload: self.text.next(alarm, self.cfg.payload_size),
         };
@@ -606,9 +547,7 @@ impl<'a> Engine<'a> {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -665,11 +604,7 @@ fn apply(shared: &Shared, reply: Reply) {
             }
             None => stats.add_stray(),
         },
-        Reply::Error {
-            msg_id,
-            code,
-            reason,
-        } => {
+        Reply::Error { msg_id, code, reason } => {
             stats.add_error(code);
             match classify(code) {
                 Class::Retry => {

@@ -25,8 +25,7 @@ use std::net::SocketAddr;
 
 pub use idset::IdSet;
 pub use instrument::{
-    now_ms, Instrument, RunningInstrument, Summary, DEFAULT_PAYLOAD, DEFAULT_WINDOW,
-    STATUS_PRIORITY,
+    now_ms, Instrument, RunningInstrument, Summary, DEFAULT_PAYLOAD, DEFAULT_WINDOW, STATUS_PRIORITY,
 };
 pub use payload::StatusText;
 pub use stats::{Rejection, Stats, StatsSnapshot};
@@ -39,12 +38,7 @@ pub enum SimError {
     Config { serial: String, what: String },
     /// Nothing was acked or rejected for `stall_timeout`.
     #[error("instrument {serial}: no progress for {secs} s talking to {addr} ({outstanding} messages unacknowledged)")]
-    Stalled {
-        serial: String,
-        addr: SocketAddr,
-        outstanding: usize,
-        secs: u64,
-    },
+    Stalled { serial: String, addr: SocketAddr, outstanding: usize, secs: u64 },
     /// A socket operation failed.
     #[error("{op} ({addr}): {source}")]
     Io {

@@ -18,19 +18,10 @@ use rapsim::{Instrument, RunningInstrument, Summary};
 
 /// Simulated clinical-lab instruments speaking the rapbox agent protocol.
 #[derive(Debug, Parser)]
-#[command(
-    name = "rapsim",
-    version,
-    after_help = "Exit codes: 0 ok, 1 an instrument failed, 2 usage error."
-)]
+#[command(name = "rapsim", version, after_help = "Exit codes: 0 ok, 1 an instrument failed, 2 usage error.")]
 struct Args {
     /// An instrument as SERIAL=HOST:PORT (the box port it is cabled to); repeatable.
-    #[arg(
-        short,
-        long = "instrument",
-        value_name = "SERIAL=ADDR",
-        required = true
-    )]
+    #[arg(short, long = "instrument", value_name = "SERIAL=ADDR", required = true)]
     instruments: Vec<String>,
     /// New messages per second per instrument; 0 = as fast as the window allows.
     #[arg(long, default_value_t = 0)]
@@ -75,28 +66,22 @@ fn parse_instrument(s: &str) -> anyhow::Result<(String, SocketAddr)> {
     let Some((serial, addr)) = s.split_once('=') else {
         bail!("--instrument {s:?}: expected SERIAL=HOST:PORT");
     };
-    let addr = addr
-        .parse()
-        .with_context(|| format!("--instrument {s:?}: bad address {addr:?}"))?;
+    let addr = addr.parse().with_context(|| format!("--instrument {s:?}: bad address {addr:?}"))?;
     Ok((serial.to_string(), addr))
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v)
-        .with_context(|| format!("{flag} {v}: not a valid number of seconds"))
+    Duration::try_from_secs_f64(v).with_context(|| format!("{flag} {v}: not a valid number of seconds"))
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("installing the signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing the signal handler")?;
     }
-    let first_id = args.first_id.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64)
-    });
+    let first_id = args
+        .first_id
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64));
     let drain = secs(args.drain, "--drain")?;
     let stall = secs(args.stall, "--stall")?;
     let mut running: Vec<RunningInstrument> = Vec::new();
@@ -118,11 +103,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         running.push(inst.spawn()?);
     }
     let start = Instant::now();
-    let deadline = args
-        .duration
-        .map(|d| secs(d, "--duration"))
-        .transpose()?
-        .map(|d| start + d);
+    let deadline = args.duration.map(|d| secs(d, "--duration")).transpose()?.map(|d| start + d);
     let mut last: Vec<u64> = vec![0; running.len()];
     let mut next_tick = start + Duration::from_secs(1);
     while !running.iter().all(RunningInstrument::is_finished) {
@@ -169,18 +150,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
 
 fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(s).context("encoding the summary")?
-        );
+        println!("{}", serde_json::to_string(s).context("encoding the summary")?);
         return Ok(());
     }
     let secs = s.elapsed_ms as f64 / 1000.0;
-    let rate = if secs > 0.0 {
-        s.stats.acked as f64 / secs
-    } else {
-        0.0
-    };
+    let rate = if secs > 0.0 { s.stats.acked as f64 / secs } else { 0.0 };
     println!(
         "{} -> {}: generated={} acked={} ({rate:.0} msg/s over {secs:.1} s) duplicate_acked={} resent={} \
          rejected={} unacked={} reconnects={} errors={:?}",

@@ -90,21 +90,11 @@ impl StatusText {
         self.advance();
         let mut s = String::with_capacity(size + 64);
         if alarm {
-            let which = [
-                "TEMP_HIGH",
-                "REAGENT_LOW",
-                "DOOR_OPEN",
-                "CLOT_DETECTED",
-                "PRESSURE_LOW",
-            ];
+            let which = ["TEMP_HIGH", "REAGENT_LOW", "DOOR_OPEN", "CLOT_DETECTED", "PRESSURE_LOW"];
             let code = which[(self.next_u64() % which.len() as u64) as usize];
             s.push_str(&format!("alarm={code};severity=high;"));
         }
-        let state = if self.door_open > 0 {
-            "PAUSED"
-        } else {
-            "RUNNING"
-        };
+        let state = if self.door_open > 0 { "PAUSED" } else { "RUNNING" };
         let door = if self.door_open > 0 { "open" } else { "closed" };
         s.push_str(&format!(
             "temp={:.1};incubator={:.1};cuvette_temp={:.1};reagent_A={}%;reagent_B={}%;reagent_C={}%;\
@@ -158,16 +148,11 @@ impl StatusText {
             self.pressure = self.walk(self.pressure, 0.1, 99.0, 103.0);
         }
         if self.one_in(25) {
-            self.fan = (self.fan as f64 + (self.next_u64() % 3) as f64 * 20.0 - 20.0)
-                .clamp(2000.0, 2800.0) as u32;
+            self.fan = (self.fan as f64 + (self.next_u64() % 3) as f64 * 20.0 - 20.0).clamp(2000.0, 2800.0) as u32;
         }
         for i in 0..self.reagent.len() {
             if self.one_in(400) {
-                self.reagent[i] = if self.reagent[i] <= 5 {
-                    100
-                } else {
-                    self.reagent[i] - 1
-                };
+                self.reagent[i] = if self.reagent[i] <= 5 { 100 } else { self.reagent[i] - 1 };
             }
         }
         if self.one_in(300) {

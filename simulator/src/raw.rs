@@ -92,12 +92,7 @@ impl RawConn {
             source,
         })?;
         let _ = stream.set_nodelay(true);
-        Ok(RawConn {
-            addr,
-            stream,
-            inbuf: Vec::new(),
-            closed: false,
-        })
+        Ok(RawConn { addr, stream, inbuf: Vec::new(), closed: false })
     }
 
     /// The underlying socket.
@@ -107,11 +102,7 @@ impl RawConn {
 
     /// Writes `bytes` as they are.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), SimError> {
-        self.stream.write_all(bytes).map_err(|source| SimError::Io {
-            addr: self.addr,
-            op: "sending",
-            source,
-        })
+        self.stream.write_all(bytes).map_err(|source| SimError::Io { addr: self.addr, op: "sending", source })
     }
 
     /// Sends a report as one frame.
@@ -196,8 +187,7 @@ impl RawConn {
         if self.inbuf.len() < 4 {
             return None;
         }
-        let n = u32::from_be_bytes([self.inbuf[0], self.inbuf[1], self.inbuf[2], self.inbuf[3]])
-            as usize;
+        let n = u32::from_be_bytes([self.inbuf[0], self.inbuf[1], self.inbuf[2], self.inbuf[3]]) as usize;
         if n > agent::MAX_BODY {
             let ev = RawEvent::Invalid(format!("reply declares {n} bytes"));
             self.inbuf.clear();
@@ -208,9 +198,7 @@ impl RawConn {
         }
         let ev = match agent::decode(&self.inbuf[4..4 + n]) {
             Ok(Frame::Reply(r)) => RawEvent::Reply(r),
-            Ok(Frame::Report(r)) => {
-                RawEvent::Invalid(format!("box sent a report (id {})", r.msg_id))
-            }
+            Ok(Frame::Report(r)) => RawEvent::Invalid(format!("box sent a report (id {})", r.msg_id)),
             Err(e) => RawEvent::Invalid(e.to_string()),
         };
         self.inbuf.drain(..4 + n);
@@ -231,11 +219,7 @@ pub fn send_bytes(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> Result<Raw
 
 /// Sends a frame header declaring `declared_len` body bytes (more than the box
 /// accepts), followed by a few bytes of body, and collects the answer.
-pub fn send_oversized(
-    addr: SocketAddr,
-    declared_len: u32,
-    quiet: Duration,
-) -> Result<RawOutcome, SimError> {
+pub fn send_oversized(addr: SocketAddr, declared_len: u32, quiet: Duration) -> Result<RawOutcome, SimError> {
     let mut bytes = declared_len.to_be_bytes().to_vec();
     bytes.extend_from_slice(&[agent::VERSION, 0x01, 0, 0, 0, 0, 0, 0, 0, 1]);
     send_bytes(addr, &bytes, quiet)
@@ -297,11 +281,7 @@ impl IdleConnections {
     }
     /// How many the box has not closed yet (does not block).
     pub fn still_open(&mut self) -> usize {
-        self.conns
-            .iter_mut()
-            .map(|c| !c.is_closed())
-            .filter(|&open| open)
-            .count()
+        self.conns.iter_mut().map(|c| !c.is_closed()).filter(|&open| open).count()
     }
     /// Error codes the box sent on these connections so far (e.g. TooManyConnections).
     pub fn error_codes(&mut self) -> Vec<agent::ErrorCode> {
@@ -320,10 +300,7 @@ impl IdleConnections {
 
 /// Opens `n` connections to `addr` and keeps them idle until dropped.
 pub fn idle_connections(addr: SocketAddr, n: usize, connect_timeout: Duration) -> IdleConnections {
-    let mut idle = IdleConnections {
-        conns: Vec::with_capacity(n),
-        failed: 0,
-    };
+    let mut idle = IdleConnections { conns: Vec::with_capacity(n), failed: 0 };
     for _ in 0..n {
         match RawConn::connect(addr, connect_timeout) {
             Ok(c) => idle.conns.push(c),
@@ -351,19 +328,8 @@ mod tests {
         assert_eq!(out.error_codes(), vec![ErrorCode::Malformed]);
         assert_eq!(out.replies[0].msg_id(), 7);
         assert!(!out.closed && out.invalid.is_empty());
-        let ok = send_bytes(
-            fake.addr,
-            &report_frame(&status_report("DXI-0001", 8, b"ok")),
-            QUIET,
-        )
-        .unwrap();
-        assert_eq!(
-            ok.replies,
-            vec![Reply::Ack {
-                msg_id: 8,
-                duplicate: false
-            }]
-        );
+        let ok = send_bytes(fake.addr, &report_frame(&status_report("DXI-0001", 8, b"ok")), QUIET).unwrap();
+        assert_eq!(ok.replies, vec![Reply::Ack { msg_id: 8, duplicate: false }]);
     }
 
     #[test]
@@ -376,10 +342,7 @@ mod tests {
 
     #[test]
     fn slowloris_is_cut_off() {
-        let fake = FakeBox::start(
-            "DXI-0001",
-            Behaviour::ReadTimeout(Duration::from_millis(100)),
-        );
+        let fake = FakeBox::start("DXI-0001", Behaviour::ReadTimeout(Duration::from_millis(100)));
         let frame = report_frame(&status_report("DXI-0001", 1, &[b'a'; 100]));
         let res = trickle(fake.addr, &frame, Duration::from_millis(250), QUIET).unwrap();
         assert!(res.closed_early, "{res:?}");
@@ -390,10 +353,7 @@ mod tests {
 
     #[test]
     fn idle_connections_stay_open_until_dropped() {
-        let fake = FakeBox::start(
-            "DXI-0001",
-            Behaviour::ReadTimeout(Duration::from_millis(300)),
-        );
+        let fake = FakeBox::start("DXI-0001", Behaviour::ReadTimeout(Duration::from_millis(300)));
         let mut idle = idle_connections(fake.addr, 20, Duration::from_secs(1));
         assert_eq!((idle.len(), idle.failed), (20, 0));
         assert_eq!(idle.still_open(), 20);
@@ -407,21 +367,9 @@ mod tests {
         let fake = FakeBox::start("DXI-0001", Behaviour::AckAll { hold: 1 });
         let mut c = RawConn::connect(fake.addr, Duration::from_secs(1)).unwrap();
         c.send_report(&status_report("DXI-0001", 1, b"a")).unwrap();
-        assert_eq!(
-            c.next_event(QUIET),
-            RawEvent::Reply(Reply::Ack {
-                msg_id: 1,
-                duplicate: false
-            })
-        );
+        assert_eq!(c.next_event(QUIET), RawEvent::Reply(Reply::Ack { msg_id: 1, duplicate: false }));
         c.send_report(&status_report("DXI-0001", 1, b"a")).unwrap();
-        assert_eq!(
-            c.next_event(QUIET),
-            RawEvent::Reply(Reply::Ack {
-                msg_id: 1,
-                duplicate: true
-            })
-        );
+        assert_eq!(c.next_event(QUIET), RawEvent::Reply(Reply::Ack { msg_id: 1, duplicate: true }));
         assert_eq!(c.next_event(Duration::from_millis(50)), RawEvent::Quiet);
         assert!(!c.is_closed());
     }

@@ -75,9 +75,7 @@ impl Stats {
     }
     /// Error replies received with `code` (retryable or not).
     pub fn errors(&self, code: ErrorCode) -> u64 {
-        self.errors
-            .get(code as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        self.errors.get(code as usize).map_or(0, |c| c.load(Ordering::Relaxed))
     }
     /// All error replies received.
     pub fn total_errors(&self) -> u64 {
@@ -153,11 +151,7 @@ impl Stats {
         }
     }
     pub(crate) fn add_rejection(&self, msg_id: u64, code: ErrorCode, reason: &str) {
-        lock(&self.rejections).push(Rejection {
-            msg_id,
-            code: code.name().to_string(),
-            reason: reason.to_string(),
-        });
+        lock(&self.rejections).push(Rejection { msg_id, code: code.name().to_string(), reason: reason.to_string() });
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn add_stray(&self) {
@@ -206,18 +200,11 @@ mod tests {
         s.add_error(ErrorCode::QueueFull);
         s.add_error(ErrorCode::QueueFull);
         s.add_error(ErrorCode::ShuttingDown);
-        s.add_rejection(
-            12,
-            ErrorCode::WrongInstrument,
-            "port 7001 is cabled to DXI-0001",
-        );
+        s.add_rejection(12, ErrorCode::WrongInstrument, "port 7001 is cabled to DXI-0001");
         s.add_connect();
         s.add_connect();
         let snap = s.snapshot();
-        assert_eq!(
-            (snap.sent, snap.resent, snap.acked, snap.duplicate_acked),
-            (2, 1, 2, 1)
-        );
+        assert_eq!((snap.sent, snap.resent, snap.acked, snap.duplicate_acked), (2, 1, 2, 1));
         assert_eq!(snap.errors.get("queue_full"), Some(&2));
         assert_eq!(snap.errors.get("shutting_down"), Some(&1));
         assert_eq!(snap.errors.len(), 2);

@@ -18,10 +18,7 @@ fn fake_box(ack: bool) -> SocketAddr {
                 let mut body = Vec::new();
                 while agent::read_body(&mut rd, &mut body).is_ok() {
                     if let (true, Ok(Frame::Report(r))) = (ack, agent::decode(&body)) {
-                        let reply = Reply::Ack {
-                            msg_id: r.msg_id,
-                            duplicate: false,
-                        };
+                        let reply = Reply::Ack { msg_id: r.msg_id, duplicate: false };
                         if agent::write_reply(&mut s, &reply).is_err() {
                             return;
                         }
@@ -41,34 +38,13 @@ fn rapsim() -> Command {
 fn runs_instruments_and_prints_json_summaries() {
     let (a, b) = (fake_box(true), fake_box(true));
     let out = rapsim()
-        .args([
-            "-i",
-            &format!("DXI-0001={a}"),
-            "-i",
-            &format!("DXI-0002={b}"),
-        ])
-        .args([
-            "--count",
-            "500",
-            "--alarm-every",
-            "50",
-            "--first-id",
-            "1",
-            "--json",
-            "--quiet",
-        ])
+        .args(["-i", &format!("DXI-0001={a}"), "-i", &format!("DXI-0002={b}")])
+        .args(["--count", "500", "--alarm-every", "50", "--first-id", "1", "--json", "--quiet"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{text}");
     for (v, serial) in lines.iter().zip(["DXI-0001", "DXI-0002"]) {
         assert_eq!(v["serial"], serial);
@@ -82,51 +58,22 @@ fn runs_instruments_and_prints_json_summaries() {
 #[test]
 fn prints_live_lines_and_stops_after_duration() {
     let a = fake_box(true);
-    let out = rapsim()
-        .args([
-            "-i",
-            &format!("DXI-0003={a}"),
-            "--rate",
-            "200",
-            "--duration",
-            "1.6",
-        ])
-        .output()
-        .unwrap();
+    let out = rapsim().args(["-i", &format!("DXI-0003={a}"), "--rate", "200", "--duration", "1.6"]).output().unwrap();
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let live: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("DXI-0003 sent="))
-        .collect();
+    let live: Vec<&str> = err.lines().filter(|l| l.contains("DXI-0003 sent=")).collect();
     assert!(!live.is_empty(), "no live line: {err}");
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        summary.starts_with(&format!("DXI-0003 -> {a}: generated=")),
-        "{summary}"
-    );
+    assert!(summary.starts_with(&format!("DXI-0003 -> {a}: generated=")), "{summary}");
     assert!(summary.contains("unacked=0"), "{summary}");
 }
 
 #[test]
 fn exit_codes() {
     let silent = fake_box(false);
-    let out = rapsim()
-        .args([
-            "-i",
-            &format!("DXI-0004={silent}"),
-            "--count",
-            "5",
-            "--stall",
-            "0.5",
-        ])
-        .output()
-        .unwrap();
+    let out = rapsim().args(["-i", &format!("DXI-0004={silent}"), "--count", "5", "--stall", "0.5"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no progress"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no progress"), "{out:?}");
     let out = rapsim().args(["-i", "no-address"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let out = rapsim().args(["--bogus"]).output().unwrap();

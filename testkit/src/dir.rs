@@ -38,16 +38,7 @@ pub struct TestDir {
 }
 
 fn sanitize(segment: &str) -> String {
-    segment
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    segment.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
 }
 
 impl TestDir {
@@ -55,25 +46,16 @@ impl TestDir {
     /// nest (e.g. `rapd/kill9/every_acked_message_arrives`).
     pub fn new(name: &str) -> Result<TestDir, TestDirError> {
         let mut path = test_runs_root();
-        for seg in name
-            .split(['/', ':'])
-            .filter(|s| !s.is_empty() && *s != "." && *s != "..")
-        {
+        for seg in name.split(['/', ':']).filter(|s| !s.is_empty() && *s != "." && *s != "..") {
             path.push(sanitize(seg));
         }
-        let err = |source| TestDirError {
-            path: path.clone(),
-            source,
-        };
+        let err = |source| TestDirError { path: path.clone(), source };
         match fs::remove_dir_all(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
             _ => {}
         }
         fs::create_dir_all(&path).map_err(err)?;
-        Ok(TestDir {
-            path,
-            keep: std::cell::Cell::new(false),
-        })
+        Ok(TestDir { path, keep: std::cell::Cell::new(false) })
     }
 
     /// The directory.
@@ -89,10 +71,7 @@ impl TestDir {
     /// Creates (if needed) and returns a subdirectory.
     pub fn subdir(&self, rel: impl AsRef<Path>) -> Result<PathBuf, TestDirError> {
         let p = self.path.join(rel);
-        fs::create_dir_all(&p).map_err(|source| TestDirError {
-            path: p.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&p).map_err(|source| TestDirError { path: p.clone(), source })?;
         Ok(p)
     }
 
@@ -104,8 +83,7 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        let keep_all =
-            std::env::var_os("RAPBOX_KEEP_TEST_DIRS").is_some_and(|v| !v.is_empty() && v != "0");
+        let keep_all = std::env::var_os("RAPBOX_KEEP_TEST_DIRS").is_some_and(|v| !v.is_empty() && v != "0");
         if std::thread::panicking() || self.keep.get() || keep_all {
             eprintln!("test directory kept: {}", self.path.display());
             return;
@@ -136,11 +114,7 @@ mod tests {
     #[test]
     fn removed_on_success_kept_on_panic() {
         let d = crate::test_dir!();
-        assert!(
-            d.path()
-                .ends_with("test-runs/rapbox_testkit/dir/tests/removed_on_success_kept_on_panic"),
-            "{d:?}"
-        );
+        assert!(d.path().ends_with("test-runs/rapbox_testkit/dir/tests/removed_on_success_kept_on_panic"), "{d:?}");
         fs::write(d.join("x"), b"x").unwrap();
         let p = d.path().to_path_buf();
         drop(d);
@@ -156,10 +130,7 @@ mod tests {
         let p = kept.downcast_ref::<PathBuf>().unwrap();
         assert!(p.is_dir(), "kept on failure");
         let again = TestDir::new("testkit/dir/panicking").unwrap();
-        assert!(
-            fs::read_dir(again.path()).unwrap().next().is_none(),
-            "emptied on reuse"
-        );
+        assert!(fs::read_dir(again.path()).unwrap().next().is_none(), "emptied on reuse");
     }
 
     #[test]

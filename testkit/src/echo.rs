@@ -22,30 +22,24 @@ impl EchoServer {
         let done = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (d, a) = (Arc::clone(&done), Arc::clone(&accepted));
-        thread::Builder::new()
-            .name(format!("echo-{addr}"))
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if d.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(mut conn) = conn else { continue };
-                    a.fetch_add(1, Ordering::SeqCst);
-                    thread::spawn(move || {
-                        let mut buf = [0u8; 16 * 1024];
-                        while let Ok(n) = conn.read(&mut buf) {
-                            if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    });
+        thread::Builder::new().name(format!("echo-{addr}")).spawn(move || {
+            for conn in listener.incoming() {
+                if d.load(Ordering::SeqCst) {
+                    return;
                 }
-            })?;
-        Ok(EchoServer {
-            addr,
-            done,
-            accepted,
-        })
+                let Ok(mut conn) = conn else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })?;
+        Ok(EchoServer { addr, done, accepted })
     }
 
     /// Where it listens.

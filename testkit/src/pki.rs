@@ -26,8 +26,7 @@ use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::stack::Stack;
 use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
-    SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier,
 };
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::X509VerifyParam;
@@ -164,11 +163,7 @@ impl Profile {
 
     /// The same profile with another validity window (seconds relative to now).
     pub fn valid(self, not_before: i64, not_after: i64) -> Profile {
-        Profile {
-            not_before,
-            not_after,
-            ..self
-        }
+        Profile { not_before, not_after, ..self }
     }
 }
 
@@ -178,9 +173,7 @@ struct Ca {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn new_key() -> Result<PKey<Private>, PkiError> {
@@ -191,10 +184,8 @@ fn new_key() -> Result<PKey<Private>, PkiError> {
 
 fn name(cn: &str) -> Result<X509Name, PkiError> {
     let mut b = X509NameBuilder::new().map_err(ossl("name"))?;
-    b.append_entry_by_nid(Nid::ORGANIZATIONNAME, "rapbox test")
-        .map_err(ossl("name O"))?;
-    b.append_entry_by_nid(Nid::COMMONNAME, cn)
-        .map_err(ossl(format!("name CN={cn}")))?;
+    b.append_entry_by_nid(Nid::ORGANIZATIONNAME, "rapbox test").map_err(ossl("name O"))?;
+    b.append_entry_by_nid(Nid::COMMONNAME, cn).map_err(ossl(format!("name CN={cn}")))?;
     Ok(b.build())
 }
 
@@ -205,10 +196,7 @@ fn time(offset: i64) -> Result<Asn1Time, PkiError> {
 fn new_ca(cn: &str) -> Result<Ca, PkiError> {
     let key = new_key()?;
     let what = format!("CA {cn}");
-    let e = |source| PkiError::Openssl {
-        what: what.clone(),
-        source,
-    };
+    let e = |source| PkiError::Openssl { what: what.clone(), source };
     let mut b = X509::builder().map_err(e)?;
     b.set_version(2).map_err(e)?;
     let serial = serial().map_err(e)?;
@@ -220,26 +208,12 @@ fn new_ca(cn: &str) -> Result<Ca, PkiError> {
     let (nb, na) = (time(-DAY)?, time(3650 * DAY)?);
     b.set_not_before(&nb).map_err(e)?;
     b.set_not_after(&na).map_err(e)?;
-    b.append_extension(BasicConstraints::new().critical().ca().build().map_err(e)?)
-        .map_err(e)?;
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .map_err(e)?,
-    )
-    .map_err(e)?;
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(None, None))
-        .map_err(e)?;
+    b.append_extension(BasicConstraints::new().critical().ca().build().map_err(e)?).map_err(e)?;
+    b.append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build().map_err(e)?).map_err(e)?;
+    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None)).map_err(e)?;
     b.append_extension(ski).map_err(e)?;
     b.sign(&key, MessageDigest::sha256()).map_err(e)?;
-    Ok(Ca {
-        cert: b.build(),
-        key,
-    })
+    Ok(Ca { cert: b.build(), key })
 }
 
 fn serial() -> Result<openssl::asn1::Asn1Integer, ErrorStack> {
@@ -251,10 +225,7 @@ fn serial() -> Result<openssl::asn1::Asn1Integer, ErrorStack> {
 fn issue_with(ca: &Ca, p: &Profile) -> Result<(X509, PKey<Private>), PkiError> {
     let key = new_key()?;
     let what = format!("certificate CN={}", p.cn);
-    let e = |source| PkiError::Openssl {
-        what: what.clone(),
-        source,
-    };
+    let e = |source| PkiError::Openssl { what: what.clone(), source };
     let mut b = X509::builder().map_err(e)?;
     b.set_version(2).map_err(e)?;
     let (sn, subject) = (serial().map_err(e)?, name(&p.cn)?);
@@ -265,30 +236,17 @@ fn issue_with(ca: &Ca, p: &Profile) -> Result<(X509, PKey<Private>), PkiError> {
     let (nb, na) = (time(p.not_before)?, time(p.not_after)?);
     b.set_not_before(&nb).map_err(e)?;
     b.set_not_after(&na).map_err(e)?;
-    b.append_extension(BasicConstraints::new().critical().build().map_err(e)?)
-        .map_err(e)?;
-    b.append_extension(
-        KeyUsage::new()
-            .critical()
-            .digital_signature()
-            .build()
-            .map_err(e)?,
-    )
-    .map_err(e)?;
+    b.append_extension(BasicConstraints::new().critical().build().map_err(e)?).map_err(e)?;
+    b.append_extension(KeyUsage::new().critical().digital_signature().build().map_err(e)?).map_err(e)?;
     let eku = if p.server {
         ExtendedKeyUsage::new().server_auth().build()
     } else {
         ExtendedKeyUsage::new().client_auth().build()
     };
     b.append_extension(eku.map_err(e)?).map_err(e)?;
-    let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(Some(&ca.cert), None))
-        .map_err(e)?;
+    let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(Some(&ca.cert), None)).map_err(e)?;
     b.append_extension(ski).map_err(e)?;
-    let aki = AuthorityKeyIdentifier::new()
-        .keyid(true)
-        .build(&b.x509v3_context(Some(&ca.cert), None))
-        .map_err(e)?;
+    let aki = AuthorityKeyIdentifier::new().keyid(true).build(&b.x509v3_context(Some(&ca.cert), None)).map_err(e)?;
     b.append_extension(aki).map_err(e)?;
     if !p.dns.is_empty() || !p.ips.is_empty() {
         let mut san = SubjectAlternativeName::new();
@@ -298,9 +256,7 @@ fn issue_with(ca: &Ca, p: &Profile) -> Result<(X509, PKey<Private>), PkiError> {
         for ip in &p.ips {
             san.ip(&ip.to_string());
         }
-        let san = san
-            .build(&b.x509v3_context(Some(&ca.cert), None))
-            .map_err(e)?;
+        let san = san.build(&b.x509v3_context(Some(&ca.cert), None)).map_err(e)?;
         b.append_extension(san).map_err(e)?;
     }
     b.sign(&ca.key, MessageDigest::sha256()).map_err(e)?;
@@ -308,67 +264,37 @@ fn issue_with(ca: &Ca, p: &Profile) -> Result<(X509, PKey<Private>), PkiError> {
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
     let _ = fs::remove_file(path);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io)?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io)?;
     f.write_all(bytes).map_err(io)
 }
 
 fn save(dir: &Path, stem: &str, cert: &X509, key: &PKey<Private>) -> Result<CertKey, PkiError> {
-    let ck = CertKey {
-        cert: dir.join(format!("{stem}.pem")),
-        key: dir.join(format!("{stem}.key")),
-    };
-    write(
-        &ck.cert,
-        &cert
-            .to_pem()
-            .map_err(ossl(format!("encoding {stem}.pem")))?,
-        0o644,
-    )?;
-    let key_pem = key
-        .private_key_to_pem_pkcs8()
-        .map_err(ossl(format!("encoding {stem}.key")))?;
+    let ck = CertKey { cert: dir.join(format!("{stem}.pem")), key: dir.join(format!("{stem}.key")) };
+    write(&ck.cert, &cert.to_pem().map_err(ossl(format!("encoding {stem}.pem")))?, 0o644)?;
+    let key_pem = key.private_key_to_pem_pkcs8().map_err(ossl(format!("encoding {stem}.key")))?;
     write(&ck.key, &key_pem, 0o600)?;
     Ok(ck)
 }
 
 fn load_ca(ca: &CertKey) -> Result<Ca, PkiError> {
-    let read = |p: &Path| {
-        fs::read(p).map_err(|source| PkiError::Io {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
-    let cert =
-        X509::from_pem(&read(&ca.cert)?).map_err(ossl(format!("reading {}", ca.cert.display())))?;
-    let key = PKey::private_key_from_pem(&read(&ca.key)?)
-        .map_err(ossl(format!("reading {}", ca.key.display())))?;
+    let read = |p: &Path| fs::read(p).map_err(|source| PkiError::Io { path: p.to_path_buf(), source });
+    let cert = X509::from_pem(&read(&ca.cert)?).map_err(ossl(format!("reading {}", ca.cert.display())))?;
+    let key = PKey::private_key_from_pem(&read(&ca.key)?).map_err(ossl(format!("reading {}", ca.key.display())))?;
     Ok(Ca { cert, key })
 }
 
 impl Pki {
     /// Generates the whole PKI into `dir` (created if missing; files overwritten).
     pub fn generate(dir: &Path, spec: &PkiSpec) -> Result<Pki, PkiError> {
-        fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })?;
         let ca = new_ca("rapbox test CA")?;
         let other = new_ca("unrelated test CA")?;
-        let cn = spec.server_dns.first().cloned().unwrap_or_else(|| {
-            spec.server_ips
-                .first()
-                .map_or_else(|| "data-center".to_string(), |ip| ip.to_string())
-        });
+        let cn =
+            spec.server_dns.first().cloned().unwrap_or_else(|| {
+                spec.server_ips.first().map_or_else(|| "data-center".to_string(), |ip| ip.to_string())
+            });
         let server = Profile::server(&cn, &spec.server_dns, &spec.server_ips);
         let issue = |issuer: &Ca, stem: &str, p: &Profile| -> Result<CertKey, PkiError> {
             let (c, k) = issue_with(issuer, p)?;
@@ -382,24 +308,12 @@ impl Pki {
             box_id: spec.box_id.clone(),
             other_ca: save(dir, "other-ca", &other.cert, &other.key)?,
             other_ca_server: issue(&other, "other-ca-server", &server)?,
-            expired_server: issue(
-                &ca,
-                "expired-server",
-                &server.clone().valid(-30 * DAY, -DAY),
-            )?,
-            not_yet_valid_server: issue(
-                &ca,
-                "not-yet-valid-server",
-                &server.clone().valid(30 * DAY, 60 * DAY),
-            )?,
+            expired_server: issue(&ca, "expired-server", &server.clone().valid(-30 * DAY, -DAY))?,
+            not_yet_valid_server: issue(&ca, "not-yet-valid-server", &server.clone().valid(30 * DAY, 60 * DAY))?,
             wrong_host_server: issue(
                 &ca,
                 "wrong-host-server",
-                &Profile::server(
-                    &spec.wrong_dns,
-                    std::slice::from_ref(&spec.wrong_dns),
-                    &[spec.wrong_ip],
-                ),
+                &Profile::server(&spec.wrong_dns, std::slice::from_ref(&spec.wrong_dns), &[spec.wrong_ip]),
             )?,
             unknown_ca_client: issue(&other, "unknown-ca-client", &Profile::client(&spec.box_id))?,
         };
@@ -446,12 +360,7 @@ pub struct Expect<'a> {
 /// Verifies `cert` against `ca` alone (as `openssl verify -CAfile ca cert` would, plus
 /// `-verify_hostname` / `-verify_ip` when given).
 pub fn verify(ca: &Path, cert: &Path, expect: &Expect<'_>) -> Result<(), PkiOrVerify> {
-    let read = |p: &Path| {
-        fs::read(p).map_err(|source| PkiError::Io {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
+    let read = |p: &Path| fs::read(p).map_err(|source| PkiError::Io { path: p.to_path_buf(), source });
     let ca = X509::from_pem(&read(ca)?).map_err(ossl(format!("reading {}", ca.display())))?;
     let cert = X509::from_pem(&read(cert)?).map_err(ossl(format!("reading {}", cert.display())))?;
     let mut store = X509StoreBuilder::new().map_err(ossl("store"))?;
@@ -463,23 +372,14 @@ pub fn verify(ca: &Path, cert: &Path, expect: &Expect<'_>) -> Result<(), PkiOrVe
     if let Some(ip) = expect.ip {
         param.set_ip(ip).map_err(ossl("setting the IP"))?;
     }
-    store
-        .set_param(&param)
-        .map_err(ossl("setting verify params"))?;
+    store.set_param(&param).map_err(ossl("setting verify params"))?;
     let store = store.build();
     let chain = Stack::new().map_err(ossl("chain"))?;
     let mut ctx = X509StoreContext::new().map_err(ossl("store context"))?;
     let result = ctx
-        .init(&store, &cert, &chain, |c| {
-            Ok(c.verify_cert()?.then_some(()).ok_or_else(|| c.error()))
-        })
+        .init(&store, &cert, &chain, |c| Ok(c.verify_cert()?.then_some(()).ok_or_else(|| c.error())))
         .map_err(ossl("verifying"))?;
-    result.map_err(|e| {
-        PkiOrVerify::Verify(VerifyFailure {
-            code: e.as_raw(),
-            text: e.error_string().to_string(),
-        })
-    })
+    result.map_err(|e| PkiOrVerify::Verify(VerifyFailure { code: e.as_raw(), text: e.error_string().to_string() }))
 }
 
 /// [`verify`]'s error: the check could not run, or the certificate was refused.
@@ -507,11 +407,7 @@ mod tests {
 
     fn pki(name: &str) -> (crate::TestDir, Pki) {
         let dir = crate::TestDir::new(&format!("testkit/pki/{name}")).unwrap();
-        let spec = PkiSpec::new(
-            &["dc.rapbox.test"],
-            &["127.0.0.5".parse().unwrap()],
-            "BOX-0001",
-        );
+        let spec = PkiSpec::new(&["dc.rapbox.test"], &["127.0.0.5".parse().unwrap()], "BOX-0001");
         let pki = Pki::generate(dir.path(), &spec).unwrap();
         (dir, pki)
     }
@@ -519,111 +415,51 @@ mod tests {
     fn code(ca: &Path, cert: &Path, e: Expect<'_>) -> Option<i32> {
         match verify(ca, cert, &e) {
             Ok(()) => None,
-            Err(err) => Some(
-                err.code()
-                    .unwrap_or_else(|| panic!("verify could not run: {err}")),
-            ),
+            Err(err) => Some(err.code().unwrap_or_else(|| panic!("verify could not run: {err}"))),
         }
     }
 
     #[test]
     fn chain_and_names_verify() {
         let (_dir, p) = pki("chain");
-        let host = Expect {
-            host: Some("dc.rapbox.test"),
-            ip: None,
-        };
-        let ip = Expect {
-            host: None,
-            ip: Some("127.0.0.5".parse().unwrap()),
-        };
+        let host = Expect { host: Some("dc.rapbox.test"), ip: None };
+        let ip = Expect { host: None, ip: Some("127.0.0.5".parse().unwrap()) };
         assert_eq!(code(&p.ca.cert, &p.server.cert, host.clone()), None);
         assert_eq!(code(&p.ca.cert, &p.server.cert, ip.clone()), None);
         assert_eq!(code(&p.ca.cert, &p.client.cert, Expect::default()), None);
-        assert_eq!(
-            code(&p.other_ca.cert, &p.other_ca_server.cert, host.clone()),
-            None
-        );
+        assert_eq!(code(&p.other_ca.cert, &p.other_ca_server.cert, host.clone()), None);
     }
 
     #[test]
     fn negative_set_fails_for_the_intended_reason() {
         let (_dir, p) = pki("negative");
-        let host = || Expect {
-            host: Some("dc.rapbox.test"),
-            ip: None,
-        };
-        let ip = || Expect {
-            host: None,
-            ip: Some("127.0.0.5".parse().unwrap()),
-        };
-        assert_eq!(
-            code(&p.ca.cert, &p.expired_server.cert, host()),
-            Some(V_ERR_EXPIRED)
-        );
-        assert_eq!(
-            code(&p.ca.cert, &p.not_yet_valid_server.cert, host()),
-            Some(V_ERR_NOT_YET_VALID)
-        );
-        assert_eq!(
-            code(&p.ca.cert, &p.other_ca_server.cert, host()),
-            Some(V_ERR_UNKNOWN_ISSUER)
-        );
-        assert_eq!(
-            code(&p.ca.cert, &p.unknown_ca_client.cert, Expect::default()),
-            Some(V_ERR_UNKNOWN_ISSUER)
-        );
-        assert_eq!(
-            code(&p.ca.cert, &p.wrong_host_server.cert, host()),
-            Some(V_ERR_HOSTNAME_MISMATCH)
-        );
-        assert_eq!(
-            code(&p.ca.cert, &p.wrong_host_server.cert, ip()),
-            Some(V_ERR_IP_MISMATCH)
-        );
+        let host = || Expect { host: Some("dc.rapbox.test"), ip: None };
+        let ip = || Expect { host: None, ip: Some("127.0.0.5".parse().unwrap()) };
+        assert_eq!(code(&p.ca.cert, &p.expired_server.cert, host()), Some(V_ERR_EXPIRED));
+        assert_eq!(code(&p.ca.cert, &p.not_yet_valid_server.cert, host()), Some(V_ERR_NOT_YET_VALID));
+        assert_eq!(code(&p.ca.cert, &p.other_ca_server.cert, host()), Some(V_ERR_UNKNOWN_ISSUER));
+        assert_eq!(code(&p.ca.cert, &p.unknown_ca_client.cert, Expect::default()), Some(V_ERR_UNKNOWN_ISSUER));
+        assert_eq!(code(&p.ca.cert, &p.wrong_host_server.cert, host()), Some(V_ERR_HOSTNAME_MISMATCH));
+        assert_eq!(code(&p.ca.cert, &p.wrong_host_server.cert, ip()), Some(V_ERR_IP_MISMATCH));
         // The wrong-host certificate is otherwise fine.
-        assert_eq!(
-            code(&p.ca.cert, &p.wrong_host_server.cert, Expect::default()),
-            None
-        );
+        assert_eq!(code(&p.ca.cert, &p.wrong_host_server.cert, Expect::default()), None);
     }
 
     #[test]
     fn files_are_what_rapd_and_nginx_expect() {
         let (_dir, p) = pki("files");
         let key_pem = fs::read_to_string(&p.client.key).unwrap();
-        assert!(
-            key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
-            "not PKCS#8: {key_pem}"
-        );
+        assert!(key_pem.starts_with("-----BEGIN PRIVATE KEY-----"), "not PKCS#8: {key_pem}");
         let key = PKey::private_key_from_pem(key_pem.as_bytes()).unwrap();
         let cert = X509::from_pem(&fs::read(&p.client.cert).unwrap()).unwrap();
         assert!(cert.public_key().unwrap().public_eq(&key));
-        let cn = cert
-            .subject_name()
-            .entries_by_nid(Nid::COMMONNAME)
-            .next()
-            .unwrap();
+        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().unwrap();
         assert_eq!(cn.data().to_string().unwrap(), "BOX-0001");
-        assert_eq!(
-            cert.signature_algorithm().object().nid(),
-            Nid::ECDSA_WITH_SHA256
-        );
+        assert_eq!(cert.signature_algorithm().object().nid(), Nid::ECDSA_WITH_SHA256);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(&p.server.key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let extra = p
-            .issue(
-                "second-dc",
-                &Profile::server("dc2", &["dc2.rapbox.test".into()], &[]),
-            )
-            .unwrap();
-        let e = Expect {
-            host: Some("dc2.rapbox.test"),
-            ip: None,
-        };
+        assert_eq!(fs::metadata(&p.server.key).unwrap().permissions().mode() & 0o777, 0o600);
+        let extra = p.issue("second-dc", &Profile::server("dc2", &["dc2.rapbox.test".into()], &[])).unwrap();
+        let e = Expect { host: Some("dc2.rapbox.test"), ip: None };
         assert_eq!(code(&p.ca.cert, &extra.cert, e), None);
     }
 }

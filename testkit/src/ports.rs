@@ -70,9 +70,7 @@ pub fn unique_443() -> Result<SocketAddr, PortError> {
 pub fn free_port(ip: IpAddr) -> Result<u16, PortError> {
     let addr = SocketAddr::new(ip, 0);
     let l = TcpListener::bind(addr).map_err(|source| PortError::Bind { addr, source })?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|source| PortError::Bind { addr, source })
+    l.local_addr().map(|a| a.port()).map_err(|source| PortError::Bind { addr, source })
 }
 
 /// `ip:<free port>`.
@@ -96,10 +94,7 @@ mod tests {
         assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 300);
         for ip in &ips {
             let o = ip.octets();
-            assert!(
-                ip.is_loopback() && o[1] != 0 && o[3] != 0 && o[3] != 255,
-                "{ip}"
-            );
+            assert!(ip.is_loopback() && o[1] != 0 && o[3] != 0 && o[3] != 255, "{ip}");
         }
         // Each can hold its own listener on the same port.
         let port = free_port(IpAddr::V4(ips[0])).unwrap();

@@ -91,10 +91,7 @@ impl ErrorCode {
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
-            ErrorCode::TooLarge
-                | ErrorCode::Timeout
-                | ErrorCode::TooManyConnections
-                | ErrorCode::UnsupportedVersion
+            ErrorCode::TooLarge | ErrorCode::Timeout | ErrorCode::TooManyConnections | ErrorCode::UnsupportedVersion
         )
     }
 }
@@ -122,11 +119,7 @@ pub enum Reply {
     /// Durably stored (or already stored before, when `duplicate`).
     Ack { msg_id: u64, duplicate: bool },
     /// Refused; the instrument keeps the message unless the code says it is hopeless.
-    Error {
-        msg_id: u64,
-        code: ErrorCode,
-        reason: String,
-    },
+    Error { msg_id: u64, code: ErrorCode, reason: String },
 }
 
 /// Any frame of the protocol.
@@ -212,11 +205,7 @@ impl Reply {
                 out.extend_from_slice(&msg_id.to_be_bytes());
                 out.push(u8::from(*duplicate));
             }
-            Reply::Error {
-                msg_id,
-                code,
-                reason,
-            } => {
+            Reply::Error { msg_id, code, reason } => {
                 out.push(ty::ERROR);
                 out.extend_from_slice(&msg_id.to_be_bytes());
                 out.extend_from_slice(&(*code as u16).to_be_bytes());
@@ -291,25 +280,14 @@ pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
             if !serial.iter().all(|b| b.is_ascii_graphic()) {
                 return Err(DecodeError::SerialChars);
             }
-            let serial =
-                String::from_utf8(serial.to_vec()).map_err(|_| DecodeError::SerialChars)?;
+            let serial = String::from_utf8(serial.to_vec()).map_err(|_| DecodeError::SerialChars)?;
             let payload = r.rest().to_vec();
-            Frame::Report(Report {
-                msg_id,
-                timestamp_ms,
-                kind,
-                priority,
-                serial,
-                payload,
-            })
+            Frame::Report(Report { msg_id, timestamp_ms, kind, priority, serial, payload })
         }
         ty::ACK => {
             let msg_id = r.be_u64().ok_or(DecodeError::Truncated("message id"))?;
             let dup = r.u8().ok_or(DecodeError::Truncated("duplicate flag"))?;
-            Frame::Reply(Reply::Ack {
-                msg_id,
-                duplicate: dup != 0,
-            })
+            Frame::Reply(Reply::Ack { msg_id, duplicate: dup != 0 })
         }
         ty::ERROR => {
             let msg_id = r.be_u64().ok_or(DecodeError::Truncated("message id"))?;
@@ -318,11 +296,7 @@ pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
             let rlen = r.u8().ok_or(DecodeError::Truncated("reason length"))? as usize;
             let reason = r.bytes(rlen).ok_or(DecodeError::Truncated("reason"))?;
             let reason = String::from_utf8(reason.to_vec()).map_err(|_| DecodeError::ReasonUtf8)?;
-            Frame::Reply(Reply::Error {
-                msg_id,
-                code,
-                reason,
-            })
+            Frame::Reply(Reply::Error { msg_id, code, reason })
         }
         other => return Err(DecodeError::FrameType(other)),
     };
@@ -400,10 +374,7 @@ mod tests {
     fn report_roundtrip() {
         let mut out = Vec::new();
         report().encode_into(&mut out);
-        assert_eq!(
-            u32::from_be_bytes(out[..4].try_into().unwrap()) as usize,
-            out.len() - 4
-        );
+        assert_eq!(u32::from_be_bytes(out[..4].try_into().unwrap()) as usize, out.len() - 4);
         assert_eq!(decode(body_of(&out)).unwrap(), Frame::Report(report()));
         assert_eq!(peek_msg_id(body_of(&out)), 42);
     }
@@ -411,15 +382,8 @@ mod tests {
     #[test]
     fn replies_roundtrip() {
         for reply in [
-            Reply::Ack {
-                msg_id: 7,
-                duplicate: true,
-            },
-            Reply::Error {
-                msg_id: 9,
-                code: ErrorCode::QueueFull,
-                reason: "queue full: 10 MiB of alarms".into(),
-            },
+            Reply::Ack { msg_id: 7, duplicate: true },
+            Reply::Error { msg_id: 9, code: ErrorCode::QueueFull, reason: "queue full: 10 MiB of alarms".into() },
         ] {
             let mut out = Vec::new();
             reply.encode_into(&mut out);
@@ -431,12 +395,7 @@ mod tests {
     fn long_reason_is_cut_on_a_char_boundary() {
         let reason = "é".repeat(200);
         let mut out = Vec::new();
-        Reply::Error {
-            msg_id: 1,
-            code: ErrorCode::Malformed,
-            reason,
-        }
-        .encode_into(&mut out);
+        Reply::Error { msg_id: 1, code: ErrorCode::Malformed, reason }.encode_into(&mut out);
         match decode(body_of(&out)).unwrap() {
             Frame::Reply(Reply::Error { reason, .. }) => assert!(reason.len() <= MAX_REASON),
             other => panic!("unexpected {other:?}"),
@@ -461,10 +420,7 @@ mod tests {
         let mut body = body_of(&out).to_vec();
         body[0] = 9;
         assert_eq!(decode(&body), Err(DecodeError::Version(9)));
-        assert_eq!(
-            DecodeError::Version(9).code(),
-            ErrorCode::UnsupportedVersion
-        );
+        assert_eq!(DecodeError::Version(9).code(), ErrorCode::UnsupportedVersion);
         let mut body = body_of(&out).to_vec();
         body[1] = 0x77;
         assert_eq!(decode(&body), Err(DecodeError::FrameType(0x77)));
@@ -483,31 +439,18 @@ mod tests {
     fn stream_reader_enforces_the_limit_before_allocating() {
         let mut stream: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         let mut buf = Vec::new();
-        assert!(matches!(
-            read_body(&mut stream, &mut buf),
-            Err(ReadError::TooLarge(u32::MAX))
-        ));
+        assert!(matches!(read_body(&mut stream, &mut buf), Err(ReadError::TooLarge(u32::MAX))));
         assert!(buf.capacity() < 1024);
         let mut empty: &[u8] = &[];
-        assert!(matches!(
-            read_body(&mut empty, &mut buf),
-            Err(ReadError::Closed)
-        ));
+        assert!(matches!(read_body(&mut empty, &mut buf), Err(ReadError::Closed)));
         let mut partial: &[u8] = &[0, 0];
-        assert!(matches!(
-            read_body(&mut partial, &mut buf),
-            Err(ReadError::Io(_))
-        ));
+        assert!(matches!(read_body(&mut partial, &mut buf), Err(ReadError::Io(_))));
     }
 
     #[test]
     fn maximal_report_fits() {
         let serial = "S".repeat(MAX_SERIAL);
-        let r = Report {
-            payload: vec![0; Report::max_payload(MAX_SERIAL)],
-            serial,
-            ..report()
-        };
+        let r = Report { payload: vec![0; Report::max_payload(MAX_SERIAL)], serial, ..report() };
         let mut out = Vec::new();
         r.encode_into(&mut out);
         assert_eq!(out.len() - 4, MAX_BODY);

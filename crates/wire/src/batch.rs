@@ -88,26 +88,11 @@ impl Encoder {
         buf.extend_from_slice(&batch_id.to_be_bytes());
         put_u64(&mut buf, dropped_total);
         let count_pos = buf.len();
-        Encoder {
-            buf,
-            serials: Vec::new(),
-            count: 0,
-            prev_id: 0,
-            prev_ts: 0,
-            count_pos,
-        }
+        Encoder { buf, serials: Vec::new(), count: 0, prev_id: 0, prev_ts: 0, count_pos }
     }
 
     /// Appends one record.
-    pub fn push(
-        &mut self,
-        instrument: &str,
-        msg_id: u64,
-        timestamp_ms: i64,
-        kind: Kind,
-        priority: u8,
-        payload: &[u8],
-    ) {
+    pub fn push(&mut self, instrument: &str, msg_id: u64, timestamp_ms: i64, kind: Kind, priority: u8, payload: &[u8]) {
         match self.serials.iter().position(|s| s == instrument) {
             Some(i) => put_u64(&mut self.buf, i as u64),
             None => {
@@ -180,8 +165,7 @@ pub enum BatchError {
 
 /// Decodes a compressed batch body.
 pub fn decode(body: &[u8]) -> Result<Batch, BatchError> {
-    let raw = zstd::bulk::decompress(body, MAX_DECOMPRESSED)
-        .map_err(|e| BatchError::Decompress(e.to_string()))?;
+    let raw = zstd::bulk::decompress(body, MAX_DECOMPRESSED).map_err(|e| BatchError::Decompress(e.to_string()))?;
     decode_raw(&raw)
 }
 
@@ -200,9 +184,7 @@ fn decode_raw(raw: &[u8]) -> Result<Batch, BatchError> {
     let mut records = Vec::with_capacity(count as usize);
     let (mut prev_id, mut prev_ts) = (0u64, 0i64);
     for i in 0..count {
-        let iref = r
-            .var_u64()
-            .ok_or(BatchError::Truncated("instrument reference"))?;
+        let iref = r.var_u64().ok_or(BatchError::Truncated("instrument reference"))?;
         let instrument = if iref == serials.len() as u64 {
             let len = r.var_len(255).ok_or(BatchError::Truncated("serial"))?;
             let s = r.bytes(len).ok_or(BatchError::Truncated("serial"))?;
@@ -210,10 +192,7 @@ fn decode_raw(raw: &[u8]) -> Result<Batch, BatchError> {
             serials.push(s.clone());
             s
         } else {
-            serials
-                .get(iref as usize)
-                .cloned()
-                .ok_or(BatchError::InstrumentRef(i))?
+            serials.get(iref as usize).cloned().ok_or(BatchError::InstrumentRef(i))?
         };
         let d_id = r.var_i64().ok_or(BatchError::Truncated("message id"))?;
         let d_ts = r.var_i64().ok_or(BatchError::Truncated("timestamp"))?;
@@ -225,32 +204,16 @@ fn decode_raw(raw: &[u8]) -> Result<Batch, BatchError> {
         if priority > crate::PRIORITY_LOWEST {
             return Err(BatchError::Priority(i, priority));
         }
-        let plen = r
-            .var_len(r.remaining())
-            .ok_or(BatchError::Truncated("payload"))?;
-        let payload = r
-            .bytes(plen)
-            .ok_or(BatchError::Truncated("payload"))?
-            .to_vec();
-        records.push(Record {
-            instrument,
-            msg_id,
-            timestamp_ms,
-            kind,
-            priority,
-            payload,
-        });
+        let plen = r.var_len(r.remaining()).ok_or(BatchError::Truncated("payload"))?;
+        let payload = r.bytes(plen).ok_or(BatchError::Truncated("payload"))?.to_vec();
+        records.push(Record { instrument, msg_id, timestamp_ms, kind, priority, payload });
         prev_id = msg_id;
         prev_ts = timestamp_ms;
     }
     if r.remaining() != 0 {
         return Err(BatchError::Trailing(r.remaining()));
     }
-    Ok(Batch {
-        batch_id,
-        dropped_total,
-        records,
-    })
+    Ok(Batch { batch_id, dropped_total, records })
 }
 
 /// Payloads are shown as text in JSON when they are UTF-8, which status reports are.
@@ -273,21 +236,12 @@ mod tests {
     fn sample(n: u64) -> Vec<Record> {
         (0..n)
             .map(|i| Record {
-                instrument: if i % 3 == 0 {
-                    "A-1".into()
-                } else {
-                    "B-22".into()
-                },
+                instrument: if i % 3 == 0 { "A-1".into() } else { "B-22".into() },
                 msg_id: 1000 + i,
                 timestamp_ms: 1_700_000_000_000 + i as i64 * 250,
-                kind: if i % 10 == 0 {
-                    Kind::Alarm
-                } else {
-                    Kind::Status
-                },
+                kind: if i % 10 == 0 { Kind::Alarm } else { Kind::Status },
                 priority: if i % 10 == 0 { 0 } else { 2 },
-                payload: format!("temp=37.{} reagent={}% door=closed", i % 10, 90 - i % 50)
-                    .into_bytes(),
+                payload: format!("temp=37.{} reagent={}% door=closed", i % 10, 90 - i % 50).into_bytes(),
             })
             .collect()
     }
@@ -295,14 +249,7 @@ mod tests {
     fn encode(batch_id: u64, dropped: u64, recs: &[Record]) -> Vec<u8> {
         let mut e = Encoder::new(batch_id, dropped);
         for r in recs {
-            e.push(
-                &r.instrument,
-                r.msg_id,
-                r.timestamp_ms,
-                r.kind,
-                r.priority,
-                &r.payload,
-            );
+            e.push(&r.instrument, r.msg_id, r.timestamp_ms, r.kind, r.priority, &r.payload);
         }
         e.finish()
     }
@@ -312,14 +259,7 @@ mod tests {
         let recs = sample(500);
         let body = encode(0xdead_beef, 17, &recs);
         let b = decode(&body).unwrap();
-        assert_eq!(
-            b,
-            Batch {
-                batch_id: 0xdead_beef,
-                dropped_total: 17,
-                records: recs
-            }
-        );
+        assert_eq!(b, Batch { batch_id: 0xdead_beef, dropped_total: 17, records: recs });
     }
 
     #[test]
@@ -332,19 +272,12 @@ mod tests {
     fn routine_records_compress_well() {
         let recs = sample(1000);
         let body = encode(1, 0, &recs);
-        assert!(
-            body.len() < 1000 * 40,
-            "{} bytes for 1000 records",
-            body.len()
-        );
+        assert!(body.len() < 1000 * 40, "{} bytes for 1000 records", body.len());
     }
 
     #[test]
     fn garbage_and_truncation_are_errors() {
-        assert!(matches!(
-            decode(b"not zstd"),
-            Err(BatchError::Decompress(_))
-        ));
+        assert!(matches!(decode(b"not zstd"), Err(BatchError::Decompress(_))));
         let raw_bad = zstd::bulk::compress(b"XXXX12345678", 1).unwrap();
         assert_eq!(decode(&raw_bad), Err(BatchError::Magic));
         let recs = sample(5);
@@ -362,19 +295,12 @@ mod tests {
         raw.extend_from_slice(&1u64.to_be_bytes());
         put_u64(&mut raw, 0);
         put_u64(&mut raw, u64::MAX);
-        assert!(matches!(
-            decode_raw(&raw),
-            Err(BatchError::TooManyRecords(_))
-        ));
+        assert!(matches!(decode_raw(&raw), Err(BatchError::TooManyRecords(_))));
     }
 
     #[test]
     fn ack_json_is_stable() {
-        let a = BatchAck {
-            batch_id: 5,
-            accepted: 3,
-            duplicates: 1,
-        };
+        let a = BatchAck { batch_id: 5, accepted: 3, duplicates: 1 };
         let s = serde_json::to_string(&a).unwrap();
         assert_eq!(s, r#"{"batch_id":5,"accepted":3,"duplicates":1}"#);
         assert_eq!(serde_json::from_str::<BatchAck>(&s).unwrap(), a);

@@ -40,37 +40,32 @@ fn main() {
         }
     };
     match args.cmd {
-        Cmd::Status { json } => {
-            match control::request(&args.socket, &Request::Status) {
-                Ok(r) if r.ok => {
-                    let Some(st) = r.status else {
-                        eprintln!("rapctl: rapd answered without a status");
-                        std::process::exit(1);
-                    };
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
-                    } else {
-                        print!("{}", human(&st));
-                    }
-                }
-                Ok(r) => {
-                    eprintln!("rapctl: rapd refused: {}", r.error.unwrap_or_default());
+        Cmd::Status { json } => match control::request(&args.socket, &Request::Status) {
+            Ok(r) if r.ok => {
+                let Some(st) = r.status else {
+                    eprintln!("rapctl: rapd answered without a status");
                     std::process::exit(1);
-                }
-                Err(e) => {
-                    eprintln!("rapctl: cannot reach rapd: {e}\n  is rapd running? (systemctl status rapd)");
-                    std::process::exit(1);
+                };
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+                } else {
+                    print!("{}", human(&st));
                 }
             }
-        }
+            Ok(r) => {
+                eprintln!("rapctl: rapd refused: {}", r.error.unwrap_or_default());
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("rapctl: cannot reach rapd: {e}\n  is rapd running? (systemctl status rapd)");
+                std::process::exit(1);
+            }
+        },
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn ago(ms: Option<u64>) -> String {
@@ -115,11 +110,7 @@ fn human(st: &Status) -> String {
         .unwrap_or_default();
     o += &format!(
         "FIPS         {} (providers: {})\n",
-        if f.get("passed").and_then(Value::as_bool).unwrap_or(false) {
-            "passed"
-        } else {
-            "FAILED"
-        },
+        if f.get("passed").and_then(Value::as_bool).unwrap_or(false) { "passed" } else { "FAILED" },
         providers.join(", ")
     );
     let up = &st.uplink;
@@ -137,10 +128,7 @@ fn human(st: &Status) -> String {
         bytes(u(up, "bytes_sent"))
     );
     if let Some(e) = up.get("last_error").and_then(Value::as_str) {
-        o += &format!(
-            "             last error {}: {e}\n",
-            ago(up.get("last_error_ms").and_then(Value::as_u64))
-        );
+        o += &format!("             last error {}: {e}\n", ago(up.get("last_error_ms").and_then(Value::as_u64)));
     }
     let q = &st.queue;
     let by: Vec<u64> = q

@@ -20,11 +20,7 @@ fn main() {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            let code = if e.use_stderr() {
-                rapbox::exit::CONFIG
-            } else {
-                0
-            };
+            let code = if e.use_stderr() { rapbox::exit::CONFIG } else { 0 };
             let _ = e.print();
             std::process::exit(code);
         }
@@ -32,11 +28,7 @@ fn main() {
     if args.check_config {
         match rapbox::config::Config::load(&args.config) {
             Ok(c) => {
-                println!(
-                    "{}: valid ({} instruments)",
-                    c.path.display(),
-                    c.instruments.len()
-                );
+                println!("{}: valid ({} instruments)", c.path.display(), c.instruments.len());
                 std::process::exit(0);
             }
             Err(e) => {

@@ -68,7 +68,13 @@ impl World {
 
     /// A rapd spec talking to this data center with the box certificate.
     pub fn rapd_spec(&self) -> rapd::Spec {
-        rapd::Spec::new(&self.dir.join("box"), &self.url(), &self.pki.ca.cert, &self.pki.client.cert, &self.pki.client.key)
+        rapd::Spec::new(
+            &self.dir.join("box"),
+            &self.url(),
+            &self.pki.ca.cert,
+            &self.pki.client.cert,
+            &self.pki.client.key,
+        )
     }
 
     /// Requests that reached the backend's batch endpoint.

@@ -11,11 +11,7 @@ use rapbox::control::{self, Request, Status};
 pub fn fips_conf() -> PathBuf {
     let dir = std::env::var_os("RAPBOX_FIPS_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/cache/rapbox/fips".into());
     let conf = dir.join("openssl-fips.cnf");
-    assert!(
-        conf.is_file(),
-        "{} is missing: run scripts/build-fips.sh first (scripts/test.sh does)",
-        conf.display()
-    );
+    assert!(conf.is_file(), "{} is missing: run scripts/build-fips.sh first (scripts/test.sh does)", conf.display());
     conf
 }
 
@@ -47,8 +43,9 @@ impl Spec {
             instruments: vec![],
             quota_bytes: 256 << 20,
             fips_conf: fips_conf(),
-            extra_uplink: "backoff_initial_ms = 100\nbackoff_max_ms = 1000\nconnect_timeout_ms = 2000\nio_timeout_ms = 5000\n"
-                .into(),
+            extra_uplink:
+                "backoff_initial_ms = 100\nbackoff_max_ms = 1000\nconnect_timeout_ms = 2000\nio_timeout_ms = 5000\n"
+                    .into(),
             extra: String::new(),
         }
     }

@@ -24,121 +24,61 @@ fn inst(fake: &FakeBox, count: u64) -> Instrument {
 #[test]
 fn pipelines_and_counts_everything() {
     let fake = FakeBox::start("DXI-0001", Behaviour::AckAll { hold: 10_000 });
-    let i = Instrument {
-        alarm_every: 10,
-        window: 128,
-        first_id: 1000,
-        ..inst(&fake, 2000)
-    };
+    let i = Instrument { alarm_every: 10, window: 128, first_id: 1000, ..inst(&fake, 2000) };
     let stats = i.stats();
     let summary = i.run().expect("run");
     assert_eq!(summary.generated, 2000);
     assert_eq!((summary.first_id, summary.last_id), (1000, Some(2999)));
     assert!(summary.unacked.is_empty());
-    assert_eq!(
-        (stats.sent(), stats.acked(), stats.resent()),
-        (2000, 2000, 0)
-    );
-    assert_eq!(
-        (
-            stats.duplicate_acked(),
-            stats.total_errors(),
-            stats.reconnects()
-        ),
-        (0, 0, 0)
-    );
-    assert_eq!(
-        stats.acked_ids().ranges().collect::<Vec<_>>(),
-        vec![(1000, 2999)]
-    );
+    assert_eq!((stats.sent(), stats.acked(), stats.resent()), (2000, 2000, 0));
+    assert_eq!((stats.duplicate_acked(), stats.total_errors(), stats.reconnects()), (0, 0, 0));
+    assert_eq!(stats.acked_ids().ranges().collect::<Vec<_>>(), vec![(1000, 2999)]);
     let seen = fake.seen.lock().unwrap();
     // The box held its acks: a stop-and-wait client would never have more than one
     // report unanswered; a pipelining one fills its window, and never exceeds it.
-    assert!(
-        seen.max_unanswered >= 64,
-        "only {} reports pipelined",
-        seen.max_unanswered
-    );
-    assert!(
-        seen.max_unanswered <= 128,
-        "window exceeded: {}",
-        seen.max_unanswered
-    );
+    assert!(seen.max_unanswered >= 64, "only {} reports pipelined", seen.max_unanswered);
+    assert!(seen.max_unanswered <= 128, "window exceeded: {}", seen.max_unanswered);
     let reports = &seen.per_conn[0];
     assert_eq!(reports.len(), 2000);
     let alarms: Vec<_> = reports.iter().filter(|r| r.kind == Kind::Alarm).collect();
     assert_eq!(alarms.len(), 200);
-    assert!(alarms
-        .iter()
-        .all(|r| r.priority == 0 && (r.msg_id - 1000 + 1) % 10 == 0));
-    assert!(reports
-        .iter()
-        .all(|r| r.payload.len() == 200 && r.serial == "DXI-0001"));
+    assert!(alarms.iter().all(|r| r.priority == 0 && (r.msg_id - 1000 + 1) % 10 == 0));
+    assert!(reports.iter().all(|r| r.payload.len() == 200 && r.serial == "DXI-0001"));
     assert!(reports.windows(2).all(|w| w[0].msg_id + 1 == w[1].msg_id));
 }
 
 #[test]
 fn resends_unacked_in_id_order_after_reconnect() {
-    let fake = FakeBox::start(
-        "DXI-0002",
-        Behaviour::DropAfter {
-            k: 150,
-            lost: 20,
-            times: 3,
-        },
-    );
-    let i = Instrument {
-        window: 64,
-        ..inst(&fake, 1000)
-    };
+    let fake = FakeBox::start("DXI-0002", Behaviour::DropAfter { k: 150, lost: 20, times: 3 });
+    let i = Instrument { window: 64, ..inst(&fake, 1000) };
     let stats = i.stats();
     let summary = i.run().expect("run");
     assert!(summary.unacked.is_empty());
     assert_eq!(stats.acked(), 1000);
-    assert_eq!(
-        stats.acked_ids().ranges().collect::<Vec<_>>(),
-        vec![(1, 1000)]
-    );
+    assert_eq!(stats.acked_ids().ranges().collect::<Vec<_>>(), vec![(1, 1000)]);
     assert_eq!(stats.reconnects(), 3);
     assert!(stats.resent() >= 3 * 20, "resent {}", stats.resent());
     // The reports stored but never acked before each "crash" come back as duplicates.
-    assert!(
-        stats.duplicate_acked() >= 3,
-        "duplicates {}",
-        stats.duplicate_acked()
-    );
+    assert!(stats.duplicate_acked() >= 3, "duplicates {}", stats.duplicate_acked());
     let seen = fake.seen.lock().unwrap();
     assert_eq!(seen.per_conn.len(), 4);
     assert_eq!(seen.stored.len(), 1000);
     assert!(seen.stored.values().all(|&n| n == 1));
     for (n, conn) in seen.per_conn.iter().enumerate() {
-        assert!(
-            conn.windows(2).all(|w| w[0].msg_id < w[1].msg_id),
-            "connection {n} not in id order"
-        );
+        assert!(conn.windows(2).all(|w| w[0].msg_id < w[1].msg_id), "connection {n} not in id order");
     }
     // Each new connection starts with the oldest unacknowledged message.
     for n in 1..seen.per_conn.len() {
-        let before: BTreeSet<u64> = seen.per_conn[..n]
-            .iter()
-            .flatten()
-            .map(|r| r.msg_id)
-            .collect();
+        let before: BTreeSet<u64> = seen.per_conn[..n].iter().flatten().map(|r| r.msg_id).collect();
         let first = seen.per_conn[n][0].msg_id;
-        assert!(
-            before.contains(&first),
-            "connection {n} did not start with a resend"
-        );
+        assert!(before.contains(&first), "connection {n} did not start with a resend");
     }
 }
 
 #[test]
 fn queue_full_is_retried_with_backoff() {
     let fake = FakeBox::start("DXI-0003", Behaviour::QueueFullFirst { n: 40 });
-    let i = Instrument {
-        window: 16,
-        ..inst(&fake, 300)
-    };
+    let i = Instrument { window: 16, ..inst(&fake, 300) };
     let stats = i.stats();
     let summary = i.run().expect("run");
     assert!(summary.unacked.is_empty());
@@ -155,18 +95,12 @@ fn queue_full_is_retried_with_backoff() {
 #[test]
 fn permanent_errors_are_recorded_not_retried() {
     let fake = FakeBox::start("DXI-0004", Behaviour::AckAll { hold: 1 });
-    let i = Instrument {
-        claimed_serial: Some("DXI-9999".into()),
-        ..inst(&fake, 50)
-    };
+    let i = Instrument { claimed_serial: Some("DXI-9999".into()), ..inst(&fake, 50) };
     let stats = i.stats();
     let summary = i.run().expect("run");
     assert_eq!(summary.generated, 50);
     assert!(summary.unacked.is_empty());
-    assert_eq!(
-        (stats.acked(), stats.rejected(), stats.resent()),
-        (0, 50, 0)
-    );
+    assert_eq!((stats.acked(), stats.rejected(), stats.resent()), (0, 50, 0));
     assert_eq!(stats.errors(ErrorCode::WrongInstrument), 50);
     assert_eq!(stats.rejections()[0].code, "wrong_instrument");
     assert_eq!(fake.seen.lock().unwrap().per_conn[0][0].serial, "DXI-9999");
@@ -175,11 +109,7 @@ fn permanent_errors_are_recorded_not_retried() {
 #[test]
 fn stop_flag_ends_an_open_ended_run_after_draining() {
     let fake = FakeBox::start("DXI-0005", Behaviour::AckAll { hold: 1 });
-    let i = Instrument {
-        count: None,
-        rate: 2000,
-        ..inst(&fake, 0)
-    };
+    let i = Instrument { count: None, rate: 2000, ..inst(&fake, 0) };
     let t = Instant::now();
     let running = i.spawn().expect("spawn");
     std::thread::sleep(Duration::from_millis(300));
@@ -189,11 +119,7 @@ fn stop_flag_ends_an_open_ended_run_after_draining() {
     let secs = t.elapsed().as_secs_f64();
     assert!(summary.generated > 100, "generated {}", summary.generated);
     // Rate-limited: never ahead of 2000/s.
-    assert!(
-        summary.generated as f64 <= 2000.0 * secs + 2.0,
-        "generated {} in {secs} s",
-        summary.generated
-    );
+    assert!(summary.generated as f64 <= 2000.0 * secs + 2.0, "generated {} in {secs} s", summary.generated);
     assert!(summary.unacked.is_empty());
     assert_eq!(stats.acked(), summary.generated);
 }
@@ -221,10 +147,7 @@ fn waits_for_a_box_that_is_not_up_yet() {
 #[test]
 fn gives_up_when_the_box_never_answers() {
     let fake = FakeBox::start("DXI-0007", Behaviour::Silent);
-    let i = Instrument {
-        stall_timeout: Some(Duration::from_millis(300)),
-        ..inst(&fake, 10)
-    };
+    let i = Instrument { stall_timeout: Some(Duration::from_millis(300)), ..inst(&fake, 10) };
     let t = Instant::now();
     match i.run() {
         Err(SimError::Stalled { outstanding, .. }) => assert_eq!(outstanding, 10),
@@ -236,11 +159,7 @@ fn gives_up_when_the_box_never_answers() {
 #[test]
 fn drain_timeout_bounds_a_stop_against_a_dead_box() {
     let fake = FakeBox::start("DXI-0008", Behaviour::Silent);
-    let i = Instrument {
-        count: None,
-        drain_timeout: Duration::from_millis(200),
-        ..inst(&fake, 0)
-    };
+    let i = Instrument { count: None, drain_timeout: Duration::from_millis(200), ..inst(&fake, 0) };
     let running = i.spawn().unwrap();
     let t = Instant::now();
     while running.stats().sent() < 256 && t.elapsed() < Duration::from_secs(10) {
@@ -256,14 +175,8 @@ fn drain_timeout_bounds_a_stop_against_a_dead_box() {
 fn rejects_impossible_configurations() {
     let addr = "127.0.0.1:9".parse().unwrap();
     let bad = [
-        Instrument {
-            window: 0,
-            ..Instrument::new(addr, "A")
-        },
-        Instrument {
-            payload_size: 70_000,
-            ..Instrument::new(addr, "A")
-        },
+        Instrument { window: 0, ..Instrument::new(addr, "A") },
+        Instrument { payload_size: 70_000, ..Instrument::new(addr, "A") },
         Instrument::new(addr, "has space"),
         Instrument::new(addr, ""),
     ];
@@ -281,18 +194,11 @@ fn throughput_against_a_fake_box() {
     let t = Instant::now();
     let s = i.run().expect("run");
     let secs = t.elapsed().as_secs_f64();
-    println!(
-        "{} msgs in {secs:.2} s: {:.0} msg/s",
-        s.stats.acked,
-        s.stats.acked as f64 / secs
-    );
+    println!("{} msgs in {secs:.2} s: {:.0} msg/s", s.stats.acked, s.stats.acked as f64 / secs);
     let mut g = crate::StatusText::new("X");
     let t = Instant::now();
     for _ in 0..500_000 {
         std::hint::black_box(g.next(false, 200));
     }
-    println!(
-        "payload generation: {:.2} us/msg",
-        t.elapsed().as_secs_f64() * 2.0
-    );
+    println!("payload generation: {:.2} us/msg", t.elapsed().as_secs_f64() * 2.0);
 }

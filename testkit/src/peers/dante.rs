@@ -26,11 +26,7 @@ pub struct DanteConfig {
 
 impl Default for DanteConfig {
     fn default() -> DanteConfig {
-        DanteConfig {
-            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: None,
-            auth: None,
-        }
+        DanteConfig { listen: IpAddr::V4(Ipv4Addr::LOCALHOST), port: None, auth: None }
     }
 }
 
@@ -44,43 +40,20 @@ pub struct Dante {
 /// Creates the system account `user` (no home, no login shell) if missing and sets
 /// its password. Needs root.
 pub fn ensure_system_user(user: &str, password: &str) -> Result<(), PeerError> {
-    let fail = |detail: String| PeerError::User {
-        user: user.to_string(),
-        detail,
-    };
-    if !user
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        || password.contains(['\n', ':'])
-    {
-        return Err(fail(
-            "user must be [A-Za-z0-9_-], password without ':' or newline".into(),
-        ));
+    let fail = |detail: String| PeerError::User { user: user.to_string(), detail };
+    if !user.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || password.contains(['\n', ':']) {
+        return Err(fail("user must be [A-Za-z0-9_-], password without ':' or newline".into()));
     }
-    let exists = Command::new("id")
-        .arg("-u")
-        .arg(user)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let exists = Command::new("id").arg("-u").arg(user).stdout(Stdio::null()).stderr(Stdio::null()).status();
     if !exists.is_ok_and(|s| s.success()) {
         let useradd = find_program("useradd", "passwd")?;
         let out = Command::new(useradd)
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                user,
-            ])
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user])
             .output()
             .map_err(|e| fail(format!("useradd: {e}")))?;
         // Another test may have created it meanwhile (exit 9: already exists).
         if !out.status.success() && out.status.code() != Some(9) {
-            return Err(fail(format!(
-                "useradd: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(fail(format!("useradd: {}", String::from_utf8_lossy(&out.stderr).trim())));
         }
     }
     let chpasswd = find_program("chpasswd", "passwd")?;
@@ -90,18 +63,11 @@ pub fn ensure_system_user(user: &str, password: &str) -> Result<(), PeerError> {
         .spawn()
         .map_err(|e| fail(format!("chpasswd: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(format!("{user}:{password}\n").as_bytes())
-            .map_err(|e| fail(format!("chpasswd: {e}")))?;
+        stdin.write_all(format!("{user}:{password}\n").as_bytes()).map_err(|e| fail(format!("chpasswd: {e}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("chpasswd: {e}")))?;
+    let out = child.wait_with_output().map_err(|e| fail(format!("chpasswd: {e}")))?;
     if !out.status.success() {
-        return Err(fail(format!(
-            "chpasswd: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(fail(format!("chpasswd: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -121,11 +87,7 @@ impl Dante {
         let addr = SocketAddr::new(cfg.listen, port);
         let tag = addr_tag(addr);
         let conf = dir.join(format!("danted-{tag}.conf"));
-        let method = if cfg.auth.is_some() {
-            "username"
-        } else {
-            "none"
-        };
+        let method = if cfg.auth.is_some() { "username" } else { "none" };
         let text = format!(
             "# Written by rapbox-testkit.\n\
              logoutput: stderr\n\
@@ -141,13 +103,7 @@ impl Dante {
         );
         write_file("danted", &conf, &text)?;
         let mut command = Command::new(program);
-        command
-            .arg("-f")
-            .arg(&conf)
-            .arg("-N")
-            .arg("1")
-            .arg("-p")
-            .arg(dir.join(format!("danted-{tag}.pid")));
+        command.arg("-f").arg(&conf).arg("-N").arg("1").arg("-p").arg(dir.join(format!("danted-{tag}.pid")));
         let peer = Peer::spawn(PeerSpec {
             name: "danted".into(),
             command,
@@ -156,10 +112,7 @@ impl Dante {
             stdout: None,
             ready_timeout: READY_TIMEOUT,
         })?;
-        Ok(Dante {
-            peer,
-            auth: cfg.auth.clone(),
-        })
+        Ok(Dante { peer, auth: cfg.auth.clone() })
     }
 
     /// The proxy's address.
@@ -188,9 +141,7 @@ impl Dante {
     /// Whether danted passed a SOCKS connect to `target` (logged as `a.b.c.d.port`).
     pub fn saw_connect(&self, target: SocketAddr) -> bool {
         let needle = format!(" {}.{}", target.ip(), target.port());
-        self.log()
-            .lines()
-            .any(|l| l.contains("pass(") && l.contains("tcp/connect [") && l.ends_with(&needle))
+        self.log().lines().any(|l| l.contains("pass(") && l.contains("tcp/connect [") && l.ends_with(&needle))
     }
     /// Waits up to `timeout` for [`Dante::saw_connect`].
     pub fn wait_connect(&self, target: SocketAddr, timeout: Duration) -> bool {

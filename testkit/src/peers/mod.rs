@@ -34,13 +34,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     /// The program is not installed.
-    #[error(
-        "{program} not found in PATH, /usr/sbin or /sbin (install the Debian package {package})"
-    )]
-    Missing {
-        program: String,
-        package: &'static str,
-    },
+    #[error("{program} not found in PATH, /usr/sbin or /sbin (install the Debian package {package})")]
+    Missing { program: String, package: &'static str },
     /// A config or log file could not be written.
     #[error("{peer}: writing {path}: {source}")]
     Write {
@@ -59,10 +54,7 @@ pub enum PeerError {
     },
     /// It exited before listening.
     #[error("{} exited ({status}) before accepting connections on {}{}", .failure.peer, .failure.addr, .failure)]
-    Exited {
-        status: ExitStatus,
-        failure: Box<Failure>,
-    },
+    Exited { status: ExitStatus, failure: Box<Failure> },
     /// It did not listen in time.
     #[error("{} did not accept connections on {} within {secs:.1} s{}", .failure.peer, .failure.addr, .failure)]
     NotReady { secs: f64, failure: Box<Failure> },
@@ -87,13 +79,7 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "\ncommand: {}\nlog {}:\n{}",
-            self.command,
-            self.log_path.display(),
-            self.log
-        )
+        write!(f, "\ncommand: {}\nlog {}:\n{}", self.command, self.log_path.display(), self.log)
     }
 }
 
@@ -130,17 +116,10 @@ pub struct Peer {
 pub fn find_program(program: &str, package: &'static str) -> Result<PathBuf, PeerError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain([
-            PathBuf::from("/usr/sbin"),
-            PathBuf::from("/sbin"),
-            PathBuf::from("/usr/bin"),
-        ])
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin"), PathBuf::from("/usr/bin")])
         .map(|d| d.join(program))
         .find(|p| p.is_file())
-        .ok_or_else(|| PeerError::Missing {
-            program: program.to_string(),
-            package,
-        })
+        .ok_or_else(|| PeerError::Missing { program: program.to_string(), package })
 }
 
 /// Writes a peer's config file.
@@ -158,9 +137,7 @@ fn read_log(path: &Path) -> String {
             let s = String::from_utf8_lossy(&b);
             // Keep error messages readable: the last 8 KiB say why it failed.
             let start = s.len().saturating_sub(8192);
-            let start = (start..s.len())
-                .find(|&i| s.is_char_boundary(i))
-                .unwrap_or(s.len());
+            let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
             s[start..].to_string()
         }
         Err(e) => format!("(log unreadable: {e})"),
@@ -170,34 +147,19 @@ fn read_log(path: &Path) -> String {
 impl Peer {
     /// Starts the peer and waits until `ready_addr` accepts a TCP connection.
     pub fn spawn(spec: PeerSpec) -> Result<Peer, PeerError> {
-        let PeerSpec {
-            name,
-            mut command,
-            ready_addr,
-            log,
-            stdout,
-            ready_timeout,
-        } = spec;
+        let PeerSpec { name, mut command, ready_addr, log, stdout, ready_timeout } = spec;
         let write_err = |path: &Path| {
             let (peer, path) = (name.clone(), path.to_path_buf());
             move |source| PeerError::Write { peer, path, source }
         };
-        let log_file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&log)
-            .map_err(write_err(&log))?;
+        let log_file =
+            OpenOptions::new().create(true).write(true).truncate(true).open(&log).map_err(write_err(&log))?;
         let err_file = log_file.try_clone().map_err(write_err(&log))?;
         let out_file = match &stdout {
             Some(p) => File::create(p).map_err(write_err(p))?,
             None => log_file,
         };
-        command
-            .stdin(Stdio::piped())
-            .stdout(out_file)
-            .stderr(err_file)
-            .process_group(0);
+        command.stdin(Stdio::piped()).stdout(out_file).stderr(err_file).process_group(0);
         let command_text = format!("{command:?}");
         let mut child = command.spawn().map_err(|source| PeerError::Spawn {
             peer: name.clone(),
@@ -206,15 +168,7 @@ impl Peer {
         })?;
         // Kept open: some peers (openssl s_server) stop when their stdin reaches EOF.
         let stdin = child.stdin.take();
-        let mut peer = Peer {
-            name,
-            command: command_text,
-            child,
-            _stdin: stdin,
-            addr: ready_addr,
-            log,
-            killed: false,
-        };
+        let mut peer = Peer { name, command: command_text, child, _stdin: stdin, addr: ready_addr, log, killed: false };
         peer.wait_ready(ready_timeout)?;
         Ok(peer)
     }
@@ -224,20 +178,14 @@ impl Peer {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.killed = true;
-                return Err(PeerError::Exited {
-                    status,
-                    failure: self.failure(),
-                });
+                return Err(PeerError::Exited { status, failure: self.failure() });
             }
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if start.elapsed() >= timeout {
                 self.kill();
-                return Err(PeerError::NotReady {
-                    secs: timeout.as_secs_f64(),
-                    failure: self.failure(),
-                });
+                return Err(PeerError::NotReady { secs: timeout.as_secs_f64(), failure: self.failure() });
             }
             thread::sleep(Duration::from_millis(25));
         }
@@ -275,9 +223,7 @@ impl Peer {
     }
     /// The whole log so far.
     pub fn log(&self) -> String {
-        fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
     /// Waits until a log line contains `needle`; false after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {

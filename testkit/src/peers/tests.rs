@@ -34,18 +34,11 @@ fn assert_echoes(s: &mut TcpStream) {
 
 /// Sends `CONNECT target` (with Basic credentials if given); returns the status code
 /// and the stream, positioned after the response head.
-fn http_connect(
-    proxy: SocketAddr,
-    target: SocketAddr,
-    auth: Option<(&str, &str)>,
-) -> (u16, TcpStream) {
+fn http_connect(proxy: SocketAddr, target: SocketAddr, auth: Option<(&str, &str)>) -> (u16, TcpStream) {
     let mut s = connect(proxy);
     let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some((u, p)) = auth {
-        req.push_str(&format!(
-            "Proxy-Authorization: Basic {}\r\n",
-            base64(format!("{u}:{p}").as_bytes())
-        ));
+        req.push_str(&format!("Proxy-Authorization: Basic {}\r\n", base64(format!("{u}:{p}").as_bytes())));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
@@ -58,11 +51,7 @@ fn http_connect(
         head.push(b[0]);
     }
     let head = String::from_utf8_lossy(&head).into_owned();
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, s)
 }
 
@@ -72,11 +61,7 @@ fn base64(data: &[u8]) -> String {
 
 /// The three SOCKS5 messages: greeting, optional RFC 1929 username/password,
 /// CONNECT to an IPv4 address. Returns the reply code (0 = succeeded).
-fn socks5_connect(
-    proxy: SocketAddr,
-    target: SocketAddr,
-    auth: Option<(&str, &str)>,
-) -> Result<TcpStream, String> {
+fn socks5_connect(proxy: SocketAddr, target: SocketAddr, auth: Option<(&str, &str)>) -> Result<TcpStream, String> {
     let mut s = connect(proxy);
     let method = if auth.is_some() { 0x02 } else { 0x00 };
     s.write_all(&[0x05, 0x01, method]).unwrap();
@@ -91,22 +76,18 @@ fn socks5_connect(
         m.push(p.len() as u8);
         m.extend_from_slice(p.as_bytes());
         s.write_all(&m).unwrap();
-        s.read_exact(&mut r)
-            .map_err(|e| format!("auth reply: {e}"))?;
+        s.read_exact(&mut r).map_err(|e| format!("auth reply: {e}"))?;
         if r != [0x01, 0x00] {
             return Err(format!("authentication failed: {r:?}"));
         }
     }
-    let IpAddr::V4(ip) = target.ip() else {
-        panic!("IPv4 only")
-    };
+    let IpAddr::V4(ip) = target.ip() else { panic!("IPv4 only") };
     let mut m = vec![0x05, 0x01, 0x00, 0x01];
     m.extend_from_slice(&ip.octets());
     m.extend_from_slice(&target.port().to_be_bytes());
     s.write_all(&m).unwrap();
     let mut reply = [0u8; 10];
-    s.read_exact(&mut reply)
-        .map_err(|e| format!("connect reply: {e}"))?;
+    s.read_exact(&mut reply).map_err(|e| format!("connect reply: {e}"))?;
     if reply[1] != 0 {
         return Err(format!("connect refused, code {}", reply[1]));
     }
@@ -122,11 +103,7 @@ fn tinyproxy_connects_to_443() {
     let (code, mut s) = http_connect(proxy.addr(), echo.addr(), None);
     assert_eq!(code, 200, "log:\n{}", proxy.log());
     assert_echoes(&mut s);
-    assert!(
-        proxy.saw_connect(&echo.addr().to_string()),
-        "log:\n{}",
-        proxy.log()
-    );
+    assert!(proxy.saw_connect(&echo.addr().to_string()), "log:\n{}", proxy.log());
     assert!(proxy.wait_established(&echo.addr().ip().to_string(), WAIT));
     // Only port 443 may be reached.
     let other = EchoServer::start(ports::unique_addr().unwrap()).unwrap();
@@ -139,21 +116,13 @@ fn tinyproxy_connects_to_443() {
 fn tinyproxy_basic_auth() {
     let dir = crate::test_dir!();
     let echo = echo();
-    let cfg = TinyproxyConfig {
-        basic_auth: Some(("rapbox".into(), "pr0xy-pass".into())),
-        ..Default::default()
-    };
+    let cfg = TinyproxyConfig { basic_auth: Some(("rapbox".into(), "pr0xy-pass".into())), ..Default::default() };
     let proxy = Tinyproxy::start(dir.path(), &cfg).unwrap();
-    assert!(proxy
-        .url()
-        .starts_with("http://rapbox:pr0xy-pass@127.0.0.1:"));
+    assert!(proxy.url().starts_with("http://rapbox:pr0xy-pass@127.0.0.1:"));
     assert_eq!(http_connect(proxy.addr(), echo.addr(), None).0, 407);
     // tinyproxy 1.11 answers wrong credentials with 401, missing ones with 407.
     let wrong = http_connect(proxy.addr(), echo.addr(), Some(("rapbox", "wrong"))).0;
-    assert!(
-        wrong == 401 || wrong == 407,
-        "wrong credentials answered {wrong}"
-    );
+    assert!(wrong == 401 || wrong == 407, "wrong credentials answered {wrong}");
     assert_eq!(echo.accepted(), 0);
     let (code, mut s) = http_connect(proxy.addr(), echo.addr(), Some(("rapbox", "pr0xy-pass")));
     assert_eq!(code, 200);
@@ -188,14 +157,9 @@ fn dante_socks5_connects_and_dies_with_its_children() {
     let dir = crate::test_dir!();
     let echo = echo();
     let mut proxy = Dante::start(dir.path(), &DanteConfig::default()).unwrap();
-    let mut s = socks5_connect(proxy.addr(), echo.addr(), None)
-        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    let mut s = socks5_connect(proxy.addr(), echo.addr(), None).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
     assert_echoes(&mut s);
-    assert!(
-        proxy.wait_connect(echo.addr(), WAIT),
-        "log:\n{}",
-        proxy.log()
-    );
+    assert!(proxy.wait_connect(echo.addr(), WAIT), "log:\n{}", proxy.log());
     let pgid = proxy.peer().pid() as i32;
     proxy.peer_mut().kill();
     std::thread::sleep(Duration::from_millis(200));
@@ -212,27 +176,14 @@ fn dante_username_auth() {
     }
     let dir = crate::test_dir!();
     let echo = echo();
-    let cfg = DanteConfig {
-        auth: Some(("rapbox-socks".into(), "s0cks-pass".into())),
-        ..Default::default()
-    };
+    let cfg = DanteConfig { auth: Some(("rapbox-socks".into(), "s0cks-pass".into())), ..Default::default() };
     let proxy = Dante::start(dir.path(), &cfg).unwrap();
-    assert!(proxy
-        .url()
-        .starts_with("socks5://rapbox-socks:s0cks-pass@127.0.0.1:"));
+    assert!(proxy.url().starts_with("socks5://rapbox-socks:s0cks-pass@127.0.0.1:"));
     let refused = socks5_connect(proxy.addr(), echo.addr(), Some(("rapbox-socks", "wrong")));
     assert!(refused.is_err());
-    assert!(
-        socks5_connect(proxy.addr(), echo.addr(), None).is_err(),
-        "no-auth method accepted"
-    );
+    assert!(socks5_connect(proxy.addr(), echo.addr(), None).is_err(), "no-auth method accepted");
     assert_eq!(echo.accepted(), 0);
-    let mut s = socks5_connect(
-        proxy.addr(),
-        echo.addr(),
-        Some(("rapbox-socks", "s0cks-pass")),
-    )
-    .unwrap();
+    let mut s = socks5_connect(proxy.addr(), echo.addr(), Some(("rapbox-socks", "s0cks-pass"))).unwrap();
     assert_echoes(&mut s);
     assert!(proxy.saw_auth_failure());
 }
@@ -250,17 +201,12 @@ fn tls_client(
     restrict(&mut b);
     let tcp = connect(addr);
     let mut tls = b.build().connect(host, tcp).map_err(|e| e.to_string())?;
-    tls.write_all(b"GET / HTTP/1.1\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET / HTTP/1.1\r\n\r\n").map_err(|e| e.to_string())?;
     tls.flush().map_err(|e| e.to_string())
 }
 
 fn pki(dir: &crate::TestDir, ip: IpAddr) -> Pki {
-    Pki::generate(
-        &dir.join("pki"),
-        &PkiSpec::new(&["dc.rapbox.test"], &[ip], "BOX-0001"),
-    )
-    .unwrap()
+    Pki::generate(&dir.join("pki"), &PkiSpec::new(&["dc.rapbox.test"], &[ip], "BOX-0001")).unwrap()
 }
 
 #[test]
@@ -268,8 +214,7 @@ fn s_server_records_application_data() {
     let dir = crate::test_dir!();
     let addr = ports::unique_443().unwrap();
     let pki = pki(&dir, addr.ip());
-    let cfg = TlsServerConfig::new(addr, &pki.server.cert, &pki.server.key)
-        .require_client_cert(&pki.ca.cert);
+    let cfg = TlsServerConfig::new(addr, &pki.server.cert, &pki.server.key).require_client_cert(&pki.ca.cert);
     let server = TlsServer::start(dir.path(), &cfg).unwrap();
     // Without a client certificate the handshake is refused: nothing arrives.
     let _ = tls_client(&pki.ca.cert, addr, "dc.rapbox.test", |_| {});
@@ -277,15 +222,10 @@ fn s_server_records_application_data() {
     assert!(!server.received_any());
     tls_client(&pki.ca.cert, addr, "dc.rapbox.test", |b| {
         b.set_certificate_chain_file(&pki.client.cert).unwrap();
-        b.set_private_key_file(&pki.client.key, openssl::ssl::SslFiletype::PEM)
-            .unwrap();
+        b.set_private_key_file(&pki.client.key, openssl::ssl::SslFiletype::PEM).unwrap();
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
-    assert!(
-        server.wait_received(b"GET / HTTP/1.1", WAIT),
-        "log:\n{}",
-        server.log()
-    );
+    assert!(server.wait_received(b"GET / HTTP/1.1", WAIT), "log:\n{}", server.log());
 }
 
 #[test]
@@ -297,41 +237,25 @@ fn s_server_negative_configurations_receive_nothing() {
         (
             "tls1.1 only",
             "alert protocol version",
-            TlsServerConfig::new(
-                ports::unique_443().unwrap(),
-                &pki.server.cert,
-                &pki.server.key,
-            )
-            .tls11_only(),
+            TlsServerConfig::new(ports::unique_443().unwrap(), &pki.server.cert, &pki.server.key).tls11_only(),
         ),
         (
             "chacha20 only",
             "alert handshake failure",
-            TlsServerConfig::new(
-                ports::unique_443().unwrap(),
-                &pki.server.cert,
-                &pki.server.key,
-            )
-            .chacha20_only(),
+            TlsServerConfig::new(ports::unique_443().unwrap(), &pki.server.cert, &pki.server.key).chacha20_only(),
         ),
         (
             "expired certificate",
             "certificate has expired",
-            TlsServerConfig::new(
-                ports::unique_443().unwrap(),
-                &pki.expired_server.cert,
-                &pki.expired_server.key,
-            ),
+            TlsServerConfig::new(ports::unique_443().unwrap(), &pki.expired_server.cert, &pki.expired_server.key),
         ),
     ];
     for (what, reason, cfg) in cases {
         let server = TlsServer::start(dir.path(), &cfg).unwrap();
         let res = tls_client(&pki.ca.cert, server.addr(), "dc.rapbox.test", |b| {
             // FIPS-approved suites only, as rapd offers.
-            b.set_cipher_list("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384")
-                .unwrap();
-            b.set_ciphersuites("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384")
-                .unwrap();
+            b.set_cipher_list("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384").unwrap();
+            b.set_ciphersuites("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384").unwrap();
         });
         let err = res.expect_err(what);
         assert!(err.contains(reason), "{what}: {err}");
@@ -363,20 +287,10 @@ fn a_peer_that_fails_reports_its_log() {
     let err = Peer::spawn(spec(command)).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, PeerError::Exited { .. }), "{text}");
-    assert!(
-        text.contains("line 3: unknown directive Lisen") && text.contains("broken.log"),
-        "{text}"
-    );
+    assert!(text.contains("line 3: unknown directive Lisen") && text.contains("broken.log"), "{text}");
     let mut command = Command::new("sleep");
     command.arg("30");
-    let err = Peer::spawn(PeerSpec {
-        ready_timeout: Duration::from_millis(300),
-        ..spec(command)
-    })
-    .unwrap_err();
+    let err = Peer::spawn(PeerSpec { ready_timeout: Duration::from_millis(300), ..spec(command) }).unwrap_err();
     assert!(matches!(err, PeerError::NotReady { .. }), "{err}");
-    assert!(
-        err.to_string().contains("did not accept connections"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("did not accept connections"), "{err}");
 }

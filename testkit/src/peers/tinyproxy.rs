@@ -74,10 +74,7 @@ impl Tinyproxy {
             stdout: None,
             ready_timeout: READY_TIMEOUT,
         })?;
-        Ok(Tinyproxy {
-            peer,
-            auth: cfg.basic_auth.clone(),
-        })
+        Ok(Tinyproxy { peer, auth: cfg.basic_auth.clone() })
     }
 
     /// The proxy's address.
@@ -109,14 +106,10 @@ impl Tinyproxy {
     }
     /// Whether tinyproxy opened a connection to `host` for a client.
     pub fn established_to(&self, host: &str) -> bool {
-        self.log()
-            .contains(&format!("Established connection to host \"{host}\""))
+        self.log().contains(&format!("Established connection to host \"{host}\""))
     }
     /// Waits up to `timeout` for [`Tinyproxy::established_to`].
     pub fn wait_established(&self, host: &str, timeout: Duration) -> bool {
-        self.peer.wait_for_log(
-            &format!("Established connection to host \"{host}\""),
-            timeout,
-        )
+        self.peer.wait_for_log(&format!("Established connection to host \"{host}\""), timeout)
     }
 }

@@ -27,12 +27,7 @@ pub struct TlsServerConfig {
 impl TlsServerConfig {
     /// A server with its certificate and the default protocols and suites.
     pub fn new(addr: SocketAddr, cert: &Path, key: &Path) -> TlsServerConfig {
-        TlsServerConfig {
-            addr,
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            args: Vec::new(),
-        }
+        TlsServerConfig { addr, cert: cert.to_path_buf(), key: key.to_path_buf(), args: Vec::new() }
     }
     /// Adds arguments.
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> TlsServerConfig {
@@ -46,23 +41,12 @@ impl TlsServerConfig {
     /// Only ChaCha20-Poly1305, in TLS 1.3 and 1.2 (ECDSA certificate):
     /// `-ciphersuites TLS_CHACHA20_POLY1305_SHA256 -cipher ECDHE-ECDSA-CHACHA20-POLY1305`.
     pub fn chacha20_only(self) -> TlsServerConfig {
-        self.args([
-            "-ciphersuites",
-            "TLS_CHACHA20_POLY1305_SHA256",
-            "-cipher",
-            "ECDHE-ECDSA-CHACHA20-POLY1305",
-        ])
+        self.args(["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"])
     }
     /// Demands a client certificate signed by `ca`: `-Verify 1 -verify_return_error -CAfile <ca>`.
     pub fn require_client_cert(self, ca: &Path) -> TlsServerConfig {
         let ca = ca.display().to_string();
-        self.args([
-            "-Verify".to_string(),
-            "1".into(),
-            "-verify_return_error".into(),
-            "-CAfile".into(),
-            ca,
-        ])
+        self.args(["-Verify".to_string(), "1".into(), "-verify_return_error".into(), "-CAfile".into(), ca])
     }
 }
 
@@ -126,11 +110,7 @@ impl TlsServer {
     pub fn wait_received(&self, needle: &[u8], timeout: Duration) -> bool {
         let end = std::time::Instant::now() + timeout;
         loop {
-            if self
-                .received()
-                .windows(needle.len().max(1))
-                .any(|w| w == needle)
-            {
+            if self.received().windows(needle.len().max(1)).any(|w| w == needle) {
                 return true;
             }
             if std::time::Instant::now() >= end {
