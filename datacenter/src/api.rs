@@ -7,6 +7,7 @@
 //! | method and path | body | answer |
 //! | --- | --- | --- |
 //! | `POST /api/v1/batches` | rapwire batch | [`rapwire::batch::BatchAck`] |
+//! | `POST /api/v1/lines` | newline-separated text lines | [`LinesAck`] |
 //! | `GET /api/v1/reports?box=&instrument=&since_id=&limit=` | | [`ReportPage`] |
 //! | `GET /api/v1/stats` | | [`Stats`] |
 //! | `GET /healthz` | | [`Health`] |
@@ -23,6 +24,9 @@ use serde::{Deserialize, Serialize};
 
 /// Path of the batch upload.
 pub const BATCHES_PATH: &str = "/api/v1/batches";
+/// Path of the plain-lines upload (the syslog-ng reference of the benchmark posts here):
+/// lines are counted per box, nothing else is kept.
+pub const LINES_PATH: &str = "/api/v1/lines";
 /// Path of the report query.
 pub const REPORTS_PATH: &str = "/api/v1/reports";
 /// Path of the statistics.
@@ -116,6 +120,13 @@ impl ReportQuery {
     pub fn effective_limit(&self) -> u32 {
         self.limit.unwrap_or(DEFAULT_REPORT_LIMIT).clamp(1, MAX_REPORT_LIMIT)
     }
+}
+
+/// Answer of `POST /api/v1/lines`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinesAck {
+    /// Non-empty lines counted from this request.
+    pub lines: u64,
 }
 
 /// Per-box counters.

@@ -6,6 +6,8 @@
 //! workers suffice; more only help queries overlap an ingest.
 //!
 //! Who may call what:
+//! * `POST /api/v1/lines` (plain newline-separated lines, counted per box and otherwise
+//!   dropped: the syslog-ng reference of the benchmark) requires the same identity;
 //! * `POST /api/v1/batches` is the box's endpoint: it requires the identity the front door
 //!   vouches for ([`crate::identity`]), else 403.
 //! * The query API (`/api/v1/reports`, `/api/v1/stats`), `/healthz` and `/admin/*` are for
@@ -26,8 +28,8 @@ use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::api::{
-    self, Done, ErrorBody, FaultSpec, Health, ReportQuery, RequestCounts, ADMIN_PREFIX, CLIENT_SUBJECT_HEADER,
-    CLIENT_VERIFY_HEADER,
+    self, Done, ErrorBody, FaultSpec, Health, LinesAck, ReportQuery, RequestCounts, ADMIN_PREFIX,
+    CLIENT_SUBJECT_HEADER, CLIENT_VERIFY_HEADER,
 };
 use crate::identity;
 use crate::store::{Store, StoreError};
@@ -103,6 +105,7 @@ impl Server {
             max_body: config.max_body_bytes,
             fault: Mutex::new(None),
             requests: Mutex::new(BTreeMap::new()),
+            lines: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
         });
         let mut server = Server { addr, http, state, workers: Vec::new() };
@@ -126,6 +129,11 @@ impl Server {
     /// `http://ADDR`, for [`crate::client::Client::new`].
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Lines received on `POST /api/v1/lines`, per box (certificate CN), since start.
+    pub fn line_counts(&self) -> BTreeMap<String, u64> {
+        lock(&self.state.lines).clone()
     }
 
     /// The store behind the server.
@@ -176,6 +184,7 @@ struct State {
     max_body: usize,
     fault: Mutex<Option<FaultSpec>>,
     requests: Mutex<BTreeMap<String, u64>>,
+    lines: Mutex<BTreeMap<String, u64>>,
     stopping: AtomicBool,
 }
 
@@ -263,7 +272,7 @@ fn count_request(state: &State, path: &str) {
 
 fn route(req: &mut Request, state: &State, path: &str, query: &str) -> Reply {
     let allow = match path {
-        api::BATCHES_PATH | api::FAULT_PATH | api::RESET_PATH => "POST",
+        api::BATCHES_PATH | api::LINES_PATH | api::FAULT_PATH | api::RESET_PATH => "POST",
         api::REPORTS_PATH | api::STATS_PATH | api::HEALTH_PATH | api::REQUESTS_PATH => "GET",
         _ => return Reply::error(404, format!("no such path: {path}")),
     };
@@ -279,6 +288,7 @@ fn route(req: &mut Request, state: &State, path: &str, query: &str) -> Reply {
     }
     match path {
         api::BATCHES_PATH => post_batch(req, state),
+        api::LINES_PATH => post_lines(req, state),
         api::REPORTS_PATH => match parse_report_query(query) {
             Ok(q) => state.store.reports(&q).map_or_else(Reply::from, |p| Reply::json(200, &p)),
             Err(e) => Reply::error(400, e),
@@ -413,6 +423,29 @@ fn post_batch(req: &mut Request, state: &State) -> Reply {
         }
         Err(e) => e.into(),
     }
+}
+
+/// The box identity the front door vouches for, or the 403 to answer.
+fn box_identity(req: &Request) -> Result<identity::Identity, Reply> {
+    let verify = single_header(req, CLIENT_VERIFY_HEADER).map_err(|e| Reply::error(403, e))?;
+    let subject = single_header(req, CLIENT_SUBJECT_HEADER).map_err(|e| Reply::error(403, e))?;
+    identity::from_headers(verify, subject).map_err(|e| Reply::error(403, e.to_string()))
+}
+
+/// `POST /api/v1/lines`: counts the non-empty lines of the body for the box.
+fn post_lines(req: &mut Request, state: &State) -> Reply {
+    let who = match box_identity(req) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let body = match read_body(req, state.max_body) {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return Reply::error(413, format!("body larger than {} bytes", state.max_body)),
+        Err(BodyError::Io(e)) => return Reply::error(400, format!("reading the body failed: {e}")),
+    };
+    let lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty() && *l != b"\r").count() as u64;
+    *lock(&state.lines).entry(who.box_id).or_default() += lines;
+    Reply::json(200, &LinesAck { lines })
 }
 
 fn arm_fault(req: &mut Request, state: &State) -> Reply {

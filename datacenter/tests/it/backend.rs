@@ -294,3 +294,20 @@ fn zstd_compress(raw: &[u8]) -> Vec<u8> {
 fn zstd_decompress(body: &[u8]) -> Vec<u8> {
     zstd::bulk::decompress(body, 1 << 20).unwrap()
 }
+
+#[test]
+fn lines_are_counted_per_verified_box() {
+    let b = Backend::start();
+    let h = front_door_headers(BOX1);
+    let r = b.client.post_raw(api::LINES_PATH, &as_refs(&h), b"one\ntwo\n\nthree").unwrap();
+    assert_eq!(r.status, 200);
+    let h2 = front_door_headers(BOX2);
+    let r = b.client.post_raw(api::LINES_PATH, &as_refs(&h2), b"x\n").unwrap();
+    assert_eq!(r.status, 200);
+    let r = b.client.post_raw(api::LINES_PATH, &[], b"anonymous\n").unwrap();
+    assert_eq!(r.status, 403);
+    let counts = b.server.line_counts();
+    assert_eq!(counts.get("box-0001"), Some(&3));
+    assert_eq!(counts.get("box-0002"), Some(&1));
+    assert_eq!(counts.len(), 2);
+}

@@ -1,0 +1,1037 @@
+//! `rapbench`: the benchmark of the issue's "Benchmark" section, in one invocation on one
+//! machine. Measures, in this order:
+//!
+//! 1. the raw ceiling: rusqlite (bundled) in WAL with `synchronous=FULL`, 200-byte rows,
+//!    1000 rows per transaction (and 1 row per transaction for reference), one thread;
+//! 2. rapd durable ingest: simulated instruments (rapsim, pipelined) → the release `rapd` in
+//!    FIPS mode, uplink pointed at a data center that is not running yet: every message is
+//!    acknowledged only after its fsync'ed commit; idle and peak RSS of rapd;
+//! 3. rapd drain: nginx (mutual TLS) + rapdc backend started, time until the backlog is
+//!    empty; bytes on the wire per message from nginx's `$request_length`;
+//! 4. the syslog-ng reference: TCP source → `http()` destination with a reliable disk buffer
+//!    into the same kind of front door, same measurements;
+//!
+//! then prints a table with the targets of the issue and regenerates `docs/benchmarks.md`.
+//! Not a test: nothing here asserts timings.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rapbox::control::{self, Request, Status};
+use rapbox_testkit::pki::{Pki, PkiSpec};
+use rapbox_testkit::ports;
+use rapdc::frontdoor::Nginx;
+use rapdc::{Client, FrontDoor, Server, ServerConfig, Store};
+use rapsim::{Instrument, StatusText};
+
+/// rapbox benchmark: rapd vs. syslog-ng vs. raw SQLite, one run, one machine.
+#[derive(Parser)]
+#[command(about)]
+struct Args {
+    /// Messages in total (split evenly over the instruments / TCP senders).
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Concurrent simulated instruments (and syslog-ng TCP senders).
+    #[arg(long, default_value_t = 8)]
+    instruments: usize,
+    /// Unacknowledged messages in flight per instrument.
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 200)]
+    payload: usize,
+    /// Do not run the syslog-ng reference.
+    #[arg(long)]
+    skip_syslog_ng: bool,
+    /// Markdown file to (re)generate with the results.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+    /// The rapd binary (release build).
+    #[arg(long, default_value = "target/release/rapd")]
+    rapd: PathBuf,
+    /// The FIPS provider configuration made by scripts/build-fips.sh.
+    #[arg(long, default_value = "/var/cache/rapbox/fips/openssl-fips.cnf")]
+    fips_conf: PathBuf,
+    /// Working directory (emptied first).
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+    /// Give up on any phase after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_s: u64,
+}
+
+const BOX_ID: &str = "box-bench-0001";
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("rapbench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: Args) -> Result<()> {
+    if a.instruments == 0 || a.messages < a.instruments as u64 {
+        bail!("need at least one instrument and one message per instrument");
+    }
+    if !a.rapd.is_file() {
+        bail!("{} not found: build it with `cargo build --release -p rapbox`", a.rapd.display());
+    }
+    let _ = std::fs::remove_dir_all(&a.dir);
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let dir = std::fs::canonicalize(&a.dir)?;
+    let load_before = loadavg();
+    let started = Instant::now();
+    say(&format!("load average before: {load_before}"));
+
+    say("raw SQLite ceiling");
+    let raw = raw_sqlite(&dir.join("raw"), a.messages.min(1_000_000), a.payload)?;
+    say(&format!("  1000 rows/txn: {:.0} rows/s; 1 row/txn: {:.0} rows/s", raw.rows_per_s_1000, raw.rows_per_s_1));
+
+    // The data center: PKI for a fresh loopback address, backend now, nginx later.
+    let dc_addr = ports::unique_443().context("choosing a loopback address for the data center")?;
+    let pki = Pki::generate(&dir.join("pki"), &PkiSpec::new(&["dc.rapbox.test"], &[dc_addr.ip()], BOX_ID))
+        .context("generating the benchmark PKI")?;
+    let backend = Server::start(ServerConfig::new("127.0.0.1:0".parse()?), Store::open(&dir.join("dc.db"))?)?;
+    let client = Client::for_addr(backend.addr());
+    let dc = Dc { addr: dc_addr, pki, backend_port: backend.addr().port() };
+
+    say("rapd");
+    let rapd = bench_rapd(&a, &dir, &dc, &client)?;
+    let syslog = if a.skip_syslog_ng {
+        None
+    } else {
+        say("syslog-ng");
+        Some(bench_syslog_ng(&a, &dir, &dc, &backend)?)
+    };
+    backend.shutdown();
+    let load_after = loadavg();
+
+    let report =
+        Report { args: &a, raw, rapd, syslog, load_before, load_after, total_s: started.elapsed().as_secs_f64() };
+    let md = report.markdown();
+    println!("\n{}", report.table());
+    println!("{}", report.targets());
+    if let Some(parent) = a.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&a.out, md).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("written to {}", a.out.display());
+    Ok(())
+}
+
+fn say(s: &str) {
+    eprintln!("[rapbench] {s}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw SQLite ceiling
+
+struct Raw {
+    rows_1000: u64,
+    rows_per_s_1000: f64,
+    rows_1: u64,
+    rows_per_s_1: f64,
+}
+
+/// Distinct realistic payloads cycled by the raw ceiling and the syslog-ng senders.
+fn payloads(serial: &str, n: usize, size: usize) -> Vec<Vec<u8>> {
+    let mut g = StatusText::new(serial);
+    (0..n)
+        .map(|_| {
+            let mut p = g.next(false, size);
+            // One line each for syslog-ng.
+            for b in p.iter_mut() {
+                if *b == b'\n' || *b == b'\r' {
+                    *b = b' ';
+                }
+            }
+            p
+        })
+        .collect()
+}
+
+fn raw_sqlite(dir: &Path, rows: u64, size: usize) -> Result<Raw> {
+    std::fs::create_dir_all(dir)?;
+    let pool = payloads("RAW-0001", 4096, size);
+    let insert = |path: &Path, rows: u64, per_txn: u64| -> Result<f64> {
+        let db = rusqlite::Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch(
+            "CREATE TABLE r (id INTEGER PRIMARY KEY, instrument TEXT NOT NULL, msg_id INTEGER NOT NULL, \
+             ts INTEGER NOT NULL, priority INTEGER NOT NULL, payload BLOB NOT NULL)",
+        )?;
+        let t = Instant::now();
+        let mut i = 0u64;
+        while i < rows {
+            let tx = db.unchecked_transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO r (instrument, msg_id, ts, priority, payload) VALUES (?1, ?2, ?3, 2, ?4)",
+                )?;
+                for _ in 0..per_txn.min(rows - i) {
+                    st.execute(rusqlite::params![
+                        "DXI-0001",
+                        i as i64,
+                        1_700_000_000_000i64 + i as i64,
+                        &pool[i as usize % pool.len()]
+                    ])?;
+                    i += 1;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(rows as f64 / t.elapsed().as_secs_f64())
+    };
+    let rows_per_s_1000 = insert(&dir.join("raw-1000.db"), rows, 1000)?;
+    let rows_1 = 3000.min(rows);
+    let rows_per_s_1 = insert(&dir.join("raw-1.db"), rows_1, 1)?;
+    Ok(Raw { rows_1000: rows, rows_per_s_1000, rows_1, rows_per_s_1 })
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: RSS, per-thread CPU
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+}
+
+/// Resets the peak RSS (VmHWM) of a process to its current RSS.
+fn reset_hwm(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// CPU seconds (user + system) per thread name, summed over threads of the same name.
+fn thread_cpu(pid: u32) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // After the name: state is field 3, utime 14, stime 15 (1-based over the whole line).
+        let ticks: u64 =
+            f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        *out.entry(name).or_insert(0.0) += ticks as f64 / 100.0;
+    }
+    out
+}
+
+/// CPU seconds (user + system) of the whole process, exited threads included.
+fn process_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some(close) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// Per-thread CPU between two samples, plus the CPU of threads that ended in between.
+fn cpu_delta_with_total(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    total: f64,
+) -> Vec<(String, f64)> {
+    let mut v = cpu_delta(before, after);
+    let seen: f64 = v.iter().map(|(_, s)| s).sum();
+    if total - seen > 0.05 {
+        v.push(("(threads that ended)".into(), total - seen));
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
+    v.insert(0, ("TOTAL".into(), total));
+    v
+}
+
+fn cpu_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, a)| (k.clone(), a - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}
+
+fn fmt_cpu(v: &[(String, f64)], secs: f64) -> String {
+    v.iter()
+        .take(10)
+        .map(|(n, s)| format!("{n} {s:.1} s ({:.0}%)", 100.0 * s / secs.max(1e-9)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+fn sigterm_and_wait(child: &mut Child, timeout: Duration) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Kills the child on drop (error paths).
+struct Guard(Option<Child>);
+
+impl Guard {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            sigterm_and_wait(&mut c, Duration::from_secs(30));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The data center and nginx's access log
+
+struct Dc {
+    addr: SocketAddr,
+    pki: Pki,
+    backend_port: u16,
+}
+
+impl Dc {
+    fn start_nginx(&self, prefix: &Path) -> Result<(Nginx, PathBuf)> {
+        std::fs::create_dir_all(prefix)?;
+        let fd = FrontDoor::new(
+            self.addr,
+            &self.pki.server.cert,
+            &self.pki.server.key,
+            &self.pki.ca.cert,
+            self.backend_port,
+            prefix,
+        );
+        let log = fd.access_log.clone();
+        Ok((Nginx::start(&fd).context("starting nginx")?, log))
+    }
+}
+
+/// Requests and summed `$request_length` (request line + headers + body) of the access-log
+/// lines for `path`, and how many were not answered 200.
+struct Wire {
+    requests: u64,
+    bytes: u64,
+    non_200: u64,
+}
+
+fn access_log_wire(log: &Path, path: &str) -> Result<Wire> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let mut w = Wire { requests: 0, bytes: 0, non_200: 0 };
+    let needle = format!("\"POST {path} ");
+    for line in text.lines().filter(|l| l.contains(&needle)) {
+        w.requests += 1;
+        let status = line.split('"').nth(2).and_then(|s| s.split_whitespace().next()).unwrap_or("");
+        if status != "200" {
+            w.non_200 += 1;
+        }
+        if let Some(v) = line.split_whitespace().find_map(|f| f.strip_prefix("req=")) {
+            w.bytes += v.parse::<u64>().unwrap_or(0);
+        }
+    }
+    Ok(w)
+}
+
+// ---------------------------------------------------------------------------------------
+// rapd
+
+struct RapdResult {
+    ingest_s: f64,
+    acked: u64,
+    idle_rss_kib: u64,
+    ingest_hwm_kib: u64,
+    drain_s: f64,
+    drain_hwm_kib: u64,
+    wire: Wire,
+    body_bytes: u64,
+    records_sent: u64,
+    dc_records: u64,
+    cpu_ingest: Vec<(String, f64)>,
+    cpu_drain: Vec<(String, f64)>,
+    sim_cpu_note: String,
+}
+
+fn rapd_status(socket: &Path) -> Result<Status> {
+    let r = control::request(socket, &Request::Status).context("rapd control socket")?;
+    r.status.context("no status in the answer")
+}
+
+fn depth(s: &Status) -> u64 {
+    s.queue["depth"].as_u64().unwrap_or(0)
+}
+
+fn bench_rapd(a: &Args, dir: &Path, dc: &Dc, client: &Client) -> Result<RapdResult> {
+    let bdir = dir.join("rapd");
+    std::fs::create_dir_all(&bdir)?;
+    let timeout = Duration::from_secs(a.timeout_s);
+    let instruments: Vec<(String, SocketAddr)> =
+        (0..a.instruments).map(|i| Ok((format!("DXI-{:04}", i + 1), ports::unique_addr()?))).collect::<Result<_>>()?;
+    let socket = bdir.join("control.sock");
+    let quota = (a.messages * 1024).max(1 << 30);
+    let mut cfg = format!(
+        "[queue]\npath = {:?}\nquota_bytes = {quota}\n\n[uplink]\nurl = \"https://{}/api/v1/batches\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
+         backoff_initial_ms = 100\nbackoff_max_ms = 500\nconnect_timeout_ms = 2000\nio_timeout_ms = 60000\n\n\
+         [fips]\nopenssl_conf = {:?}\n\n[control]\nsocket = {:?}\n\n[log]\ntarget = \"stderr\"\n\n",
+        bdir.join("data/queue.db"),
+        dc.addr.ip(),
+        dc.pki.ca.cert,
+        dc.pki.client.cert,
+        dc.pki.client.key,
+        std::fs::canonicalize(&a.fips_conf).with_context(|| format!("{}: run scripts/build-fips.sh", a.fips_conf.display()))?,
+        socket
+    );
+    for (s, addr) in &instruments {
+        cfg += &format!("[[instrument]]\nserial = \"{s}\"\nmodel = \"bench\"\nlisten = \"{addr}\"\n\n");
+    }
+    let cfg_path = bdir.join("rapd.toml");
+    std::fs::write(&cfg_path, cfg)?;
+    let log = std::fs::File::create(bdir.join("rapd.log"))?;
+    let child = Command::new(&a.rapd)
+        .arg("--config")
+        .arg(&cfg_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", a.rapd.display()))?;
+    let mut rapd = Guard(Some(child));
+    let pid = rapd.pid();
+    wait_until("rapd's control socket", Duration::from_secs(20), Duration::from_millis(50), || {
+        if let Some(st) = rapd.child().try_wait()? {
+            let log = std::fs::read_to_string(bdir.join("rapd.log")).unwrap_or_default();
+            bail!("rapd exited with {st}:\n{log}");
+        }
+        Ok(control::request(&socket, &Request::Status).ok().map(|_| ()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    say(&format!("  idle RSS {idle_rss_kib} KiB"));
+
+    // Durable ingest: the data center is down, so rapd only stores and acknowledges.
+    let per = a.messages / a.instruments as u64;
+    let extra = a.messages % a.instruments as u64;
+    let cpu0 = thread_cpu(pid);
+    let pcpu0 = process_cpu(pid);
+    let self0 = process_cpu(std::process::id());
+    let t = Instant::now();
+    let runs = instruments
+        .iter()
+        .enumerate()
+        .map(|(i, (s, addr))| {
+            Instrument {
+                rate: 0,
+                count: Some(per + u64::from((i as u64) < extra)),
+                window: a.window,
+                payload_size: a.payload,
+                drain_timeout: Duration::from_secs(60),
+                stall_timeout: Some(Duration::from_secs(120)),
+                ..Instrument::new(*addr, s.clone())
+            }
+            .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut acked = 0;
+    let mut last = Instant::now();
+    while runs.iter().any(|r| !r.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            let n: u64 = runs.iter().map(|r| r.stats().acked()).sum();
+            say(&format!("  ingest: {n} acked after {:.1} s", t.elapsed().as_secs_f64()));
+        }
+    }
+    let ingest_s = t.elapsed().as_secs_f64();
+    for r in runs {
+        let s = r.join()?;
+        acked += s.stats.acked;
+    }
+    let cpu_ingest = cpu_delta_with_total(&cpu0, &thread_cpu(pid), process_cpu(pid) - pcpu0);
+    let self_cpu = process_cpu(std::process::id()) - self0;
+    let ingest_hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    let st = rapd_status(&socket)?;
+    say(&format!(
+        "  ingest: {acked} acked in {ingest_s:.2} s = {:.0} msg/s; queue depth {}; peak RSS {ingest_hwm_kib} KiB",
+        acked as f64 / ingest_s,
+        depth(&st)
+    ));
+    say(&format!("  rapd CPU by thread: {}", fmt_cpu(&cpu_ingest, ingest_s)));
+    let sim_cpu_note = format!("{self_cpu:.1} CPU-s in rapbench (simulated instruments) during ingest");
+    say(&format!("  {sim_cpu_note}"));
+    if acked != a.messages {
+        bail!("only {acked} of {} messages acknowledged", a.messages);
+    }
+
+    // Drain: the data center comes up.
+    reset_hwm(pid);
+    let cpu1 = thread_cpu(pid);
+    let pcpu1 = process_cpu(pid);
+    let (nginx, access_log) = dc.start_nginx(&bdir.join("nginx"))?;
+    let t = Instant::now();
+    let mut last = Instant::now();
+    wait_until("the backlog to drain", timeout, Duration::from_millis(20), || {
+        let st = rapd_status(&socket)?;
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            say(&format!("  drain: depth {} after {:.1} s", depth(&st), t.elapsed().as_secs_f64()));
+        }
+        Ok((depth(&st) == 0).then_some(()))
+    })?;
+    let drain_s = t.elapsed().as_secs_f64();
+    let cpu_drain = cpu_delta_with_total(&cpu1, &thread_cpu(pid), process_cpu(pid) - pcpu1);
+    let drain_hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    let st = rapd_status(&socket)?;
+    let body_bytes = st.uplink["bytes_sent"].as_u64().unwrap_or(0);
+    let records_sent = st.uplink["records_sent"].as_u64().unwrap_or(0);
+    let dc_records = client.stats()?.for_box(BOX_ID).map(|b| b.records).unwrap_or(0);
+    say(&format!(
+        "  drain: {} msg/s ({drain_s:.2} s); data center holds {dc_records}; peak RSS {drain_hwm_kib} KiB",
+        (a.messages as f64 / drain_s).round()
+    ));
+    say(&format!("  rapd CPU by thread: {}", fmt_cpu(&cpu_drain, drain_s)));
+    rapd.stop();
+    nginx.stop();
+    let wire = access_log_wire(&access_log, "/api/v1/batches")?;
+    say(&format!(
+        "  wire: {} requests, {} bytes ({:.1} B/msg), body {:.1} B/msg",
+        wire.requests,
+        wire.bytes,
+        wire.bytes as f64 / a.messages as f64,
+        body_bytes as f64 / a.messages as f64
+    ));
+    Ok(RapdResult {
+        ingest_s,
+        acked,
+        idle_rss_kib,
+        ingest_hwm_kib,
+        drain_s,
+        drain_hwm_kib,
+        wire,
+        body_bytes,
+        records_sent,
+        dc_records,
+        cpu_ingest,
+        cpu_drain,
+        sim_cpu_note,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// syslog-ng
+
+struct SyslogResult {
+    version: String,
+    ingest_s: f64,
+    senders_done_s: f64,
+    drain_s: f64,
+    idle_rss_kib: u64,
+    ingest_hwm_kib: u64,
+    drain_hwm_kib: u64,
+    wire: Wire,
+    counted: u64,
+}
+
+fn syslog_ng_conf(listen: SocketAddr, dc: &Dc, dir: &Path) -> String {
+    format!(
+        r#"@version: 3.38
+# Generated by rapbench: TCP source -> http() into the nginx mTLS front door, reliable disk buffer.
+options {{
+    stats-level(1);
+    time-reopen(1);
+    keep-hostname(yes);
+    chain-hostnames(no);
+    use-dns(no);
+    use-fqdn(no);
+}};
+
+source s_tcp {{
+    network(
+        ip("{ip}") port({port}) transport("tcp")
+        flags(no-parse)
+        max-connections(64)
+        log-iw-size(64000)
+        log-fetch-limit(1000)
+        log-msg-size(65536)
+    );
+}};
+
+destination d_http {{
+    http(
+        url("https://{dc}/api/v1/lines")
+        method("POST")
+        headers("Content-Type: text/plain")
+        body("${{MSG}}")
+        ca-file("{ca}")
+        cert-file("{cert}")
+        key-file("{key}")
+        peer-verify(yes)
+        batch-lines(1000)
+        batch-bytes(4194304)
+        batch-timeout(200)
+        workers(2)
+        timeout(60)
+        disk-buffer(
+            reliable(yes)
+            mem-buf-size(4194304)
+            disk-buf-size(4294967296)
+            dir("{buf}")
+        )
+    );
+}};
+
+log {{ source(s_tcp); destination(d_http); flags(flow-control); }};
+"#,
+        ip = listen.ip(),
+        port = listen.port(),
+        dc = dc.addr.ip(),
+        ca = dc.pki.ca.cert.display(),
+        cert = dc.pki.client.cert.display(),
+        key = dc.pki.client.key.display(),
+        buf = dir.join("buffer").display(),
+    )
+}
+
+/// `syslog-ng-ctl stats` as `name;id;instance;state;type` → number.
+fn syslog_stats(ctl: &Path) -> Result<BTreeMap<String, u64>> {
+    let out =
+        Command::new("syslog-ng-ctl").arg("stats").arg("-c").arg(ctl).output().context("running syslog-ng-ctl")?;
+    if !out.status.success() {
+        bail!("syslog-ng-ctl stats: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut m = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        if let Some((k, v)) = l.rsplit_once(';') {
+            if let Ok(n) = v.trim().parse() {
+                m.insert(k.to_owned(), n);
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Messages the TCP source has accepted (read and put on the log path).
+fn syslog_received(ctl: &Path) -> Result<u64> {
+    let m = syslog_stats(ctl)?;
+    if let Some(n) = m.get("center;;received;a;processed") {
+        return Ok(*n);
+    }
+    Ok(m.iter().filter(|(k, _)| k.starts_with("src.network;s_tcp") && k.ends_with(";processed")).map(|(_, v)| v).sum())
+}
+
+fn bench_syslog_ng(a: &Args, dir: &Path, dc: &Dc, backend: &Server) -> Result<SyslogResult> {
+    let sdir = dir.join("syslog-ng");
+    std::fs::create_dir_all(sdir.join("buffer"))?;
+    let timeout = Duration::from_secs(a.timeout_s);
+    let version = Command::new("syslog-ng")
+        .arg("--version")
+        .output()
+        .context("syslog-ng not installed: apt-get install syslog-ng-core syslog-ng-mod-http")?;
+    let version = String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("?").to_owned();
+    let listen = ports::unique_addr()?;
+    let conf = sdir.join("syslog-ng.conf");
+    std::fs::write(&conf, syslog_ng_conf(listen, dc, &sdir))?;
+    let ctl = sdir.join("syslog-ng.ctl");
+    let log = std::fs::File::create(sdir.join("syslog-ng.log"))?;
+    let child = Command::new("syslog-ng")
+        .arg("-F")
+        .arg("--no-caps")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-R")
+        .arg(sdir.join("syslog-ng.persist"))
+        .arg("-p")
+        .arg(sdir.join("syslog-ng.pid"))
+        .arg("-c")
+        .arg(&ctl)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting syslog-ng")?;
+    let mut sng = Guard(Some(child));
+    let pid = sng.pid();
+    wait_until("syslog-ng to listen", Duration::from_secs(20), Duration::from_millis(50), || {
+        if let Some(st) = sng.child().try_wait()? {
+            let log = std::fs::read_to_string(sdir.join("syslog-ng.log")).unwrap_or_default();
+            bail!("syslog-ng exited with {st}:\n{log}");
+        }
+        Ok(TcpStream::connect(listen).ok().map(|_| ()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    let base = syslog_received(&ctl)?;
+    say(&format!("  {version}; idle RSS {idle_rss_kib} KiB"));
+
+    // Ingest: nginx is down; lines go to the disk buffer (flow control holds the senders
+    // back only when the buffer is full, which it is sized never to be).
+    let per = a.messages / a.instruments as u64;
+    let extra = a.messages % a.instruments as u64;
+    let t = Instant::now();
+    let senders: Vec<_> = (0..a.instruments)
+        .map(|i| {
+            let n = per + u64::from((i as u64) < extra);
+            let pool = payloads(&format!("DXI-{:04}", i + 1), 4096, a.payload);
+            std::thread::spawn(move || -> std::io::Result<TcpStream> {
+                let s = TcpStream::connect(listen)?;
+                let mut w = BufWriter::with_capacity(64 * 1024, s.try_clone()?);
+                for k in 0..n {
+                    w.write_all(&pool[k as usize % pool.len()])?;
+                    w.write_all(b"\n")?;
+                }
+                w.flush()?;
+                Ok(s)
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for s in senders {
+        streams.push(s.join().map_err(|_| anyhow::anyhow!("sender panicked"))?.context("TCP sender")?);
+    }
+    let senders_done_s = t.elapsed().as_secs_f64();
+    let mut last = Instant::now();
+    wait_until("syslog-ng to accept every line", timeout, Duration::from_millis(20), || {
+        let n = syslog_received(&ctl)? - base;
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            say(&format!("  ingest: {n} accepted after {:.1} s", t.elapsed().as_secs_f64()));
+        }
+        Ok((n >= a.messages).then_some(()))
+    })?;
+    let ingest_s = t.elapsed().as_secs_f64();
+    drop(streams);
+    let ingest_hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    say(&format!(
+        "  ingest: {} lines in {ingest_s:.2} s = {:.0} msg/s (senders done after {senders_done_s:.2} s); peak RSS {ingest_hwm_kib} KiB",
+        a.messages,
+        a.messages as f64 / ingest_s
+    ));
+
+    // Drain.
+    reset_hwm(pid);
+    let (nginx, access_log) = dc.start_nginx(&sdir.join("nginx"))?;
+    let t = Instant::now();
+    let mut last = Instant::now();
+    let counted = wait_until("the backend to count every line", timeout, Duration::from_millis(20), || {
+        let n = backend.line_counts().get(BOX_ID).copied().unwrap_or(0);
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            say(&format!("  drain: {n} lines at the data center after {:.1} s", t.elapsed().as_secs_f64()));
+        }
+        Ok((n >= a.messages).then_some(n))
+    })?;
+    let drain_s = t.elapsed().as_secs_f64();
+    let drain_hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
+    // Let in-flight requests finish being logged.
+    std::thread::sleep(Duration::from_millis(300));
+    sng.stop();
+    nginx.stop();
+    let wire = access_log_wire(&access_log, "/api/v1/lines")?;
+    say(&format!(
+        "  drain: {:.0} msg/s ({drain_s:.2} s); {} requests, {:.1} B/msg on the wire; peak RSS {drain_hwm_kib} KiB",
+        a.messages as f64 / drain_s,
+        wire.requests,
+        wire.bytes as f64 / a.messages as f64
+    ));
+    Ok(SyslogResult {
+        version,
+        ingest_s,
+        senders_done_s,
+        drain_s,
+        idle_rss_kib,
+        ingest_hwm_kib,
+        drain_hwm_kib,
+        wire,
+        counted,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+struct Report<'a> {
+    args: &'a Args,
+    raw: Raw,
+    rapd: RapdResult,
+    syslog: Option<SyslogResult>,
+    load_before: String,
+    load_after: String,
+    total_s: f64,
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn rate(n: u64, s: f64) -> f64 {
+    n as f64 / s.max(1e-9)
+}
+
+fn k(r: f64) -> String {
+    if r >= 10_000.0 {
+        format!("{:.0}k", r / 1000.0)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "**pass**"
+    } else {
+        "**MISSED**"
+    }
+}
+
+impl Report<'_> {
+    fn n(&self) -> u64 {
+        self.args.messages
+    }
+
+    fn table(&self) -> String {
+        let n = self.n();
+        let r = &self.rapd;
+        let mut s = String::new();
+        s += "| | durable ingest msg/s | drain msg/s | bytes on the wire / msg | peak RSS | idle RSS | acked data survives kill -9 |\n";
+        s += "|---|---:|---:|---:|---:|---:|---|\n";
+        let _ = writeln!(
+            s,
+            "| rapd | {} (acked after fsync'ed commit) | {} | {:.1} (compressed body alone {:.1}) | {} ingest / {} drain | {} | yes (runtime/tests/datapath.rs `kill9_during_heavy_ingest_loses_nothing_and_duplicates_nothing`) |",
+            k(rate(r.acked, r.ingest_s)),
+            k(rate(n, r.drain_s)),
+            r.wire.bytes as f64 / n as f64,
+            r.body_bytes as f64 / n as f64,
+            mib(r.ingest_hwm_kib),
+            mib(r.drain_hwm_kib),
+            mib(r.idle_rss_kib),
+        );
+        match &self.syslog {
+            Some(g) => {
+                let _ = writeln!(
+                    s,
+                    "| syslog-ng | {} (no fsync, no application acks) | {} | {:.1} | {} ingest / {} drain | {} | no: TCP syslog has no application acks; its disk buffer is never fsync'ed |",
+                    k(rate(n, g.ingest_s)),
+                    k(rate(n, g.drain_s)),
+                    g.wire.bytes as f64 / n as f64,
+                    mib(g.ingest_hwm_kib),
+                    mib(g.drain_hwm_kib),
+                    mib(g.idle_rss_kib),
+                );
+            }
+            None => s += "| syslog-ng | (skipped) | | | | | |\n",
+        }
+        let _ = writeln!(
+            s,
+            "| raw SQLite ceiling | {} at 1000 rows/txn ({} at 1 row/txn) | — | — | — | — | — |",
+            k(self.raw.rows_per_s_1000),
+            k(self.raw.rows_per_s_1)
+        );
+        s
+    }
+
+    fn targets(&self) -> String {
+        let n = self.n();
+        let r = &self.rapd;
+        let ingest = rate(r.acked, r.ingest_s);
+        let drain = rate(n, r.drain_s);
+        let bpm = r.wire.bytes as f64 / n as f64;
+        let mut s = String::new();
+        s += "| target | measured | result |\n|---|---|---|\n";
+        match &self.syslog {
+            Some(g) => {
+                let gi = rate(n, g.ingest_s);
+                let gd = rate(n, g.drain_s);
+                let gb = g.wire.bytes as f64 / n as f64;
+                let _ = writeln!(
+                    s,
+                    "| durable ingest ≥ 2× syslog-ng's reliable ingest ({}) | {} = {:.2}× | {} |",
+                    k(2.0 * gi),
+                    k(ingest),
+                    ingest / gi,
+                    verdict(ingest >= 2.0 * gi)
+                );
+                let _ = writeln!(
+                    s,
+                    "| drain ≥ syslog-ng's drain rate ({}) | {} = {:.2}× | {} |",
+                    k(gd),
+                    k(drain),
+                    drain / gd,
+                    verdict(drain >= gd)
+                );
+                let _ = writeln!(
+                    s,
+                    "| bytes on the wire ≤ 1/4 of syslog-ng's ({:.1} B/msg → ≤ {:.1}) | {bpm:.1} B/msg = {:.3}× | {} |",
+                    gb,
+                    gb / 4.0,
+                    bpm / gb,
+                    verdict(bpm <= gb / 4.0)
+                );
+            }
+            None => s += "| comparisons with syslog-ng | skipped (`--skip-syslog-ng`) | — |\n",
+        }
+        let _ = writeln!(
+            s,
+            "| durable ingest ≥ 40% of the raw SQLite ceiling ({}) | {} = {:.0}% | {} |",
+            k(0.4 * self.raw.rows_per_s_1000),
+            k(ingest),
+            100.0 * ingest / self.raw.rows_per_s_1000,
+            verdict(ingest >= 0.4 * self.raw.rows_per_s_1000)
+        );
+        let _ = writeln!(s, "| ≤ 40 bytes on the wire per routine message | {bpm:.1} | {} |", verdict(bpm <= 40.0));
+        let peak = r.ingest_hwm_kib.max(r.drain_hwm_kib);
+        let _ = writeln!(s, "| rapd peak RSS ≤ 16 MiB under load | {} | {} |", mib(peak), verdict(peak <= 16 * 1024));
+        let _ = writeln!(
+            s,
+            "| rapd idle RSS ≤ 8 MiB | {} | {} |",
+            mib(r.idle_rss_kib),
+            verdict(r.idle_rss_kib <= 8 * 1024)
+        );
+        s
+    }
+
+    fn markdown(&self) -> String {
+        let a = self.args;
+        let n = self.n();
+        let r = &self.rapd;
+        let mut s = String::new();
+        s += "# Benchmarks\n\n";
+        s += "Generated by `rapbench` (bench/); regenerate with `bash scripts/bench.sh` \
+              (or `target/release/rapbench` after building). Not run in CI; nothing asserts timings.\n\n";
+        let _ = writeln!(
+            s,
+            "Run: {n} messages of {} bytes, {} instruments/senders, window {}; one machine ({} cores); \
+             load average before {} and after {}; whole run {:.0} s.\n",
+            a.payload,
+            a.instruments,
+            a.window,
+            std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0),
+            self.load_before,
+            self.load_after,
+            self.total_s
+        );
+        s += "## Results\n\n";
+        s += &self.table();
+        s += "\n## Targets (issue 2, \"Benchmark\")\n\n";
+        s += &self.targets();
+        s += "\n## Details\n\n";
+        let _ = writeln!(
+            s,
+            "- rapd ingest: {} acknowledged in {:.2} s; queue then held {n}. Drain: {:.2} s, {} records sent, \
+             {} stored by the data center, {} POSTs ({} not answered 200), {} bytes by `$request_length` \
+             (request line + headers + body), {} bytes of compressed batch bodies (rapd status `uplink.bytes_sent`).",
+            r.acked,
+            r.ingest_s,
+            r.drain_s,
+            r.records_sent,
+            r.dc_records,
+            r.wire.requests,
+            r.wire.non_200,
+            r.wire.bytes,
+            r.body_bytes
+        );
+        let _ = writeln!(
+            s,
+            "- rapd CPU per thread during ingest ({:.1} s): {}.",
+            r.ingest_s,
+            fmt_cpu(&r.cpu_ingest, r.ingest_s)
+        );
+        let _ = writeln!(s, "  {}.", r.sim_cpu_note);
+        let _ = writeln!(
+            s,
+            "- rapd CPU per thread during drain ({:.1} s): {}.",
+            r.drain_s,
+            fmt_cpu(&r.cpu_drain, r.drain_s)
+        );
+        if let Some(g) = &self.syslog {
+            let _ = writeln!(
+                s,
+                "- {}: senders finished writing after {:.2} s, syslog-ng had accepted every line after {:.2} s; \
+                 drain {:.2} s; {} lines counted by the data center; {} POSTs ({} not answered 200), {} bytes by `$request_length`.",
+                g.version, g.senders_done_s, g.ingest_s, g.drain_s, g.counted, g.wire.requests, g.wire.non_200, g.wire.bytes
+            );
+        }
+        let _ = writeln!(
+            s,
+            "- raw SQLite: {} rows at 1000 rows/txn, {} rows at 1 row/txn.",
+            self.raw.rows_1000, self.raw.rows_1
+        );
+        s += "\n## Method\n\n";
+        s += "- **Raw ceiling**: rusqlite (bundled SQLite), `journal_mode=WAL`, `synchronous=FULL`, one thread, a table \
+              (id, instrument, msg_id, ts, priority, payload BLOB) and the same realistic 200-byte status payloads \
+              (`rapsim::StatusText`), 1000 rows per transaction; 1 row per transaction for reference.\n";
+        s += "- **rapd durable ingest**: the release `rapd` in FIPS mode (OpenSSL FIPS provider from \
+              scripts/build-fips.sh), one port per instrument; `rapsim::Instrument` agents (rate 0 = as fast as the \
+              window allows, 200-byte realistic payloads, pipelined window) send the messages; the uplink points at a \
+              data center whose nginx is not running yet, so only ingest is measured. A message counts when its ack \
+              arrives, and rapd acks only after the fsync'ed commit. The rate is messages / time from the first \
+              connection to the last ack. Idle RSS is `VmRSS` 2 s after start; peak RSS is `VmHWM` \
+              (reset through `/proc/PID/clear_refs` between phases).\n";
+        s += "- **rapd drain**: nginx (rendered by `rapdc::frontdoor`, mutual TLS, FIPS suites) and the rapdc backend \
+              (SQLite) come up; the drain time runs from nginx's start until rapd's queue depth is 0 (uplink \
+              backoff at most 500 ms). Bytes on the wire per message: the sum of nginx's `$request_length` (request \
+              line, headers and body as received, after TLS decryption: TLS record overhead is not included, for either \
+              peer) over all batch POSTs, divided by the messages; rapd's own compressed body bytes (`uplink.bytes_sent`) \
+              are shown too.\n";
+        s += "- **syslog-ng**: Debian's syslog-ng-core + syslog-ng-mod-http; a `network()` TCP source (`flags(no-parse)`, \
+              newline-framed lines, `log-iw-size(64000)`) fed by as many concurrent plain-TCP senders as instruments, \
+              each writing the same 200-byte payloads; `http()` destination to the same kind of nginx front door at \
+              `POST /api/v1/lines` (rapdc counts lines per box) with the client certificate and key and the CA of the \
+              same PKI, `disk-buffer(reliable(yes) mem-buf-size(4 MiB) disk-buf-size(4 GiB))`, `batch-lines(1000)`, \
+              `workers(2)`, log path `flags(flow-control)`. Ingest: nginx down, time until `syslog-ng-ctl stats` shows \
+              every line received. Drain: nginx up, time until the backend has counted every line. syslog-ng's disk \
+              buffer never calls fsync and TCP syslog has no application acks, so its \"ingest\" is not durable in \
+              rapd's sense.\n";
+        s += "- Everything runs on the same machine at the same time as the load shown above; the simulator/senders \
+              compete with the daemon for the CPUs.\n";
+        s
+    }
+}
