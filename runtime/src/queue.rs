@@ -585,22 +585,28 @@ fn insert_one(
         stats.duplicates_total += 1;
         return Ok(Outcome::Duplicate);
     }
-    let queued = tx
-        .prepare_cached("SELECT 1 FROM messages WHERE instrument=?1 AND msg_id=?2")?
-        .query_row(params![iid, id], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if queued {
-        stats.duplicates_total += 1;
-        return Ok(Outcome::Duplicate);
-    }
     // Alarms and the box's own records always leave first.
     let priority = if m.kind.droppable() { m.priority.max(1) } else { 0 };
     let size = m.payload.len() as u64 + ROW_OVERHEAD;
-    if stats.bytes + size > quota {
+    // The unique key recognises a resend of a message still queued: nothing is inserted.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO messages(instrument, msg_id, ts, received, kind, priority, size, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(instrument, msg_id) DO NOTHING",
+        )?
+        .execute(params![iid, id, m.timestamp_ms, now_ms(), m.kind as u8, priority, size as i64, m.payload])?;
+    if inserted == 0 {
+        stats.duplicates_total += 1;
+        return Ok(Outcome::Duplicate);
+    }
+    let seq = tx.last_insert_rowid();
+    stats.bytes += size;
+    stats.depth += 1;
+    stats.depth_by_priority[priority as usize] += 1;
+    if stats.bytes > quota {
         // Make room by evicting droppable rows, least important priority first, oldest first.
         // Free a little more than needed so that a full queue does not evict on every insert.
-        let target = (stats.bytes + size).saturating_sub(quota) + quota / 100;
+        let target = stats.bytes.saturating_sub(quota) + quota / 100;
         let mut freed = 0u64;
         let mut lowest_allowed = 3u8;
         // A droppable message may only displace rows of the same or a less important priority.
@@ -608,10 +614,11 @@ fn insert_one(
         while freed < target && lowest_allowed >= floor {
             let mut st = tx.prepare_cached(
                 "DELETE FROM messages WHERE seq IN
-                   (SELECT seq FROM messages WHERE priority=?1 ORDER BY seq LIMIT 256)
+                   (SELECT seq FROM messages WHERE priority=?1 AND seq<>?2 ORDER BY seq LIMIT 256)
                  RETURNING size",
             )?;
-            let sizes: Vec<i64> = st.query_map([lowest_allowed], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let sizes: Vec<i64> =
+                st.query_map(params![lowest_allowed, seq], |r| r.get(0))?.collect::<Result<_, _>>()?;
             if sizes.is_empty() {
                 if lowest_allowed == floor {
                     break;
@@ -619,15 +626,20 @@ fn insert_one(
                 lowest_allowed -= 1;
                 continue;
             }
-            for s in &sizes {
-                freed += *s as u64;
-            }
-            stats.dropped_total += sizes.len() as u64;
-            stats.depth_by_priority[lowest_allowed as usize] -= sizes.len() as u64;
-            stats.depth -= sizes.len() as u64;
-            stats.bytes -= sizes.iter().map(|s| *s as u64).sum::<u64>();
+            let n = sizes.len() as u64;
+            let bytes: u64 = sizes.iter().map(|s| *s as u64).sum();
+            freed += bytes;
+            stats.dropped_total += n;
+            stats.depth_by_priority[lowest_allowed as usize] -= n;
+            stats.depth -= n;
+            stats.bytes -= bytes;
         }
-        if stats.bytes + size > quota {
+        if stats.bytes > quota {
+            // No room even after evicting everything it may displace: take it back out.
+            tx.prepare_cached("DELETE FROM messages WHERE seq=?1")?.execute([seq])?;
+            stats.bytes -= size;
+            stats.depth -= 1;
+            stats.depth_by_priority[priority as usize] -= 1;
             stats.refused_full_total += 1;
             let what =
                 if m.kind.droppable() { "messages of equal or higher priority" } else { "alarms and audit records" };
@@ -637,14 +649,6 @@ fn insert_one(
             ));
         }
     }
-    tx.prepare_cached(
-        "INSERT INTO messages(instrument, msg_id, ts, received, kind, priority, size, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![iid, id, m.timestamp_ms, now_ms(), m.kind as u8, priority, size as i64, m.payload])?;
-    stats.bytes += size;
-    stats.depth += 1;
-    stats.depth_by_priority[priority as usize] += 1;
     stats.stored_total += 1;
     Ok(Outcome::Stored)
 }
