@@ -270,6 +270,35 @@ fn fmt_cpu(v: &[(String, f64)], secs: f64) -> String {
         .join(", ")
 }
 
+/// The commit, whether runtime/ had uncommitted changes, and when the rapd binary was built.
+fn provenance(rapd: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git").args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let dirty = git(&["status", "--porcelain", "--", "runtime", "crates"]).map(|s| !s.is_empty()).unwrap_or(false);
+    let built = std::fs::metadata(rapd)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| {
+            Command::new("date")
+                .arg("-u")
+                .arg("-d")
+                .arg(format!("@{}", d.as_secs()))
+                .arg("+%Y-%m-%d %H:%M:%S UTC")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    format!(
+        "commit {head}{}; `{}` built {built}",
+        if dirty { " with uncommitted changes in runtime/ or crates/" } else { "" },
+        rapd.display()
+    )
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -958,6 +987,7 @@ impl Report<'_> {
             self.load_after,
             self.total_s
         );
+        let _ = writeln!(s, "Binaries: {}.\n", provenance(&a.rapd));
         s += "## Results\n\n";
         s += &self.table();
         s += "\n## Targets (issue 2, \"Benchmark\")\n\n";
