@@ -4,7 +4,7 @@
 //! a typo never silently falls back to a default.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +36,10 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub instruments: Vec<InstrumentConfig>,
+    /// The uplink interface (absent: the OS manages all networking and rapd touches no link).
+    pub network: NetworkConfig,
+    /// Netfilter management (off unless `[firewall] enabled = true`).
+    pub firewall: FirewallConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +124,164 @@ pub struct InstrumentConfig {
     pub model: String,
     /// Where its agent connects: the box address on the instrument's port and the agent port.
     pub listen: SocketAddr,
+    /// The physical port (absent when the instrument is reached through an address the OS
+    /// manages, e.g. loopback in tests: then rapd touches no link and no rule for it).
+    pub port: Option<PortConfig>,
+}
+
+/// An IPv4 address with its prefix length, e.g. `10.10.1.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// The netmask as a number.
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+    /// The network address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+    /// The broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+    /// Whether `ip` is inside this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+    /// Whether the two subnets share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        let m = self.mask() & other.mask();
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').ok_or_else(|| format!("`{s}` is not address/prefix (e.g. 10.10.1.1/24)"))?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let prefix: u8 =
+            p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("`/{p}` is not a prefix length 0..=32"))?;
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+/// The physical port an instrument is cabled to, and what may cross it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    /// The Linux interface name, e.g. `eth1`.
+    pub interface: String,
+    /// The box's address and prefix on this port (the agent connects to this address).
+    pub box_address: Ipv4Cidr,
+    /// The instrument's own address: the only source accepted on this port.
+    pub address: Ipv4Addr,
+    /// The agent port on `box_address`.
+    pub agent_port: u16,
+    /// The instrument's remote-desktop port (opened only by an authorised remote session).
+    pub remote_desktop_port: Option<u16>,
+    /// The opted-in forward of the instrument's LIS traffic.
+    pub lis: Option<LisForward>,
+}
+
+/// Forward of an instrument's LIS connection to one LIS host and port: the instrument
+/// connects to `box_address:instrument_port`, the box translates it to `host:port`
+/// and sends it out of the uplink under the box's own uplink address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LisForward {
+    pub instrument_port: u16,
+    pub host: Ipv4Addr,
+    pub port: u16,
+}
+
+/// The uplink interface and the services the box needs on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub uplink: Option<UplinkInterface>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkInterface {
+    /// The Linux interface name, e.g. `eth0`.
+    pub interface: String,
+    pub addressing: Addressing,
+    /// DNS servers the box may query (empty with DHCP: whatever DHCP gave, on port 53).
+    pub dns: Vec<Ipv4Addr>,
+    /// NTP servers the box may query (empty with DHCP: any, on port 123).
+    pub ntp: Vec<Ipv4Addr>,
+    /// The remote syslog collector.
+    pub syslog: Option<SyslogTarget>,
+}
+
+/// How the uplink gets its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// The OS's DHCP client manages the address; rapd only brings the link up.
+    Dhcp,
+    /// rapd assigns `address` and, if given, the default route via `gateway`.
+    Static { address: Ipv4Cidr, gateway: Option<Ipv4Addr> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyslogTarget {
+    pub addr: SocketAddr,
+    pub protocol: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// Netfilter management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallConfig {
+    /// rapd generates, applies and guards the policy only when this is true.
+    pub enabled: bool,
+    /// How often the live rules are compared with the policy.
+    pub drift_check: Duration,
+    /// New connections accepted per minute on each instrument port (and its LIS forward).
+    pub new_connections_per_minute: u32,
+    /// Burst allowance of new connections per port.
+    pub new_connections_burst: u32,
+    /// Logged dropped packets per minute, per log rule.
+    pub log_drops_per_minute: u32,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            enabled: false,
+            drift_check: Duration::from_secs(d_drift_s()),
+            new_connections_per_minute: d_new_conn_rate(),
+            new_connections_burst: d_new_conn_burst(),
+            log_drops_per_minute: d_log_rate(),
+        }
+    }
 }
 
 // ---- raw form, as written in the file ----
@@ -139,6 +301,45 @@ struct Raw {
     log: RawLog,
     #[serde(default, rename = "instrument")]
     instruments: Vec<RawInstrument>,
+    #[serde(default)]
+    network: RawNetwork,
+    firewall: Option<RawFirewall>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    uplink: Option<RawUplinkInterface>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplinkInterface {
+    interface: String,
+    addressing: String,
+    address: Option<String>,
+    gateway: Option<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    ntp: Vec<String>,
+    syslog: Option<String>,
+    syslog_protocol: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFirewall {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default = "d_drift_s")]
+    drift_check_s: u64,
+    #[serde(default = "d_new_conn_rate")]
+    new_connections_per_minute: u32,
+    #[serde(default = "d_new_conn_burst")]
+    new_connections_burst: u32,
+    #[serde(default = "d_log_rate")]
+    log_drops_per_minute: u32,
 }
 
 #[derive(Deserialize)]
@@ -243,7 +444,23 @@ struct RawInstrument {
     serial: String,
     #[serde(default)]
     model: String,
-    listen: String,
+    listen: Option<String>,
+    interface: Option<String>,
+    box_address: Option<String>,
+    address: Option<String>,
+    agent_port: Option<u16>,
+    remote_desktop_port: Option<u16>,
+    lis: Option<RawLis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLis {
+    #[serde(default)]
+    enabled: bool,
+    instrument_port: u16,
+    host: String,
+    port: u16,
 }
 
 fn d_quota() -> u64 {
@@ -293,6 +510,18 @@ fn d_log_target() -> String {
 }
 fn d_log_level() -> String {
     "info".into()
+}
+fn d_drift_s() -> u64 {
+    5
+}
+fn d_new_conn_rate() -> u32 {
+    60
+}
+fn d_new_conn_burst() -> u32 {
+    20
+}
+fn d_log_rate() -> u32 {
+    10
 }
 
 impl Config {
@@ -388,10 +617,42 @@ impl Config {
             bad("log.level", format!("`{}` is not one of error, warn, info, debug, trace", raw.log.level))
         })?;
 
+        // network: the uplink interface
+        let network = NetworkConfig {
+            uplink: match &raw.network.uplink {
+                None => None,
+                Some(ru) => Some(validate_uplink_interface(ru, &bad)?),
+            },
+        };
+
+        // firewall
+        let firewall = match &raw.firewall {
+            None => FirewallConfig::default(),
+            Some(f) => {
+                for (key, v, min, max) in [
+                    ("firewall.drift_check_s", f.drift_check_s, 1, 3600),
+                    ("firewall.new_connections_per_minute", f.new_connections_per_minute.into(), 1, 10_000),
+                    ("firewall.new_connections_burst", f.new_connections_burst.into(), 1, 10_000),
+                    ("firewall.log_drops_per_minute", f.log_drops_per_minute.into(), 1, 10_000),
+                ] {
+                    if v < min || v > max {
+                        return Err(bad(key, format!("{v} is outside {min}..={max}")));
+                    }
+                }
+                FirewallConfig {
+                    enabled: f.enabled,
+                    drift_check: Duration::from_secs(f.drift_check_s),
+                    new_connections_per_minute: f.new_connections_per_minute,
+                    new_connections_burst: f.new_connections_burst,
+                    log_drops_per_minute: f.log_drops_per_minute,
+                }
+            }
+        };
+
         // instruments
         let mut serials = HashSet::new();
         let mut listens = HashSet::new();
-        let mut instruments = Vec::new();
+        let mut instruments: Vec<InstrumentConfig> = Vec::new();
         for (n, ri) in raw.instruments.iter().enumerate() {
             let key = |k: &str| format!("instrument[{n}].{k}");
             let s = &ri.serial;
@@ -404,14 +665,90 @@ impl Config {
             if !serials.insert(s.clone()) {
                 return Err(bad(&key("serial"), format!("`{s}` is configured twice")));
             }
-            let listen: SocketAddr = ri
-                .listen
-                .parse()
-                .map_err(|e| bad(&key("listen"), format!("`{}` is not an address:port: {e}", ri.listen)))?;
+            let port = validate_port(n, ri, &network, &instruments, &bad)?;
+            let listen: SocketAddr = match (&ri.listen, &port) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        &key("listen"),
+                        format!("must not be given with {0}: the agent listens on {0}:agent_port", key("box_address")),
+                    ))
+                }
+                (None, Some(p)) => SocketAddr::new(IpAddr::V4(p.box_address.addr), p.agent_port),
+                (Some(l), None) => {
+                    l.parse().map_err(|e| bad(&key("listen"), format!("`{l}` is not an address:port: {e}")))?
+                }
+                (None, None) => {
+                    return Err(bad(
+                        &key("listen"),
+                        "missing: give listen, or interface with box_address, address and agent_port".into(),
+                    ))
+                }
+            };
             if !listens.insert(listen) {
                 return Err(bad(&key("listen"), format!("{listen} is already used by another instrument")));
             }
-            instruments.push(InstrumentConfig { serial: s.clone(), model: ri.model.clone(), listen });
+            instruments.push(InstrumentConfig { serial: s.clone(), model: ri.model.clone(), listen, port });
+        }
+
+        // LIS hosts are on the uplink side: never on an instrument port, never the box itself
+        for (n, inst) in instruments.iter().enumerate() {
+            let Some(lis) = inst.port.as_ref().and_then(|p| p.lis) else { continue };
+            if let Some(m) =
+                instruments.iter().position(|i| i.port.as_ref().is_some_and(|p| p.box_address.contains(lis.host)))
+            {
+                return Err(bad(
+                    &format!("instrument[{n}].lis.host"),
+                    format!("{} is on instrument[{m}]'s port; the LIS host must be on the uplink side", lis.host),
+                ));
+            }
+            if let Some(UplinkInterface { addressing: Addressing::Static { address, .. }, .. }) = &network.uplink {
+                if address.addr == lis.host {
+                    return Err(bad(
+                        &format!("instrument[{n}].lis.host"),
+                        format!("{} is the box's uplink address", lis.host),
+                    ));
+                }
+            }
+        }
+
+        // what the firewall needs to be complete
+        if firewall.enabled {
+            if network.uplink.is_none() {
+                return Err(bad(
+                    "network.uplink",
+                    "is required with firewall.enabled = true (the policy needs the uplink interface)".into(),
+                ));
+            }
+            if let Some(n) = instruments.iter().position(|i| i.port.is_none()) {
+                return Err(bad(
+                    &format!("instrument[{n}].interface"),
+                    "is required with firewall.enabled = true (each instrument needs its own port)".into(),
+                ));
+            }
+        }
+        for (n, inst) in instruments.iter().enumerate() {
+            if inst.port.as_ref().is_some_and(|p| p.lis.is_some()) && !firewall.enabled {
+                return Err(bad(
+                    &format!("instrument[{n}].lis.enabled"),
+                    "the LIS forward is made by the firewall: it needs firewall.enabled = true".into(),
+                ));
+            }
+        }
+        if let (true, Some(up)) = (firewall.enabled, &network.uplink) {
+            if up.dns.is_empty() && matches!(up.addressing, Addressing::Static { .. }) {
+                let mut hosts = vec![url.host_str().unwrap_or_default().to_owned()];
+                if let Some(p) = &proxy {
+                    hosts.push(
+                        url::Url::parse(&p.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(),
+                    );
+                }
+                if let Some(h) = hosts.iter().find(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().is_err()) {
+                    return Err(bad(
+                        "network.uplink.dns",
+                        format!("is empty, but `{h}` must be resolved and the firewall opens DNS only to the listed servers"),
+                    ));
+                }
+            }
         }
 
         Ok(Config {
@@ -443,6 +780,8 @@ impl Config {
             },
             log: LogConfig { target, level },
             instruments,
+            network,
+            firewall,
         })
     }
 }
@@ -453,6 +792,250 @@ fn require_absolute(p: &Path, key: &str, bad: &dyn Fn(&str, String) -> ConfigErr
     } else {
         Err(bad(key, format!("`{}` must be an absolute path", p.display())))
     }
+}
+
+type Bad<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+/// A Linux interface name: 1 to 15 bytes, no `/`, no whitespace, not `.`/`..`/`lo`.
+fn check_ifname(name: &str, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':' && b != b'"' && b != b'\\');
+    if !ok {
+        return Err(bad(key, format!("`{name}` is not an interface name (1 to 15 characters, no `/`, `:` or spaces)")));
+    }
+    if name == "lo" {
+        return Err(bad(key, "must not be the loopback interface".into()));
+    }
+    Ok(())
+}
+
+fn parse_v4(text: &str, key: &str, bad: Bad<'_>) -> Result<Ipv4Addr, ConfigError> {
+    let ip: Ipv4Addr = text.parse().map_err(|_| bad(key, format!("`{text}` is not an IPv4 address")))?;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(bad(key, format!("{ip} is not a unicast host address")));
+    }
+    Ok(ip)
+}
+
+/// A host subnet that leaves room for the box and the instrument.
+fn parse_cidr(text: &str, key: &str, bad: Bad<'_>) -> Result<Ipv4Cidr, ConfigError> {
+    let c: Ipv4Cidr = text.parse().map_err(|m| bad(key, m))?;
+    parse_v4(&c.addr.to_string(), key, bad)?;
+    if !(8..=30).contains(&c.prefix) {
+        return Err(bad(key, format!("prefix /{} is outside /8../30", c.prefix)));
+    }
+    if c.addr == c.network() || c.addr == c.broadcast() {
+        return Err(bad(
+            key,
+            format!("{} is the network or broadcast address of {}/{}", c.addr, c.network(), c.prefix),
+        ));
+    }
+    Ok(c)
+}
+
+fn validate_uplink_interface(ru: &RawUplinkInterface, bad: Bad<'_>) -> Result<UplinkInterface, ConfigError> {
+    check_ifname(&ru.interface, "network.uplink.interface", bad)?;
+    let addressing = match ru.addressing.as_str() {
+        "dhcp" => {
+            for (k, v) in [("network.uplink.address", &ru.address), ("network.uplink.gateway", &ru.gateway)] {
+                if v.is_some() {
+                    return Err(bad(
+                        k,
+                        "must not be given with addressing = \"dhcp\" (the OS's DHCP client sets it)".into(),
+                    ));
+                }
+            }
+            Addressing::Dhcp
+        }
+        "static" => {
+            let a = ru
+                .address
+                .as_deref()
+                .ok_or_else(|| bad("network.uplink.address", "is required with addressing = \"static\"".into()))?;
+            let address = parse_cidr(a, "network.uplink.address", bad)?;
+            let gateway = match &ru.gateway {
+                None => None,
+                Some(g) => {
+                    let g = parse_v4(g, "network.uplink.gateway", bad)?;
+                    if !address.contains(g) || g == address.addr {
+                        return Err(bad(
+                            "network.uplink.gateway",
+                            format!(
+                                "{g} is not another host of the uplink subnet {}/{}",
+                                address.network(),
+                                address.prefix
+                            ),
+                        ));
+                    }
+                    Some(g)
+                }
+            };
+            Addressing::Static { address, gateway }
+        }
+        other => return Err(bad("network.uplink.addressing", format!("`{other}` is not one of static, dhcp"))),
+    };
+    let list = |name: &str, v: &[String]| -> Result<Vec<Ipv4Addr>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, t) in v.iter().enumerate() {
+            let key = format!("network.uplink.{name}[{i}]");
+            let ip = parse_v4(t, &key, bad)?;
+            if out.contains(&ip) {
+                return Err(bad(&key, format!("{ip} is listed twice")));
+            }
+            out.push(ip);
+        }
+        Ok(out)
+    };
+    let dns = list("dns", &ru.dns)?;
+    let ntp = list("ntp", &ru.ntp)?;
+    let protocol = match ru.syslog_protocol.as_deref() {
+        None | Some("tcp") => Transport::Tcp,
+        Some("udp") => Transport::Udp,
+        Some(other) => return Err(bad("network.uplink.syslog_protocol", format!("`{other}` is not one of tcp, udp"))),
+    };
+    let syslog = match &ru.syslog {
+        None => None,
+        Some(t) => {
+            let addr: SocketAddr =
+                t.parse().map_err(|_| bad("network.uplink.syslog", format!("`{t}` is not an IPv4 address:port")))?;
+            let IpAddr::V4(ip) = addr.ip() else {
+                return Err(bad("network.uplink.syslog", format!("`{t}` is not an IPv4 address:port")));
+            };
+            parse_v4(&ip.to_string(), "network.uplink.syslog", bad)?;
+            if addr.port() == 0 {
+                return Err(bad("network.uplink.syslog", "port 0 is not a port".into()));
+            }
+            Some(SyslogTarget { addr, protocol })
+        }
+    };
+    Ok(UplinkInterface { interface: ru.interface.clone(), addressing, dns, ntp, syslog })
+}
+
+/// Validates an instrument's port keys against the uplink and the instruments before it.
+fn validate_port(
+    n: usize,
+    ri: &RawInstrument,
+    network: &NetworkConfig,
+    before: &[InstrumentConfig],
+    bad: Bad<'_>,
+) -> Result<Option<PortConfig>, ConfigError> {
+    let key = |k: &str| format!("instrument[{n}].{k}");
+    let Some(interface) = &ri.interface else {
+        for (k, given) in [
+            ("box_address", ri.box_address.is_some()),
+            ("address", ri.address.is_some()),
+            ("agent_port", ri.agent_port.is_some()),
+            ("remote_desktop_port", ri.remote_desktop_port.is_some()),
+            ("lis", ri.lis.is_some()),
+        ] {
+            if given {
+                return Err(bad(
+                    &key(k),
+                    format!("needs {} (the port this instrument is cabled to)", key("interface")),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    check_ifname(interface, &key("interface"), bad)?;
+    if let Some(up) = network.uplink.as_ref().filter(|u| &u.interface == interface) {
+        return Err(bad(&key("interface"), format!("`{}` is the uplink (network.uplink.interface)", up.interface)));
+    }
+    if let Some(m) = before.iter().position(|i| i.port.as_ref().is_some_and(|p| &p.interface == interface)) {
+        return Err(bad(&key("interface"), format!("`{interface}` is already used by instrument[{m}]")));
+    }
+    let required = |k: &str| bad(&key(k), format!("is required with {}", key("interface")));
+    let box_address =
+        parse_cidr(ri.box_address.as_deref().ok_or_else(|| required("box_address"))?, &key("box_address"), bad)?;
+    let address = parse_v4(ri.address.as_deref().ok_or_else(|| required("address"))?, &key("address"), bad)?;
+    if address == box_address.addr {
+        return Err(bad(&key("address"), format!("{address} is the box's own address ({})", key("box_address"))));
+    }
+    if !box_address.contains(address) || address == box_address.network() || address == box_address.broadcast() {
+        return Err(bad(
+            &key("address"),
+            format!(
+                "{address} is not a host of the port's subnet {}/{} ({})",
+                box_address.network(),
+                box_address.prefix,
+                key("box_address")
+            ),
+        ));
+    }
+    for (m, other) in before.iter().enumerate() {
+        if let Some(p) = other.port.as_ref().filter(|p| p.box_address.overlaps(&box_address)) {
+            return Err(bad(
+                &key("box_address"),
+                format!(
+                    "subnet {}/{} overlaps instrument[{m}]'s subnet {}/{}",
+                    box_address.network(),
+                    box_address.prefix,
+                    p.box_address.network(),
+                    p.box_address.prefix
+                ),
+            ));
+        }
+    }
+    if let Some(UplinkInterface { addressing: Addressing::Static { address: up, .. }, .. }) = &network.uplink {
+        if up.overlaps(&box_address) {
+            return Err(bad(
+                &key("box_address"),
+                format!(
+                    "subnet {}/{} overlaps the uplink subnet {}/{} (network.uplink.address)",
+                    box_address.network(),
+                    box_address.prefix,
+                    up.network(),
+                    up.prefix
+                ),
+            ));
+        }
+    }
+    let agent_port = ri.agent_port.ok_or_else(|| required("agent_port"))?;
+    if agent_port == 0 {
+        return Err(bad(&key("agent_port"), "port 0 is not a port".into()));
+    }
+    if ri.remote_desktop_port == Some(0) {
+        return Err(bad(&key("remote_desktop_port"), "port 0 is not a port".into()));
+    }
+    let lis = match &ri.lis {
+        None => None,
+        Some(l) => {
+            let host = parse_v4(&l.host, &key("lis.host"), bad)?;
+            if l.instrument_port == 0 || l.instrument_port == agent_port {
+                return Err(bad(
+                    &key("lis.instrument_port"),
+                    format!("{} must be a port other than 0 and the agent port {agent_port}", l.instrument_port),
+                ));
+            }
+            if l.port == 0 {
+                return Err(bad(&key("lis.port"), "port 0 is not a port".into()));
+            }
+            if box_address.contains(host) {
+                return Err(bad(
+                    &key("lis.host"),
+                    format!("{host} is on this instrument's port; the LIS host must be on the uplink side"),
+                ));
+            }
+            if network.uplink.is_none() {
+                return Err(bad(
+                    &key("lis.enabled"),
+                    "the LIS forward goes out of the uplink: network.uplink is required".into(),
+                ));
+            }
+            l.enabled.then_some(LisForward { instrument_port: l.instrument_port, host, port: l.port })
+        }
+    };
+    Ok(Some(PortConfig {
+        interface: interface.clone(),
+        box_address,
+        address,
+        agent_port,
+        remote_desktop_port: ri.remote_desktop_port,
+        lis,
+    }))
 }
 
 fn parse_proxy(p: &str) -> Result<Proxy, String> {
@@ -572,5 +1155,197 @@ listen = "10.10.2.1:7300"
         assert!(e.contains("key `ingest.max_connections_per_port`"), "{e}");
         let e = err(&format!("{GOOD}\n[log]\ntarget = \"kafka\"\n"));
         assert!(e.contains("key `log.target`: `kafka` is not one of syslog, stderr"), "{e}");
+    }
+
+    const PORTS: &str = r#"
+[queue]
+path = "/data/rapd/queue.db"
+
+[uplink]
+url = "https://dc.example.net/api/v1/batches"
+ca = "/data/certs/ca.pem"
+cert = "/data/certs/box.pem"
+key = "/data/certs/box.key"
+
+[network.uplink]
+interface = "eth0"
+addressing = "static"
+address = "192.0.2.10/24"
+gateway = "192.0.2.1"
+dns = ["192.0.2.53"]
+ntp = ["192.0.2.123"]
+syslog = "192.0.2.50:6514"
+
+[firewall]
+enabled = true
+
+[[instrument]]
+serial = "DXI-0001"
+model = "DxI 800"
+interface = "eth1"
+box_address = "10.10.1.1/24"
+address = "10.10.1.2"
+agent_port = 7300
+remote_desktop_port = 5900
+
+[instrument.lis]
+enabled = true
+instrument_port = 5000
+host = "192.0.2.40"
+port = 5001
+
+[[instrument]]
+serial = "AU-0002"
+interface = "eth2"
+box_address = "10.10.2.1/24"
+address = "10.10.2.2"
+agent_port = 7300
+"#;
+
+    #[test]
+    fn ports_and_firewall() {
+        let c = parse(PORTS).unwrap();
+        assert!(c.firewall.enabled);
+        assert_eq!(c.firewall.drift_check, Duration::from_secs(5));
+        let up = c.network.uplink.as_ref().unwrap();
+        assert_eq!(up.interface, "eth0");
+        assert_eq!(
+            up.addressing,
+            Addressing::Static {
+                address: "192.0.2.10/24".parse().unwrap(),
+                gateway: Some(Ipv4Addr::new(192, 0, 2, 1))
+            }
+        );
+        assert_eq!(up.syslog.unwrap().protocol, Transport::Tcp);
+        let p = c.instruments[0].port.as_ref().unwrap();
+        assert_eq!(c.instruments[0].listen, "10.10.1.1:7300".parse().unwrap());
+        assert_eq!(p.lis, Some(LisForward { instrument_port: 5000, host: Ipv4Addr::new(192, 0, 2, 40), port: 5001 }));
+        assert_eq!(p.remote_desktop_port, Some(5900));
+        assert_eq!(c.instruments[1].port.as_ref().unwrap().lis, None);
+        // Without the new sections nothing is managed.
+        let c = parse(GOOD).unwrap();
+        assert!(!c.firewall.enabled && c.network.uplink.is_none() && c.instruments.iter().all(|i| i.port.is_none()));
+    }
+
+    #[test]
+    fn port_errors_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "10.10.2.1/24\"\naddress = \"10.10.2.2",
+                "10.10.1.129/25\"\naddress = \"10.10.1.130",
+                "key `instrument[1].box_address`: subnet 10.10.1.128/25 overlaps instrument[0]'s subnet 10.10.1.0/24",
+            ),
+            (
+                "address = \"10.10.2.2\"",
+                "address = \"10.10.3.2\"",
+                "key `instrument[1].address`: 10.10.3.2 is not a host of the port's subnet 10.10.2.0/24",
+            ),
+            (
+                "address = \"10.10.2.2\"",
+                "address = \"10.10.2.1\"",
+                "key `instrument[1].address`: 10.10.2.1 is the box's own address",
+            ),
+            (
+                "address = \"10.10.2.2\"",
+                "address = \"10.10.2.255\"",
+                "key `instrument[1].address`: 10.10.2.255 is not a host",
+            ),
+            ("\"AU-0002\"", "\"DXI-0001\"", "key `instrument[1].serial`: `DXI-0001` is configured twice"),
+            (
+                "interface = \"eth2\"",
+                "interface = \"eth1\"",
+                "key `instrument[1].interface`: `eth1` is already used by instrument[0]",
+            ),
+            ("interface = \"eth2\"", "interface = \"eth0\"", "key `instrument[1].interface`: `eth0` is the uplink"),
+            (
+                "interface = \"eth2\"",
+                "interface = \"eth2/x\"",
+                "key `instrument[1].interface`: `eth2/x` is not an interface name",
+            ),
+            (
+                "10.10.2.1/24\"\naddress = \"10.10.2.2",
+                "192.0.2.129/25\"\naddress = \"192.0.2.130",
+                "key `instrument[1].box_address`: subnet 192.0.2.128/25 overlaps the uplink subnet 192.0.2.0/24",
+            ),
+            ("10.10.2.1/24", "10.10.2.1/31", "key `instrument[1].box_address`: prefix /31 is outside /8../30"),
+            (
+                "address = \"10.10.2.2\"",
+                "address = \"10.10.2.2\"\nlisten = \"10.10.2.1:7300\"",
+                "key `instrument[1].listen`: must not be given",
+            ),
+            (
+                "host = \"192.0.2.40\"",
+                "host = \"10.10.2.9\"",
+                "key `instrument[0].lis.host`: 10.10.2.9 is on instrument[1]'s port",
+            ),
+            ("instrument_port = 5000", "instrument_port = 7300", "key `instrument[0].lis.instrument_port`"),
+            (
+                "gateway = \"192.0.2.1\"",
+                "gateway = \"192.0.3.1\"",
+                "key `network.uplink.gateway`: 192.0.3.1 is not another host",
+            ),
+            (
+                "dns = [\"192.0.2.53\"]",
+                "dns = [\"192.0.2.53\", \"x\"]",
+                "key `network.uplink.dns[1]`: `x` is not an IPv4 address",
+            ),
+            (
+                "dns = [\"192.0.2.53\"]",
+                "dns = []",
+                "key `network.uplink.dns`: is empty, but `dc.example.net` must be resolved",
+            ),
+            (
+                "addressing = \"static\"",
+                "addressing = \"dhcp\"",
+                "key `network.uplink.address`: must not be given with addressing = \"dhcp\"",
+            ),
+            (
+                "addressing = \"static\"",
+                "addressing = \"ppp\"",
+                "key `network.uplink.addressing`: `ppp` is not one of static, dhcp",
+            ),
+            ("syslog = \"192.0.2.50:6514\"", "syslog = \"logs.example.net:6514\"", "key `network.uplink.syslog`"),
+            (
+                "[firewall]\nenabled = true",
+                "[firewall]\nenabled = true\ndrift_check_s = 0",
+                "key `firewall.drift_check_s`: 0 is outside 1..=3600",
+            ),
+            (
+                "[firewall]\nenabled = true",
+                "[firewall]\nenabled = false",
+                "key `instrument[0].lis.enabled`: the LIS forward is made by the firewall",
+            ),
+        ];
+        for (from, to, want) in cases {
+            assert!(PORTS.contains(from), "{from}");
+            let e = err(&PORTS.replacen(from, to, 1));
+            assert!(e.starts_with("/etc/rapbox/rapd.toml: "), "{e}");
+            assert!(e.contains(want), "replacing {from:?} by {to:?}: {e}\nwanted: {want}");
+        }
+    }
+
+    #[test]
+    fn firewall_needs_uplink_and_ports() {
+        let e = err(&format!("{GOOD}\n[firewall]\nenabled = true\n"));
+        assert!(e.contains("key `network.uplink`: is required with firewall.enabled = true"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[firewall]\nenabled = true\n[network.uplink]\ninterface = \"eth0\"\naddressing = \"dhcp\"\n"
+        ));
+        assert!(e.contains("key `instrument[0].interface`: is required with firewall.enabled = true"), "{e}");
+        let e = err(&GOOD.replace("listen = \"10.10.2.1:7300\"", "agent_port = 7300"));
+        assert!(e.contains("key `instrument[1].agent_port`: needs instrument[1].interface"), "{e}");
+        let e = err(&GOOD.replace("listen = \"10.10.2.1:7300\"", ""));
+        assert!(e.contains("key `instrument[1].listen`: missing"), "{e}");
+    }
+
+    #[test]
+    fn cidr_arithmetic() {
+        let a: Ipv4Cidr = "10.10.1.1/24".parse().unwrap();
+        assert_eq!(a.network(), Ipv4Addr::new(10, 10, 1, 0));
+        assert_eq!(a.broadcast(), Ipv4Addr::new(10, 10, 1, 255));
+        assert!(a.contains(Ipv4Addr::new(10, 10, 1, 200)) && !a.contains(Ipv4Addr::new(10, 10, 2, 1)));
+        assert!(a.overlaps(&"10.10.0.1/16".parse().unwrap()));
+        assert!(!a.overlaps(&"10.10.2.1/24".parse().unwrap()));
+        assert!("10.10.1.1".parse::<Ipv4Cidr>().is_err() && "10.10.1.1/33".parse::<Ipv4Cidr>().is_err());
     }
 }
