@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fips;
+pub mod firewall;
 pub mod ingest;
 pub mod logging;
 pub mod queue;
