@@ -581,7 +581,7 @@ fn bench_rapd(a: &Args, dir: &Path, dc: &Dc, client: &Client) -> Result<RapdResu
     let nginx0 = nginx_cpu(&nginx);
     let t = Instant::now();
     let mut last = Instant::now();
-    // rapd answers each status request on a fresh thread and computes the queue depth:
+    // rapd answers each status request on a fresh thread and scans the queue (oldest_received_ms):
     // polling every 20 ms cost it ~10 CPU-s per million messages, so poll at 4 Hz.
     wait_until("the backlog to drain", timeout, Duration::from_millis(250), || {
         sampler.sample();
@@ -1091,8 +1091,8 @@ impl Report<'_> {
               (reset through `/proc/PID/clear_refs` between phases).\n";
         s += "- **rapd drain**: nginx (rendered by `rapdc::frontdoor`, mutual TLS, FIPS suites) and the rapdc backend \
               (SQLite) come up; the drain time runs from nginx's start until rapd's queue depth is 0 (uplink \
-              backoff at most 500 ms), polled at 4 Hz (each status request costs rapd a thread and a depth \
-              count, so faster polling slows the drain measurably). Bytes on the wire per message: the sum of nginx's `$request_length` (request \
+              backoff at most 500 ms), polled at 4 Hz (each status request costs rapd a thread and a \
+              `SELECT MIN(received)` over the queue, so faster polling slows the drain measurably). Bytes on the wire per message: the sum of nginx's `$request_length` (request \
               line, headers and body as received, after TLS decryption: TLS record overhead is not included, for either \
               peer) over all batch POSTs, divided by the messages; rapd's own compressed body bytes (`uplink.bytes_sent`) \
               are shown too.\n";
@@ -1105,6 +1105,9 @@ impl Report<'_> {
               every line received. Drain: nginx up, time until the backend has counted every line. syslog-ng's disk \
               buffer never calls fsync and TCP syslog has no application acks, so its \"ingest\" is not durable in \
               rapd's sense.\n";
+        s += "- The payloads are `rapsim::StatusText`: consecutive reports of one instrument differ in a few \
+              characters (slowly drifting readings), so zstd over a 5000-record batch shrinks them to about 1–2 bytes \
+              each. Real instruments may vary more; syslog-ng's `http()` sends the lines uncompressed.\n";
         s += "- Everything runs on the same machine at the same time as the load shown above; the simulator/senders \
               compete with the daemon for the CPUs.\n";
         s
