@@ -10,7 +10,7 @@ PKGS=(
   # root filesystem from Debian's own tooling + a local flat repository
   mmdebstrap apt-utils debian-archive-keyring
   # disk image assembly from plain files (no loop devices, no mounts)
-  fdisk mtools dosfstools e2fsprogs
+  fdisk mtools dosfstools e2fsprogs faketime
   # kernel modules, compression
   kmod zstd xz-utils gzip cpio
   # boot: UEFI firmware and boot loader

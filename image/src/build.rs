@@ -32,19 +32,13 @@ pub enum BuildError {
     #[error(transparent)]
     Cmd(#[from] CmdError),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Missing(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io {
-        path: path.into(),
-        source,
-    }
+    move |source| BuildError::Io { path: path.into(), source }
 }
 
 /// Inputs of one build besides the recipe.
@@ -75,11 +69,7 @@ pub fn lock(recipe: &Recipe, cache_dir: &Path) -> Result<Lock, BuildError> {
     std::fs::create_dir_all(&work).map_err(io(&work))?;
     let log = work.join("mmdebstrap.log");
     let _ = std::fs::remove_file(&log);
-    t.step(&format!(
-        "resolving {} packages with mmdebstrap (log: {})",
-        recipe.debian.packages.len(),
-        log.display()
-    ));
+    t.step(&format!("resolving {} packages with mmdebstrap (log: {})", recipe.debian.packages.len(), log.display()));
     let mut packages = rootfs::resolve(recipe, &work, &cache.debs(), &log)?;
     t.step("fetching boot packages");
     cache.update(&recipe.debian.mirrors)?;
@@ -87,24 +77,11 @@ pub fn lock(recipe: &Recipe, cache_dir: &Path) -> Result<Lock, BuildError> {
         let path = cache.download(&recipe.debian.mirrors, name, None)?;
         let (n, version, arch) = crate::cache::deb_identity(&path)?;
         let sha256 = crate::cache::sha256_file(&path).map_err(io(&path))?;
-        packages.push(Package {
-            name: n,
-            version,
-            arch,
-            sha256,
-            role: Role::Boot,
-        });
+        packages.push(Package { name: n, version, arch, sha256, role: Role::Boot });
     }
-    let lock = Lock {
-        recipe_fingerprint: recipe.lock_fingerprint(),
-        packages,
-    };
+    let lock = Lock { recipe_fingerprint: recipe.lock_fingerprint(), packages };
     lock.write(&recipe.lock_path())?;
-    t.step(&format!(
-        "wrote {} ({} packages)",
-        recipe.lock_path().display(),
-        lock.packages.len()
-    ));
+    t.step(&format!("wrote {} ({} packages)", recipe.lock_path().display(), lock.packages.len()));
     Ok(lock)
 }
 
@@ -121,35 +98,21 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
     std::fs::create_dir_all(&work).map_err(io(&work))?;
     let log = work.join("build.log");
 
-    t.step(&format!(
-        "checking {} locked packages in {}",
-        lock.packages.len(),
-        cache.debs().display()
-    ));
+    t.step(&format!("checking {} locked packages in {}", lock.packages.len(), cache.debs().display()));
     let all: Vec<&Package> = lock.packages.iter().collect();
     let fetched = cache.ensure(&recipe.debian.mirrors, &all)?;
     if fetched > 0 {
         t.step(&format!("downloaded {fetched} packages"));
     }
 
-    let kpkg = lock.kernel().ok_or_else(|| {
-        BuildError::Missing("the lock has no linux-image-<abi>-amd64 package".into())
-    })?;
+    let kpkg =
+        lock.kernel().ok_or_else(|| BuildError::Missing("the lock has no linux-image-<abi>-amd64 package".into()))?;
     let idx = ModuleIndex::for_deb(&cache.path_of(kpkg), &kpkg.sha256, &opts.cache)?;
     let modules: Vec<String> = idx.closure(&recipe.kernel.modules)?.into_iter().collect();
-    t.step(&format!(
-        "kernel {}: keeping {} modules",
-        idx.version,
-        modules.len()
-    ));
+    t.step(&format!("kernel {}: keeping {} modules", idx.version, modules.len()));
 
     let root = work.join("root");
-    t.step(&format!(
-        "mmdebstrap {} {} (offline, log: {})",
-        recipe.debian.suite,
-        recipe.debian.variant,
-        log.display()
-    ));
+    t.step(&format!("mmdebstrap {} {} (offline, log: {})", recipe.debian.suite, recipe.debian.variant, log.display()));
     rootfs::bootstrap(recipe, &lock, &cache, &modules, &work, &root, &log)?;
 
     t.step("overlay, binaries, FIPS provider, post-build");
@@ -162,10 +125,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
     let kver = &idx.version;
     let vmlinuz = boot.join("vmlinuz");
     let initrd = boot.join("initrd.img");
-    for (from, to) in [
-        (format!("boot/vmlinuz-{kver}"), &vmlinuz),
-        (format!("boot/initrd.img-{kver}"), &initrd),
-    ] {
+    for (from, to) in [(format!("boot/vmlinuz-{kver}"), &vmlinuz), (format!("boot/initrd.img-{kver}"), &initrd)] {
         let src = root.join(&from);
         std::fs::copy(&src, to).map_err(io(&src))?;
         std::fs::remove_file(&src).map_err(io(&src))?;
@@ -195,25 +155,13 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
     let rootfs_parts: Vec<&Placed> = placed
         .iter()
         .zip(&recipe.layout.partitions)
-        .filter(|(_, p)| {
-            matches!(p.content, Content::Rootfs | Content::Empty) && p.kind.starts_with("root")
-        })
+        .filter(|(_, p)| matches!(p.content, Content::Rootfs | Content::Empty) && p.kind.starts_with("root"))
         .map(|(pl, _)| pl)
         .collect();
-    let slot_a = rootfs_parts
-        .first()
-        .map(|p| p.uuid.clone())
-        .unwrap_or_default();
-    let slot_b = rootfs_parts
-        .get(1)
-        .map(|p| p.uuid.clone())
-        .unwrap_or_default();
-    let cmdline = |slot: &str, uuid: &str| {
-        format!(
-            "root=PARTUUID={uuid} ro {} rapbox.slot={slot}",
-            recipe.kernel.cmdline
-        )
-    };
+    let slot_a = rootfs_parts.first().map(|p| p.uuid.clone()).unwrap_or_default();
+    let slot_b = rootfs_parts.get(1).map(|p| p.uuid.clone()).unwrap_or_default();
+    let cmdline =
+        |slot: &str, uuid: &str| format!("root=PARTUUID={uuid} ro {} rapbox.slot={slot}", recipe.kernel.cmdline);
     for (slot, uuid) in [("a", &slot_a), ("b", &slot_b)] {
         let p = boot.join(format!("cmdline-{slot}"));
         std::fs::write(&p, format!("{}\n", cmdline(slot, uuid))).map_err(io(&p))?;
@@ -223,11 +171,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
     t.step("EFI system partition");
     let bootpkgs = work.join("bootpkgs");
     for p in lock.with_role(Role::Boot) {
-        cmd::output(
-            cmd::new("dpkg-deb", ["-x"])
-                .arg(cache.path_of(p))
-                .arg(&bootpkgs),
-        )?;
+        cmd::output(cmd::new("dpkg-deb", ["-x"]).arg(cache.path_of(p)).arg(&bootpkgs))?;
     }
     let sdboot = bootpkgs.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
     if !sdboot.is_file() {
@@ -241,9 +185,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
         std::fs::create_dir_all(esp.join(d)).map_err(io(&esp))?;
     }
     let cp = |from: &Path, to: &str| -> Result<(), BuildError> {
-        std::fs::copy(from, esp.join(to))
-            .map(|_| ())
-            .map_err(io(from))
+        std::fs::copy(from, esp.join(to)).map(|_| ()).map_err(io(from))
     };
     cp(&sdboot, "EFI/BOOT/BOOTX64.EFI")?;
     cp(&sdboot, "EFI/systemd/systemd-bootx64.efi")?;
@@ -253,7 +195,10 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
         let p = esp.join(to);
         std::fs::write(&p, text).map_err(io(&p))
     };
-    write("loader/loader.conf", "default rapbox-a.conf\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n".into())?;
+    write(
+        "loader/loader.conf",
+        "default rapbox-a.conf\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n".into(),
+    )?;
     for (slot, uuid) in [("a", &slot_a), ("b", &slot_b)] {
         write(
             &format!("loader/entries/rapbox-{slot}.conf"),
@@ -272,8 +217,7 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
         let p = data.join(&d.path);
         std::fs::create_dir_all(&p).map_err(io(&p))?;
         let mode = u32::from_str_radix(&d.mode, 8).unwrap_or(0o755);
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(io(&p))?;
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io(&p))?;
     }
 
     for dir in [&root, &esp, &data] {
@@ -285,23 +229,12 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
         let fs_uuid = disk::derived_uuid(&[name, ver, "filesystem", &p.name]);
         let label = p.fs_label.clone().unwrap_or_else(|| p.name.clone());
         match p.content {
-            Content::Rootfs => disk::ext4(
-                &root, &pl.image, &p.name, &label, &fs_uuid, p.size_mib, epoch,
-            )?,
-            Content::Data => disk::ext4(
-                &data, &pl.image, &p.name, &label, &fs_uuid, p.size_mib, epoch,
-            )?,
+            Content::Rootfs => disk::ext4(&root, &pl.image, &p.name, &label, &fs_uuid, p.size_mib, epoch)?,
+            Content::Data => disk::ext4(&data, &pl.image, &p.name, &label, &fs_uuid, p.size_mib, epoch)?,
             Content::Empty => disk::empty(&pl.image, p.size_mib)?,
             Content::Esp => {
                 let vol = fs_uuid.replace('-', "")[..8].to_string();
-                disk::vfat(
-                    &esp,
-                    &pl.image,
-                    &p.name,
-                    &recipe.layout.esp_label,
-                    &vol,
-                    p.size_mib,
-                )?
+                disk::vfat(&esp, &pl.image, &p.name, &recipe.layout.esp_label, &vol, p.size_mib, epoch)?
             }
         }
     }
@@ -327,24 +260,14 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
         disk_label_id: label_id,
         partitions: placed
             .iter()
-            .map(|p| Placed {
-                image: PathBuf::from(format!("{}.part", p.name)),
-                ..p.clone()
-            })
+            .map(|p| Placed { image: PathBuf::from(format!("{}.part", p.name)), ..p.clone() })
             .collect(),
     };
     manifest.write(&out.join("manifest.json"))?;
     let img_name = format!("{name}.img");
     manifest::write_sums(
         out,
-        &[
-            &img_name,
-            "boot/vmlinuz",
-            "boot/vmlinux",
-            "boot/initrd.img",
-            "boot/cmdline-a",
-            "manifest.json",
-        ],
+        &[&img_name, "boot/vmlinuz", "boot/vmlinux", "boot/initrd.img", "boot/cmdline-a", "manifest.json"],
     )?;
     std::fs::remove_dir_all(work.join("root")).map_err(io(&work))?;
     for pl in &placed {
@@ -361,17 +284,11 @@ fn unmount_below(dir: &Path) {
         return;
     };
     let prefix = format!("{}/", dir.display());
-    let mut below: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
+    let mut below: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&prefix)).collect();
     below.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in below {
         eprintln!("rapimage: unmounting {m} left by an earlier failed build");
-        let _ = std::process::Command::new("umount")
-            .arg("--lazy")
-            .arg(m)
-            .status();
+        let _ = std::process::Command::new("umount").arg("--lazy").arg(m).status();
     }
 }

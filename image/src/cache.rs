@@ -13,23 +13,11 @@ use crate::lock::Package;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{name}={version}: the mirrors no longer serve this pinned version ({detail}); restore the .deb into {cache} or run `rapimage lock` to move to the versions served now")]
-    NotServed {
-        name: String,
-        version: String,
-        cache: PathBuf,
-        detail: String,
-    },
+    NotServed { name: String, version: String, cache: PathBuf, detail: String },
     #[error("{path}: SHA-256 {actual} does not match the lock ({expected}); the file was changed or the mirror serves a different build")]
-    Hash {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Hash { path: PathBuf, expected: String, actual: String },
     #[error(transparent)]
     Cmd(#[from] CmdError),
 }
@@ -41,10 +29,7 @@ pub struct Cache {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.into(),
-        source,
-    }
+    move |source| CacheError::Io { path: path.into(), source }
 }
 
 /// SHA-256 of a file, hex.
@@ -78,11 +63,7 @@ impl Cache {
         let sources = base.join("etc/sources.list");
         let mut text = String::new();
         for m in mirrors {
-            let line = m.replacen(
-                "deb ",
-                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ",
-                1,
-            );
+            let line = m.replacen("deb ", "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ", 1);
             text.push_str(&line);
             text.push('\n');
         }
@@ -115,12 +96,7 @@ impl Cache {
 
     /// Downloads `name=version` (or the candidate when `version` is None) into the
     /// cache and returns the file.
-    pub fn download(
-        &self,
-        mirrors: &[String],
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<PathBuf, CacheError> {
+    pub fn download(&self, mirrors: &[String], name: &str, version: Option<&str>) -> Result<PathBuf, CacheError> {
         let tmp = self.dir.join("download");
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let spec = match version {
@@ -165,16 +141,9 @@ impl Cache {
     /// Makes sure every package is in the cache with the locked hash, downloading what
     /// is missing. Returns how many were downloaded.
     pub fn ensure(&self, mirrors: &[String], packages: &[&Package]) -> Result<usize, CacheError> {
-        let missing: Vec<&&Package> = packages
-            .iter()
-            .filter(|p| !self.path_of(p).exists())
-            .collect();
+        let missing: Vec<&&Package> = packages.iter().filter(|p| !self.path_of(p).exists()).collect();
         if !missing.is_empty() {
-            eprintln!(
-                "rapimage: fetching {} locked packages into {}",
-                missing.len(),
-                self.debs().display()
-            );
+            eprintln!("rapimage: fetching {} locked packages into {}", missing.len(), self.debs().display());
             self.update(mirrors)?;
             for p in &missing {
                 self.download(mirrors, &p.name, Some(&p.version))?;
@@ -192,11 +161,7 @@ impl Cache {
             }
             let actual = sha256_file(&path).map_err(io(&path))?;
             if actual != p.sha256 {
-                return Err(CacheError::Hash {
-                    path,
-                    expected: p.sha256.clone(),
-                    actual,
-                });
+                return Err(CacheError::Hash { path, expected: p.sha256.clone(), actual });
             }
         }
         Ok(missing.len())
@@ -205,25 +170,14 @@ impl Cache {
 
 /// (Package, Version, Architecture) from a .deb's control file.
 pub fn deb_identity(deb: &Path) -> Result<(String, String, String), CacheError> {
-    let out = cmd::stdout(
-        cmd::new(
-            "dpkg-deb",
-            [
-                "--showformat=${Package}\\t${Version}\\t${Architecture}",
-                "-W",
-            ],
-        )
-        .arg(deb),
-    )?;
+    let out =
+        cmd::stdout(cmd::new("dpkg-deb", ["--showformat=${Package}\\t${Version}\\t${Architecture}", "-W"]).arg(deb))?;
     let mut it = out.trim().split('\t');
     match (it.next(), it.next(), it.next()) {
         (Some(n), Some(v), Some(a)) => Ok((n.into(), v.into(), a.into())),
         _ => Err(CacheError::Io {
             path: deb.into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "dpkg-deb -W printed no identity",
-            ),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "dpkg-deb -W printed no identity"),
         }),
     }
 }

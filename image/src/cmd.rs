@@ -10,11 +10,7 @@ pub enum CmdError {
     #[error("cannot run `{cmd}`: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Failed {
-        cmd: String,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
+    Failed { cmd: String, status: std::process::ExitStatus, stderr: String },
 }
 
 /// The command line as text, for messages.
@@ -41,23 +37,13 @@ fn tail(bytes: &[u8]) -> String {
 /// Runs `c`, capturing its output; fails unless it exits 0.
 pub fn output(c: &mut Command) -> Result<Output, CmdError> {
     let cmd = describe(c);
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| CmdError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
+    let out = c.stdin(Stdio::null()).output().map_err(|source| CmdError::Spawn { cmd: cmd.clone(), source })?;
     if !out.status.success() {
         let mut stderr = tail(&out.stderr);
         if stderr.trim().is_empty() {
             stderr = tail(&out.stdout);
         }
-        return Err(CmdError::Failed {
-            cmd,
-            status: out.status,
-            stderr,
-        });
+        return Err(CmdError::Failed { cmd, status: out.status, stderr });
     }
     Ok(out)
 }
@@ -70,12 +56,7 @@ pub fn stdout(c: &mut Command) -> Result<String, CmdError> {
 /// Runs `c` with its output sent to `log` (appended), failing with the log's tail.
 pub fn logged(c: &mut Command, log: &Path) -> Result<(), CmdError> {
     let cmd = describe(c);
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-    };
+    let open = || std::fs::OpenOptions::new().create(true).append(true).open(log);
     let (out, err) = match (open(), open()) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(source), _) | (_, Err(source)) => return Err(CmdError::Spawn { cmd, source }),
@@ -85,17 +66,10 @@ pub fn logged(c: &mut Command, log: &Path) -> Result<(), CmdError> {
         .stdout(out)
         .stderr(err)
         .status()
-        .map_err(|source| CmdError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
+        .map_err(|source| CmdError::Spawn { cmd: cmd.clone(), source })?;
     if !status.success() {
         let text = std::fs::read(log).unwrap_or_default();
-        return Err(CmdError::Failed {
-            cmd,
-            status,
-            stderr: format!("(log {})\n{}", log.display(), tail(&text)),
-        });
+        return Err(CmdError::Failed { cmd, status, stderr: format!("(log {})\n{}", log.display(), tail(&text)) });
     }
     Ok(())
 }

@@ -10,27 +10,19 @@ use crate::cmd::{self, CmdError};
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Cmd(#[from] CmdError),
     #[error("{deb}: no /lib/modules/<version> directory in the kernel package")]
     NoModules { deb: PathBuf },
-    #[error(
-        "kernel {version}: module `{module}` from the recipe is neither a module nor built in"
-    )]
+    #[error("kernel {version}: module `{module}` from the recipe is neither a module nor built in")]
     UnknownModule { version: String, module: String },
     #[error("{path}: no compressed payload that decompresses to an ELF vmlinux")]
     NoVmlinux { path: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
-    move |source| KernelError::Io {
-        path: path.into(),
-        source,
-    }
+    move |source| KernelError::Io { path: path.into(), source }
 }
 
 /// Module metadata of one kernel, as depmod computes it.
@@ -96,10 +88,7 @@ impl ModuleIndex {
         for line in read("modules.dep")?.lines() {
             if let Some((m, deps)) = line.split_once(':') {
                 idx.paths.insert(modname(m), m.to_string());
-                idx.deps.insert(
-                    m.to_string(),
-                    deps.split_whitespace().map(str::to_string).collect(),
-                );
+                idx.deps.insert(m.to_string(), deps.split_whitespace().map(str::to_string).collect());
             }
         }
         for line in read("modules.softdep")?.lines() {
@@ -108,10 +97,7 @@ impl ModuleIndex {
                 continue;
             }
             let Some(m) = words.next() else { continue };
-            let soft = words
-                .filter(|w| !w.ends_with(':'))
-                .map(|w| w.replace('-', "_"))
-                .collect();
+            let soft = words.filter(|w| !w.ends_with(':')).map(|w| w.replace('-', "_")).collect();
             idx.softdeps.insert(m.replace('-', "_"), soft);
         }
         for line in read("modules.builtin")?.lines() {
@@ -129,12 +115,7 @@ impl ModuleIndex {
             match self.paths.get(&name) {
                 Some(p) => todo.push(p.clone()),
                 None if self.builtin.contains(&name) => {}
-                None => {
-                    return Err(KernelError::UnknownModule {
-                        version: self.version.clone(),
-                        module: w.clone(),
-                    })
-                }
+                None => return Err(KernelError::UnknownModule { version: self.version.clone(), module: w.clone() }),
             }
         }
         while let Some(p) = todo.pop() {
@@ -158,10 +139,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), KernelError> {
     let data = std::fs::read(bzimage).map_err(io(bzimage))?;
     let candidates: [(&[u8], &[&str]); 3] = [
         (&[0x28, 0xb5, 0x2f, 0xfd], &["zstd", "-dcq"]),
-        (
-            &[0xfd, b'7', b'z', b'X', b'Z', 0x00],
-            &["xz", "-dcq", "--single-stream"],
-        ),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], &["xz", "-dcq", "--single-stream"]),
         (&[0x1f, 0x8b, 0x08], &["gzip", "-dcq"]),
     ];
     for (magic, tool) in candidates {
@@ -185,9 +163,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<(), KernelError> {
             }
         }
     }
-    Err(KernelError::NoVmlinux {
-        path: bzimage.into(),
-    })
+    Err(KernelError::NoVmlinux { path: bzimage.into() })
 }
 
 #[cfg(test)]
@@ -210,20 +186,11 @@ mod tests {
         ] {
             idx.paths.insert(n.into(), p.into());
         }
-        idx.deps.insert(
-            "kernel/fs/ext4/ext4.ko".into(),
-            vec!["kernel/fs/jbd2/jbd2.ko".into()],
-        );
-        idx.softdeps.insert(
-            "ext4".into(),
-            vec!["crc32c".into(), "crc32c_generic".into()],
-        );
+        idx.deps.insert("kernel/fs/ext4/ext4.ko".into(), vec!["kernel/fs/jbd2/jbd2.ko".into()]);
+        idx.softdeps.insert("ext4".into(), vec!["crc32c".into(), "crc32c_generic".into()]);
         idx.builtin.insert("unix".into());
         let c = idx.closure(&["ext4".into(), "unix".into()]).unwrap();
         assert_eq!(c.len(), 3);
-        assert!(matches!(
-            idx.closure(&["nope".into()]),
-            Err(KernelError::UnknownModule { .. })
-        ));
+        assert!(matches!(idx.closure(&["nope".into()]), Err(KernelError::UnknownModule { .. })));
     }
 }

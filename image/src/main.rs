@@ -13,10 +13,7 @@ use rapimage::provision::{self, Identity};
 use rapimage::recipe::Recipe;
 
 #[derive(Parser)]
-#[command(
-    name = "rapimage",
-    about = "Build the rapbox firmware disk image from image/recipe.toml"
-)]
+#[command(name = "rapimage", about = "Build the rapbox firmware disk image from image/recipe.toml")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -54,10 +51,7 @@ enum Cmd {
         #[arg(long, default_value = "build/image/manifest.json")]
         manifest: PathBuf,
         /// rapd configuration template with @DATACENTER_URL@.
-        #[arg(
-            long,
-            default_value = "buildroot-overlay/rootfs/usr/share/rapbox/rapd.toml.in"
-        )]
+        #[arg(long, default_value = "buildroot-overlay/rootfs/usr/share/rapbox/rapd.toml.in")]
         template: PathBuf,
         #[arg(long)]
         ca: PathBuf,
@@ -80,26 +74,15 @@ fn main() {
 
 fn run() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Build {
-            recipe,
-            out,
-            cache,
-            binaries,
-            without_fips,
-        } => {
+        Cmd::Build { recipe, out, cache, binaries, without_fips } => {
             let recipe = Recipe::load(&recipe)?;
             let mut map = BTreeMap::new();
             for b in binaries {
-                let Some((name, path)) = b.split_once('=') else {
-                    bail!("--binary `{b}`: expected NAME=PATH")
-                };
+                let Some((name, path)) = b.split_once('=') else { bail!("--binary `{b}`: expected NAME=PATH") };
                 if !recipe.binaries.iter().any(|rb| rb.name == name) {
                     bail!("--binary `{b}`: the recipe has no binary named `{name}`");
                 }
-                map.insert(
-                    name.to_string(),
-                    rapimage::cmd::absolute(&PathBuf::from(path)),
-                );
+                map.insert(name.to_string(), rapimage::cmd::absolute(&PathBuf::from(path)));
             }
             let opts = BuildOptions {
                 out: rapimage::cmd::absolute(&out),
@@ -114,21 +97,8 @@ fn run() -> Result<()> {
             let recipe = Recipe::load(&recipe)?;
             build::lock(&recipe, &rapimage::cmd::absolute(&cache)).context("lock failed")?;
         }
-        Cmd::Provision {
-            image,
-            manifest,
-            template,
-            ca,
-            cert,
-            key,
-            url,
-        } => {
-            provision::provision(
-                &image,
-                &manifest,
-                &template,
-                &Identity { ca, cert, key, url },
-            )?;
+        Cmd::Provision { image, manifest, template, ca, cert, key, url } => {
+            provision::provision(&image, &manifest, &template, &Identity { ca, cert, key, url })?;
             println!("provisioned {}", image.display());
         }
     }

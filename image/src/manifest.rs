@@ -12,10 +12,7 @@ use crate::rootfs::Installed;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Serialize)]
@@ -40,10 +37,7 @@ impl Manifest<'_> {
     pub fn write(&self, path: &Path) -> Result<(), ManifestError> {
         let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
         text.push('\n');
-        std::fs::write(path, text).map_err(|source| ManifestError::Io {
-            path: path.into(),
-            source,
-        })
+        std::fs::write(path, text).map_err(|source| ManifestError::Io { path: path.into(), source })
     }
 }
 
@@ -52,15 +46,9 @@ pub fn write_sums(dir: &Path, files: &[&str]) -> Result<(), ManifestError> {
     let mut text = String::new();
     for f in files {
         let p = dir.join(f);
-        let h = crate::cache::sha256_file(&p).map_err(|source| ManifestError::Io {
-            path: p.clone(),
-            source,
-        })?;
+        let h = crate::cache::sha256_file(&p).map_err(|source| ManifestError::Io { path: p.clone(), source })?;
         text.push_str(&format!("{h}  {f}\n"));
     }
     let out = dir.join("SHA256SUMS");
-    std::fs::write(&out, text).map_err(|source| ManifestError::Io {
-        path: out.clone(),
-        source,
-    })
+    std::fs::write(&out, text).map_err(|source| ManifestError::Io { path: out.clone(), source })
 }

@@ -9,10 +9,7 @@ use crate::cmd::{self, CmdError};
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Cmd(#[from] CmdError),
     #[error("{path}: no partition named `{name}` in the manifest")]
@@ -33,40 +30,26 @@ pub struct Identity {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError + '_ {
-    move |source| ProvisionError::Io {
-        path: path.into(),
-        source,
-    }
+    move |source| ProvisionError::Io { path: path.into(), source }
 }
 
 /// (start MiB, size MiB) of partition `name` from the build's manifest.json.
 pub fn partition(manifest: &Path, name: &str) -> Result<(u64, u64), ProvisionError> {
     let text = std::fs::read_to_string(manifest).map_err(io(manifest))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ProvisionError::Manifest {
-            path: manifest.into(),
-            message: e.to_string(),
-        })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ProvisionError::Manifest { path: manifest.into(), message: e.to_string() })?;
     v["partitions"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| p["name"] == name)
         .and_then(|p| Some((p["start_mib"].as_u64()?, p["size_mib"].as_u64()?)))
-        .ok_or_else(|| ProvisionError::NoPartition {
-            path: manifest.into(),
-            name: name.into(),
-        })
+        .ok_or_else(|| ProvisionError::NoPartition { path: manifest.into(), name: name.into() })
 }
 
 /// Writes `id` into the data partition of `image`; `template` is the rapd
 /// configuration template (with @DATACENTER_URL@) from the overlay.
-pub fn provision(
-    image: &Path,
-    manifest: &Path,
-    template: &Path,
-    id: &Identity,
-) -> Result<(), ProvisionError> {
+pub fn provision(image: &Path, manifest: &Path, template: &Path, id: &Identity) -> Result<(), ProvisionError> {
     if !id.url.starts_with("https://") {
         return Err(ProvisionError::Url(id.url.clone()));
     }

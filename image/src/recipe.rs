@@ -9,18 +9,11 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("{path}: cannot read recipe: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: key `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,75 +151,36 @@ impl Recipe {
     /// Reads and validates the recipe at `path`.
     pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
         let path = crate::cmd::absolute(path);
-        let text = std::fs::read_to_string(&path).map_err(|source| RecipeError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let raw: Raw = toml::from_str(&text).map_err(|e| RecipeError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let root = path
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
-        let bad = |key: &str, message: String| RecipeError::Invalid {
-            path: path.clone(),
-            key: key.into(),
-            message,
-        };
+        let text = std::fs::read_to_string(&path).map_err(|source| RecipeError::Read { path: path.clone(), source })?;
+        let raw: Raw =
+            toml::from_str(&text).map_err(|e| RecipeError::Parse { path: path.clone(), message: e.to_string() })?;
+        let root = path.parent().and_then(Path::parent).unwrap_or(Path::new("/")).to_path_buf();
+        let bad = |key: &str, message: String| RecipeError::Invalid { path: path.clone(), key: key.into(), message };
         if raw.debian.packages.is_empty() {
-            return Err(bad(
-                "debian.packages",
-                "must list at least one package".into(),
-            ));
+            return Err(bad("debian.packages", "must list at least one package".into()));
         }
         for p in raw.debian.packages.iter().chain(&raw.debian.boot_packages) {
-            if p.is_empty()
-                || !p
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-            {
-                return Err(bad(
-                    "debian.packages",
-                    format!("`{p}` is not a Debian package name"),
-                ));
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+                return Err(bad("debian.packages", format!("`{p}` is not a Debian package name")));
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in raw.layout.partitions.iter().enumerate() {
             if !seen.insert(p.name.clone()) {
-                return Err(bad(
-                    &format!("layout.partitions[{i}].name"),
-                    format!("`{}` is used twice", p.name),
-                ));
+                return Err(bad(&format!("layout.partitions[{i}].name"), format!("`{}` is used twice", p.name)));
             }
             if crate::disk::type_guid(&p.kind).is_none() {
                 return Err(bad(
                     &format!("layout.partitions[{i}].type"),
-                    format!(
-                        "unknown partition type `{}` (esp, root-x86-64, linux)",
-                        p.kind
-                    ),
+                    format!("unknown partition type `{}` (esp, root-x86-64, linux)", p.kind),
                 ));
             }
             if p.size_mib == 0 {
-                return Err(bad(
-                    &format!("layout.partitions[{i}].size_mib"),
-                    "must be > 0".into(),
-                ));
+                return Err(bad(&format!("layout.partitions[{i}].size_mib"), "must be > 0".into()));
             }
         }
         for c in [Content::Esp, Content::Rootfs, Content::Data] {
-            if raw
-                .layout
-                .partitions
-                .iter()
-                .filter(|p| p.content == c)
-                .count()
-                != 1
-            {
+            if raw.layout.partitions.iter().filter(|p| p.content == c).count() != 1 {
                 return Err(bad(
                     "layout.partitions",
                     format!("exactly one partition must have content = \"{c:?}\" (lowercase)"),
@@ -234,16 +188,10 @@ impl Recipe {
             }
         }
         for (i, d) in raw.data.dirs.iter().enumerate() {
-            if u32::from_str_radix(&d.mode, 8).is_err()
-                || d.path.starts_with('/')
-                || d.path.contains("..")
-            {
+            if u32::from_str_radix(&d.mode, 8).is_err() || d.path.starts_with('/') || d.path.contains("..") {
                 return Err(bad(
                     &format!("data.dirs[{i}]"),
-                    format!(
-                        "`{}` mode `{}`: need a relative path and an octal mode",
-                        d.path, d.mode
-                    ),
+                    format!("`{}` mode `{}`: need a relative path and an octal mode", d.path, d.mode),
                 ));
             }
         }
@@ -277,10 +225,7 @@ impl Recipe {
 
     /// SOURCE_DATE_EPOCH from the environment, else the recipe's.
     pub fn epoch(&self) -> u64 {
-        std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(self.image.source_date_epoch)
+        std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(self.image.source_date_epoch)
     }
 
     /// What the lock depends on: the mirrors and package lists (hex SHA-256).

@@ -13,10 +13,7 @@ use crate::recipe::Recipe;
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Cmd(#[from] CmdError),
     #[error("installed packages differ from the lock: {0}")]
@@ -28,10 +25,7 @@ pub enum RootfsError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
-    move |source| RootfsError::Io {
-        path: path.into(),
-        source,
-    }
+    move |source| RootfsError::Io { path: path.into(), source }
 }
 
 /// Options for mmdebstrap common to `lock` and `build`.
@@ -60,7 +54,11 @@ fn setup_tree(recipe: &Recipe, dir: &Path) -> Result<(), RootfsError> {
     std::fs::create_dir_all(&conf).map_err(io(&conf))?;
     std::fs::create_dir_all(&hooks).map_err(io(&hooks))?;
     let c = conf.join("rapbox.conf");
-    std::fs::write(&c, "# rapbox: only the listed modules, klibc tools, zstd.\nMODULES=list\nBUSYBOX=n\nCOMPRESS=zstd\nRESUME=none\n").map_err(io(&c))?;
+    std::fs::write(
+        &c,
+        "# rapbox: only the listed modules, klibc tools, zstd.\nMODULES=list\nBUSYBOX=n\nCOMPRESS=zstd\nRESUME=none\n",
+    )
+    .map_err(io(&c))?;
     let h = hooks.join("rapbox-modules");
     let mods = recipe.kernel.initramfs_modules.join(" ");
     let text = format!(
@@ -81,10 +79,7 @@ pub fn installed(root: &Path) -> Result<BTreeMap<String, (String, String)>, Root
     let out = cmd::stdout(
         cmd::new("dpkg-query", ["--admindir"])
             .arg(root.join("var/lib/dpkg"))
-            .args([
-                "-W",
-                "-f=${db:Status-Abbrev}\\t${Package}\\t${Version}\\t${Architecture}\\n",
-            ]),
+            .args(["-W", "-f=${db:Status-Abbrev}\\t${Package}\\t${Version}\\t${Architecture}\\n"]),
     )?;
     let mut m = BTreeMap::new();
     for line in out.lines() {
@@ -98,12 +93,7 @@ pub fn installed(root: &Path) -> Result<BTreeMap<String, (String, String)>, Root
 
 /// Runs mmdebstrap against the real mirrors and returns the packages it installed,
 /// with the .debs it downloaded copied into `debs_out` (for `rapimage lock`).
-pub fn resolve(
-    recipe: &Recipe,
-    work: &Path,
-    debs_out: &Path,
-    log: &Path,
-) -> Result<Vec<Package>, RootfsError> {
+pub fn resolve(recipe: &Recipe, work: &Path, debs_out: &Path, log: &Path) -> Result<Vec<Package>, RootfsError> {
     let target = work.join("lock-root");
     let _ = std::fs::remove_dir_all(&target);
     let setup = work.join("setup");
@@ -129,27 +119,16 @@ pub fn resolve(
     for e in std::fs::read_dir(&archives).map_err(io(&archives))? {
         let p = e.map_err(io(&archives))?.path();
         if p.extension().is_some_and(|x| x == "deb") {
-            let id =
-                crate::cache::deb_identity(&p).map_err(|e| RootfsError::Mismatch(e.to_string()))?;
+            let id = crate::cache::deb_identity(&p).map_err(|e| RootfsError::Mismatch(e.to_string()))?;
             by_id.insert(id, p);
         }
     }
     let mut pkgs = Vec::new();
     for (name, (version, arch)) in inst {
-        let src = by_id
-            .get(&(name.clone(), version.clone(), arch.clone()))
-            .ok_or_else(|| {
-                RootfsError::Mismatch(format!(
-                    "{name}={version} is installed but its .deb was not kept by mmdebstrap"
-                ))
-            })?;
-        let mut p = Package {
-            name,
-            version,
-            arch,
-            sha256: String::new(),
-            role: Role::Rootfs,
-        };
+        let src = by_id.get(&(name.clone(), version.clone(), arch.clone())).ok_or_else(|| {
+            RootfsError::Mismatch(format!("{name}={version} is installed but its .deb was not kept by mmdebstrap"))
+        })?;
+        let mut p = Package { name, version, arch, sha256: String::new(), role: Role::Rootfs };
         let dest = debs_out.join(p.filename());
         std::fs::copy(src, &dest).map_err(io(&dest))?;
         p.sha256 = crate::cache::sha256_file(&dest).map_err(io(&dest))?;
@@ -204,8 +183,7 @@ pub fn bootstrap(
     log: &Path,
 ) -> Result<(), RootfsError> {
     let repo = work.join("repo");
-    let date =
-        cmd::stdout(cmd::new("date", ["-u", "-R", "-d"]).arg(format!("@{}", recipe.epoch())))?;
+    let date = cmd::stdout(cmd::new("date", ["-u", "-R", "-d"]).arg(format!("@{}", recipe.epoch())))?;
     flat_repo(lock, cache, &repo, &recipe.debian.suite, date.trim())?;
     let setup = work.join("setup");
     setup_tree(recipe, &setup)?;
@@ -221,23 +199,28 @@ pub fn bootstrap(
         // selection alone would not reproduce the locked set.
         .arg(format!(
             "--include={}",
-            lock.with_role(Role::Rootfs)
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            lock.with_role(Role::Rootfs).map(|p| p.name.as_str()).collect::<Vec<_>>().join(",")
         ))
         .arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount")
         .arg(format!("--setup-hook=cp -a {}/. \"$1\"/", setup.display()));
     if !recipe.debian.purge.is_empty() {
-        c.arg(format!(
-            "--customize-hook=chroot \"$1\" dpkg --purge {}",
-            recipe.debian.purge.join(" ")
-        ));
+        c.arg(format!("--customize-hook=chroot \"$1\" dpkg --purge {}", recipe.debian.purge.join(" ")));
     }
-    c.arg(&recipe.debian.suite)
-        .arg(target)
-        .arg(format!("deb [trusted=yes] file://{} ./", repo.display()));
+    c.arg(&recipe.debian.suite).arg(target).arg(format!("deb [trusted=yes] file://{} ./", repo.display()));
     cmd::logged(&mut c, log)?;
+    // The file-mirror hook leaves the repository's mount point path behind, and the
+    // sources.list names the build directory: neither belongs in the image (apt is
+    // not used on the box).
+    let mut dir = target.join(repo.strip_prefix("/").unwrap_or(&repo));
+    while dir.starts_with(target) && dir != target {
+        if std::fs::remove_dir(&dir).is_err() {
+            break;
+        }
+        dir = dir.parent().unwrap_or(target).to_path_buf();
+    }
+    for f in ["etc/apt/sources.list", "etc/apt/apt.conf.d/99mmdebstrap", "etc/dpkg/dpkg.cfg.d/99mmdebstrap"] {
+        let _ = std::fs::remove_file(target.join(f));
+    }
     verify_installed(recipe, lock, target)
 }
 
@@ -249,9 +232,7 @@ fn verify_installed(recipe: &Recipe, lock: &Lock, target: &Path) -> Result<(), R
     for p in lock.with_role(Role::Rootfs) {
         match inst.get(&p.name) {
             Some((v, _)) if *v == p.version => {}
-            Some((v, _)) => {
-                problems.push(format!("{} {} installed, {} locked", p.name, v, p.version))
-            }
+            Some((v, _)) => problems.push(format!("{} {} installed, {} locked", p.name, v, p.version)),
             None if recipe.debian.purge.contains(&p.name) => {}
             None => problems.push(format!("{} {} locked but not installed", p.name, p.version)),
         }
@@ -270,10 +251,7 @@ fn verify_installed(recipe: &Recipe, lock: &Lock, target: &Path) -> Result<(), R
 
 /// Copies a tree onto the root (Buildroot overlay semantics: verbatim, root-owned).
 pub fn copy_tree(src: &Path, dest: &Path) -> Result<(), RootfsError> {
-    let mut entries: Vec<_> = std::fs::read_dir(src)
-        .map_err(io(src))?
-        .collect::<Result<_, _>>()
-        .map_err(io(src))?;
+    let mut entries: Vec<_> = std::fs::read_dir(src).map_err(io(src))?.collect::<Result<_, _>>().map_err(io(src))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let from = e.path();
@@ -332,29 +310,16 @@ pub fn customize(
         copy_tree(&recipe.resolve(dir), root)?;
     }
     for b in &recipe.binaries {
-        let src = binaries
-            .get(&b.name)
-            .cloned()
-            .unwrap_or_else(|| recipe.resolve(&b.source));
+        let src = binaries.get(&b.name).cloned().unwrap_or_else(|| recipe.resolve(&b.source));
         if !src.is_file() {
-            return Err(RootfsError::MissingBinary {
-                name: b.name.clone(),
-                path: src,
-            });
+            return Err(RootfsError::MissingBinary { name: b.name.clone(), path: src });
         }
         install_file(&src, root, &b.dest, 0o755)?;
         let sha256 = crate::cache::sha256_file(&src).map_err(io(&src))?;
-        done.push(Installed {
-            name: b.name.clone(),
-            source: src,
-            dest: b.dest.clone(),
-            sha256,
-        });
+        done.push(Installed { name: b.name.clone(), source: src, dest: b.dest.clone(), sha256 });
     }
     let f = &recipe.fips;
-    let module_dir = std::env::var_os("RAPBOX_FIPS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| f.module_dir.clone());
+    let module_dir = std::env::var_os("RAPBOX_FIPS_DIR").map(PathBuf::from).unwrap_or_else(|| f.module_dir.clone());
     let module = module_dir.join(&f.module);
     if fips {
         if !module.is_file() {
@@ -363,20 +328,12 @@ pub fn customize(
         // Copied byte for byte: its HMAC is checked by `openssl fipsinstall` on the box.
         install_file(&module, root, &f.image_module, 0o644)?;
         let sha256 = crate::cache::sha256_file(&module).map_err(io(&module))?;
-        done.push(Installed {
-            name: "fips.so".into(),
-            source: module,
-            dest: f.image_module.clone(),
-            sha256,
-        });
+        done.push(Installed { name: "fips.so".into(), source: module, dest: f.image_module.clone(), sha256 });
     }
     let tpl = recipe.resolve(&f.config_template);
     let text = std::fs::read_to_string(&tpl).map_err(io(&tpl))?;
     let text = text
-        .replace(
-            "@FIPSMODULE_CNF@",
-            &f.image_fipsmodule_cnf.to_string_lossy(),
-        )
+        .replace("@FIPSMODULE_CNF@", &f.image_fipsmodule_cnf.to_string_lossy())
         .replace("@FIPS_MODULE@", &f.image_module.to_string_lossy());
     let cfg = root.join(f.image_config.strip_prefix("/").unwrap_or(&f.image_config));
     std::fs::create_dir_all(cfg.parent().unwrap_or(root)).map_err(io(&cfg))?;
@@ -397,10 +354,7 @@ pub fn customize(
 
     if let Some(script) = &recipe.overlay.post_build {
         let script = recipe.resolve(script);
-        cmd::logged(
-            cmd::new("sh", [&script]).arg(root).env("TARGET_DIR", root),
-            log,
-        )?;
+        cmd::logged(cmd::new("sh", [&script]).arg(root).env("TARGET_DIR", root), log)?;
     }
     remove_identity(root)?;
     Ok(done)
@@ -416,21 +370,12 @@ pub fn remove_identity(root: &Path) -> Result<(), RootfsError> {
     if ssh.is_dir() {
         for e in std::fs::read_dir(&ssh).map_err(io(&ssh))? {
             let p = e.map_err(io(&ssh))?.path();
-            if p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("ssh_host_"))
-            {
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ssh_host_")) {
                 std::fs::remove_file(&p).map_err(io(&p))?;
             }
         }
     }
-    for d in [
-        "var/cache/apt",
-        "var/lib/apt",
-        "var/log",
-        "var/cache/debconf",
-        "tmp",
-        "var/tmp",
-    ] {
+    for d in ["var/cache/apt", "var/lib/apt", "var/log", "var/cache/debconf", "tmp", "var/tmp"] {
         let p = root.join(d);
         if !p.is_dir() {
             continue;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 /// The shell prompt set after login; the command that sets it is written so that its
 /// echo does not contain it.
 pub const PROMPT: &str = "RAPQ-PROMPT# ";
-const SET_PROMPT: &str = "bind 'set enable-bracketed-paste off' 2>/dev/null; stty -echo cols 250; export PS1='RAPQ''-PROMPT# '";
+const SET_PROMPT: &str =
+    "bind 'set enable-bracketed-paste off' 2>/dev/null; stty -echo cols 250; export PS1='RAPQ''-PROMPT# '";
 
 #[derive(Default)]
 struct Shared {
@@ -27,27 +28,16 @@ pub struct Console {
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Console")
-            .field("log", &self.log)
-            .field("cursor", &self.cursor)
-            .finish()
+        f.debug_struct("Console").field("log", &self.log).field("cursor", &self.cursor).finish()
     }
 }
 
 impl Console {
     /// Starts collecting `output` (QEMU's serial stdout) into memory and `log`.
-    pub fn new(
-        output: impl Read + Send + 'static,
-        input: impl Write + Send + 'static,
-        log: &Path,
-    ) -> Console {
+    pub fn new(output: impl Read + Send + 'static, input: impl Write + Send + 'static, log: &Path) -> Console {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let s2 = shared.clone();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .ok();
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
         std::thread::spawn(move || {
             let mut output = output;
             let mut buf = [0u8; 4096];
@@ -63,25 +53,17 @@ impl Console {
                 if let Some(f) = file.as_mut() {
                     let _ = f.write_all(&buf[..n]);
                 }
-                g.text
-                    .push_str(&strip_ansi(&String::from_utf8_lossy(&buf[..n])));
+                g.text.push_str(&strip_ansi(&String::from_utf8_lossy(&buf[..n])));
                 cv.notify_all();
             }
         });
-        Console {
-            shared,
-            cursor: 0,
-            input: Box::new(input),
-            log: log.to_path_buf(),
-        }
+        Console { shared, cursor: 0, input: Box::new(input), log: log.to_path_buf() }
     }
 
     fn tail(&self) -> String {
         let g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
         let start = g.text.len().saturating_sub(1500);
-        let start = (start..g.text.len())
-            .find(|i| g.text.is_char_boundary(*i))
-            .unwrap_or(g.text.len());
+        let start = (start..g.text.len()).find(|i| g.text.is_char_boundary(*i)).unwrap_or(g.text.len());
         g.text[start..].to_string()
     }
 
@@ -113,21 +95,13 @@ impl Console {
             if g.closed || now >= deadline {
                 return None;
             }
-            g = cv
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            g = cv.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
     /// Everything received so far.
     pub fn text(&self) -> String {
-        self.shared
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .text
-            .clone()
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).text.clone()
     }
 
     /// Types `line` and Enter.
@@ -153,10 +127,7 @@ impl Console {
         self.send(&format!("{cmd}; echo \"RAPQ-RC=$?\""));
         let out = self.expect(PROMPT, timeout);
         let (body, rc) = match out.rfind("RAPQ-RC=") {
-            Some(i) => (
-                out[..i].to_string(),
-                out[i + 8..].trim().parse().unwrap_or(-1),
-            ),
+            Some(i) => (out[..i].to_string(), out[i + 8..].trim().parse().unwrap_or(-1)),
             None => (out, -1),
         };
         (body.trim_start_matches('\n').to_string(), rc)
@@ -200,9 +171,6 @@ pub fn strip_ansi(s: &str) -> String {
 mod tests {
     #[test]
     fn strips_colours_and_bracketed_paste() {
-        assert_eq!(
-            super::strip_ansi("\u{1b}[?2004hA\u{1b}[0;1;31mB\u{1b}[0m\r\n"),
-            "AB\n"
-        );
+        assert_eq!(super::strip_ansi("\u{1b}[?2004hA\u{1b}[0;1;31mB\u{1b}[0m\r\n"), "AB\n");
     }
 }

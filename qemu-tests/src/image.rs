@@ -23,37 +23,18 @@ pub struct Built {
 
 /// The built image, or the reason it is not there (the test then skips).
 pub fn built() -> Result<Built, String> {
-    let dir = std::env::var_os("RAPBOX_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("build/image"));
+    let dir =
+        std::env::var_os("RAPBOX_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("build/image"));
     let disk = dir.join("rapbox.img");
     let vmlinux = dir.join("boot/vmlinux");
     let initrd = dir.join("boot/initrd.img");
-    for p in [
-        &disk,
-        &vmlinux,
-        &initrd,
-        &dir.join("boot/cmdline-a"),
-        &dir.join("manifest.json"),
-    ] {
+    for p in [&disk, &vmlinux, &initrd, &dir.join("boot/cmdline-a"), &dir.join("manifest.json")] {
         if !p.is_file() {
-            return Err(format!(
-                "{} not found: build the image first (scripts/build-image.sh)",
-                p.display()
-            ));
+            return Err(format!("{} not found: build the image first (scripts/build-image.sh)", p.display()));
         }
     }
-    let cmdline_a = std::fs::read_to_string(dir.join("boot/cmdline-a"))
-        .map_err(|e| e.to_string())?
-        .trim()
-        .to_string();
-    Ok(Built {
-        dir,
-        disk,
-        vmlinux,
-        initrd,
-        cmdline_a,
-    })
+    let cmdline_a = std::fs::read_to_string(dir.join("boot/cmdline-a")).map_err(|e| e.to_string())?.trim().to_string();
+    Ok(Built { dir, disk, vmlinux, initrd, cmdline_a })
 }
 
 /// Prints the reason and returns None when the image has not been built.
@@ -68,45 +49,28 @@ pub fn built_or_skip(test: &str) -> Option<Built> {
 }
 
 fn partition(manifest: &Path, name: &str) -> Result<(u64, u64), HarnessError> {
-    let text = std::fs::read_to_string(manifest).map_err(|source| HarnessError::Io {
-        path: manifest.into(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| HarnessError::Setup(format!("{}: {e}", manifest.display())))?;
+    let text =
+        std::fs::read_to_string(manifest).map_err(|source| HarnessError::Io { path: manifest.into(), source })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| HarnessError::Setup(format!("{}: {e}", manifest.display())))?;
     v["partitions"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| p["name"] == name)
         .and_then(|p| Some((p["start_mib"].as_u64()?, p["size_mib"].as_u64()?)))
-        .ok_or_else(|| {
-            HarnessError::Setup(format!("{}: no partition `{name}`", manifest.display()))
-        })
+        .ok_or_else(|| HarnessError::Setup(format!("{}: no partition `{name}`", manifest.display())))
 }
 
 fn make_test_base(b: &Built, base: &Path) -> Result<(), HarnessError> {
     let work = base.with_extension("d");
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|source| HarnessError::Io {
-        path: work.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&work).map_err(|source| HarnessError::Io { path: work.clone(), source })?;
     let tmp = base.with_extension("tmp");
-    run(
-        "cp",
-        &[
-            "--sparse=always",
-            &b.disk.to_string_lossy(),
-            &tmp.to_string_lossy(),
-        ],
-    )?;
+    run("cp", &["--sparse=always", &b.disk.to_string_lossy(), &tmp.to_string_lossy()])?;
     let (start, size) = partition(&b.dir.join("manifest.json"), "root-a")?;
     let part = work.join("root.part");
-    let (img, p) = (
-        tmp.to_string_lossy().into_owned(),
-        part.to_string_lossy().into_owned(),
-    );
+    let (img, p) = (tmp.to_string_lossy().into_owned(), part.to_string_lossy().into_owned());
     run(
         "dd",
         &[
@@ -120,10 +84,7 @@ fn make_test_base(b: &Built, base: &Path) -> Result<(), HarnessError> {
         ],
     )?;
     let shadow = run("debugfs", &["-R", "cat /etc/shadow", &p])?;
-    let hash = run(
-        "openssl",
-        &["passwd", "-6", "-salt", "rapboxtest", TEST_PASSWORD],
-    )?;
+    let hash = run("openssl", &["passwd", "-6", "-salt", "rapboxtest", TEST_PASSWORD])?;
     let mut patched = String::new();
     for line in shadow.lines() {
         match line.split_once(':') {
@@ -138,32 +99,16 @@ fn make_test_base(b: &Built, base: &Path) -> Result<(), HarnessError> {
         }
     }
     let sf = work.join("shadow");
-    std::fs::write(&sf, patched).map_err(|source| HarnessError::Io {
-        path: sf.clone(),
-        source,
-    })?;
+    std::fs::write(&sf, patched).map_err(|source| HarnessError::Io { path: sf.clone(), source })?;
     let cmds = work.join("cmds");
     let script = format!("rm /etc/shadow\nwrite {} /etc/shadow\nsif /etc/shadow mode 0100640\nsif /etc/shadow uid 0\nsif /etc/shadow gid 42\n", sf.display());
-    std::fs::write(&cmds, script).map_err(|source| HarnessError::Io {
-        path: cmds.clone(),
-        source,
-    })?;
+    std::fs::write(&cmds, script).map_err(|source| HarnessError::Io { path: cmds.clone(), source })?;
     run("debugfs", &["-w", "-f", &cmds.to_string_lossy(), &p])?;
     run(
         "dd",
-        &[
-            &format!("if={p}"),
-            &format!("of={img}"),
-            "bs=1M",
-            &format!("seek={start}"),
-            "conv=notrunc",
-            "status=none",
-        ],
+        &[&format!("if={p}"), &format!("of={img}"), "bs=1M", &format!("seek={start}"), "conv=notrunc", "status=none"],
     )?;
-    std::fs::rename(&tmp, base).map_err(|source| HarnessError::Io {
-        path: base.into(),
-        source,
-    })?;
+    std::fs::rename(&tmp, base).map_err(|source| HarnessError::Io { path: base.into(), source })?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
@@ -190,17 +135,7 @@ pub fn overlay(b: &Built, test: &str) -> Result<PathBuf, HarnessError> {
     let _ = std::fs::remove_file(&path);
     run(
         "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            &base.to_string_lossy(),
-            &path.to_string_lossy(),
-        ],
+        &["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &base.to_string_lossy(), &path.to_string_lossy()],
     )?;
     Ok(path)
 }

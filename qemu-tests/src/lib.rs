@@ -17,18 +17,12 @@ use std::time::Duration;
 
 /// The workspace root (parent of this crate).
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
 }
 
 /// `secs` scaled by RAPBOX_QEMU_TIMEOUT_MULT.
 pub fn timeout(secs: u64) -> Duration {
-    let mult: f64 = std::env::var("RAPBOX_QEMU_TIMEOUT_MULT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+    let mult: f64 = std::env::var("RAPBOX_QEMU_TIMEOUT_MULT").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
     Duration::from_secs_f64(secs as f64 * mult.max(0.1))
 }
 
@@ -43,10 +37,7 @@ pub fn log_dir() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("`{cmd}` failed: {stderr}")]
     Cmd { cmd: String, stderr: String },
     #[error("{0}")]
@@ -58,10 +49,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, HarnessError> {
     let out = std::process::Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| HarnessError::Cmd {
-            cmd: format!("{program} {}", args.join(" ")),
-            stderr: e.to_string(),
-        })?;
+        .map_err(|e| HarnessError::Cmd { cmd: format!("{program} {}", args.join(" ")), stderr: e.to_string() })?;
     if !out.status.success() {
         return Err(HarnessError::Cmd {
             cmd: format!("{program} {}", args.join(" ")),

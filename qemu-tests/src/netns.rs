@@ -17,10 +17,7 @@ impl Netns {
         let name = format!("rapq{}-{tag}", std::process::id());
         let _ = run("ip", &["netns", "del", &name]);
         run("ip", &["netns", "add", &name])?;
-        let ns = Netns {
-            name,
-            taps: Vec::new(),
-        };
+        let ns = Netns { name, taps: Vec::new() };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         let mut ns = ns;
         for i in 0..taps {

@@ -60,18 +60,7 @@ fn accel() -> &'static str {
 fn kvm_probe() -> bool {
     // A firmware-only boot that must print to the debug console within 10 s.
     let out = Command::new("timeout")
-        .args([
-            "10",
-            "qemu-system-x86_64",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-display",
-            "none",
-            "-serial",
-            "none",
-        ])
+        .args(["10", "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-display", "none", "-serial", "none"])
         .args(["-monitor", "none", "-S", "-no-reboot", "-machine", "q35"])
         .stderr(Stdio::piped())
         .output();
@@ -94,11 +83,7 @@ impl Vm {
             "-accel".into(),
             accel.into(),
             "-cpu".into(),
-            if accel == "kvm" {
-                "host".into()
-            } else {
-                "max".into()
-            },
+            if accel == "kvm" { "host".into() } else { "max".into() },
             "-smp".into(),
             "2".into(),
             "-m".into(),
@@ -114,16 +99,15 @@ impl Vm {
             "-device".into(),
             "virtio-rng-pci".into(),
             "-drive".into(),
-            format!(
-                "file={},if=virtio,format=qcow2,cache=unsafe",
-                cfg.disk.display()
-            ),
+            format!("file={},if=virtio,format=qcow2,cache=unsafe", cfg.disk.display()),
         ];
         let mut netdev = "user,id=uplink,restrict=on,net=10.0.2.0/24".to_string();
         if let Some(port) = cfg.uplink_port {
             // The guest-forward command runs inside the namespace: step back into the
             // host's network namespace to reach the loopback data center.
-            netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:443-cmd:nsenter --net=/proc/1/ns/net socat - TCP:127.0.0.1:{port}"));
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:10.0.2.100:443-cmd:nsenter --net=/proc/1/ns/net socat - TCP:127.0.0.1:{port}"
+            ));
         }
         args.extend([
             "-netdev".into(),
@@ -136,10 +120,7 @@ impl Vm {
                 "-netdev".into(),
                 format!("tap,id=i{i},ifname={tap},script=no,downscript=no"),
                 "-device".into(),
-                format!(
-                    "virtio-net-pci,netdev=i{i},mac=52:54:00:00:01:{:02x}",
-                    i + 1
-                ),
+                format!("virtio-net-pci,netdev=i{i},mac=52:54:00:00:01:{:02x}", i + 1),
             ]);
         }
         match cfg.boot {
@@ -152,18 +133,12 @@ impl Vm {
                 built.cmdline_a.clone(),
             ]),
             Boot::Uefi => {
-                let vars =
-                    crate::workspace().join(format!("target/qemu-tests/{test}-OVMF_VARS.fd"));
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).map_err(|source| {
-                    HarnessError::Io {
-                        path: vars.clone(),
-                        source,
-                    }
-                })?;
+                let vars = crate::workspace().join(format!("target/qemu-tests/{test}-OVMF_VARS.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .map_err(|source| HarnessError::Io { path: vars.clone(), source })?;
                 args.extend([
                     "-drive".into(),
-                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
-                        .into(),
+                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
                     "-drive".into(),
                     format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
                 ]);
@@ -177,26 +152,11 @@ impl Vm {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| HarnessError::Cmd {
-                cmd: cmdline.clone(),
-                stderr: e.to_string(),
-            })?;
-        let out = child
-            .stdout
-            .take()
-            .ok_or_else(|| HarnessError::Setup("no qemu stdout".into()))?;
-        let inp = child
-            .stdin
-            .take()
-            .ok_or_else(|| HarnessError::Setup("no qemu stdin".into()))?;
+            .map_err(|e| HarnessError::Cmd { cmd: cmdline.clone(), stderr: e.to_string() })?;
+        let out = child.stdout.take().ok_or_else(|| HarnessError::Setup("no qemu stdout".into()))?;
+        let inp = child.stdin.take().ok_or_else(|| HarnessError::Setup("no qemu stdin".into()))?;
         let console = Console::new(out, inp, &log);
-        Ok(Vm {
-            child,
-            console,
-            started: Instant::now(),
-            _netns: netns,
-            _guard: guard,
-        })
+        Ok(Vm { child, console, started: Instant::now(), _netns: netns, _guard: guard })
     }
 
     /// Hard power-off (kill -9 of QEMU).

@@ -14,12 +14,7 @@ const BANNER: &str =
 fn start(test: &str, boot: Boot) -> Option<(image::Built, Vm)> {
     let built = image::built_or_skip(test)?;
     let disk = image::overlay(&built, test).expect("test disk");
-    let cfg = VmConfig {
-        boot,
-        disk,
-        uplink_port: None,
-        memory_mib: 1024,
-    };
+    let cfg = VmConfig { boot, disk, uplink_port: None, memory_mib: 1024 };
     let vm = Vm::start(test, &built, &cfg).expect("start qemu");
     Some((built, vm))
 }
@@ -42,49 +37,37 @@ fn direct_boot_shows_banner_login_and_rapd_unit() {
     let t = banner_and_login(&mut vm, 90);
     println!("direct boot: banner and login prompt after {t:.1} s");
     vm.console.login("root", TEST_PASSWORD, timeout(30));
+    let analyze = vm.console.run("systemd-analyze; systemd-analyze blame --no-pager | head -12", timeout(30)).0;
+    println!("{analyze}");
 
-    let show = vm.console.run_ok(
-        "systemctl show -p LoadState -p UnitFileState -p Type rapd.service",
-        timeout(20),
-    );
+    let show = vm.console.run_ok("systemctl show -p LoadState -p UnitFileState -p Type rapd.service", timeout(20));
     assert!(show.contains("LoadState=loaded"), "{show}");
     assert!(show.contains("UnitFileState=enabled"), "{show}");
     assert!(show.contains("Type=notify"), "{show}");
     // The sandbox the unit promises.
-    let sandbox = vm.console.run_ok(
-        "systemctl show -p ProtectSystem -p NoNewPrivileges -p User rapd.service",
-        timeout(20),
-    );
+    let sandbox =
+        vm.console.run_ok("systemctl show -p ProtectSystem -p NoNewPrivileges -p User rapd.service", timeout(20));
     assert!(sandbox.contains("ProtectSystem=strict"), "{sandbox}");
     assert!(sandbox.contains("NoNewPrivileges=yes"), "{sandbox}");
     assert!(sandbox.contains("User=rapd"), "{sandbox}");
 
     // Root is read-only; per-box identity was created on this boot, not shipped.
-    let (_, rc) = vm
-        .console
-        .run("touch /usr/rapq-should-fail 2>/dev/null", timeout(10));
+    let (_, rc) = vm.console.run("touch /usr/rapq-should-fail 2>/dev/null", timeout(10));
     assert_ne!(rc, 0, "root file system is writable");
     let mid = vm.console.run_ok("cat /etc/machine-id", timeout(10));
     assert_eq!(mid.trim().len(), 32, "machine-id: {mid}");
-    vm.console.run_ok(
-        "test -s /data/identity/ssh/ssh_host_ecdsa_key && ! ls /etc/ssh/ssh_host_* 2>/dev/null",
-        timeout(10),
-    );
+    vm.console
+        .run_ok("test -s /data/identity/ssh/ssh_host_ecdsa_key && ! ls /etc/ssh/ssh_host_* 2>/dev/null", timeout(10));
 
     // rapd's own status interface, once the service is active.
-    let active = vm
-        .console
-        .run_ok("systemctl is-active rapd.service || true", timeout(60));
+    let active = vm.console.run_ok("systemctl is-active rapd.service || true", timeout(60));
     if active.trim() == "active" {
         let status = vm.console.run_ok("rapctl status --json", timeout(20));
-        let v: serde_json::Value = serde_json::from_str(status.trim())
-            .unwrap_or_else(|e| panic!("rapctl status --json: {e}: {status}"));
+        let v: serde_json::Value =
+            serde_json::from_str(status.trim()).unwrap_or_else(|e| panic!("rapctl status --json: {e}: {status}"));
         assert!(v.is_object(), "{status}");
     } else {
-        let journal = vm.console.run_ok(
-            "journalctl -u rapd.service --no-pager -n 20 | cat",
-            timeout(20),
-        );
+        let journal = vm.console.run_ok("journalctl -u rapd.service --no-pager -n 20 | cat", timeout(20));
         println!("rapd.service is {}: {journal}", active.trim());
     }
 }
@@ -97,38 +80,17 @@ fn data_partition_and_identity_survive_reboot() {
     banner_and_login(&mut vm, 90);
     vm.console.login("root", TEST_PASSWORD, timeout(30));
     let mid1 = vm.console.run_ok("cat /etc/machine-id", timeout(10));
-    let key1 = vm.console.run_ok(
-        "ssh-keygen -lf /data/identity/ssh/ssh_host_ecdsa_key.pub",
-        timeout(10),
-    );
-    vm.console.run_ok(
-        "echo rapq-persist-42 > /data/config/rapq-marker && sync /data/config/rapq-marker",
-        timeout(10),
-    );
+    let key1 = vm.console.run_ok("ssh-keygen -lf /data/identity/ssh/ssh_host_ecdsa_key.pub", timeout(10));
+    vm.console.run_ok("echo rapq-persist-42 > /data/config/rapq-marker && sync /data/config/rapq-marker", timeout(10));
     vm.console.send("systemctl reboot");
     let t0 = Instant::now();
     banner_and_login(&mut vm, 120);
-    println!(
-        "reboot to login prompt: {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+    println!("reboot to login prompt: {:.1} s", t0.elapsed().as_secs_f64());
     vm.console.login("root", TEST_PASSWORD, timeout(30));
+    assert_eq!(vm.console.run_ok("cat /data/config/rapq-marker", timeout(10)).trim(), "rapq-persist-42");
+    assert_eq!(vm.console.run_ok("cat /etc/machine-id", timeout(10)), mid1, "machine-id changed across reboot");
     assert_eq!(
-        vm.console
-            .run_ok("cat /data/config/rapq-marker", timeout(10))
-            .trim(),
-        "rapq-persist-42"
-    );
-    assert_eq!(
-        vm.console.run_ok("cat /etc/machine-id", timeout(10)),
-        mid1,
-        "machine-id changed across reboot"
-    );
-    assert_eq!(
-        vm.console.run_ok(
-            "ssh-keygen -lf /data/identity/ssh/ssh_host_ecdsa_key.pub",
-            timeout(10)
-        ),
+        vm.console.run_ok("ssh-keygen -lf /data/identity/ssh/ssh_host_ecdsa_key.pub", timeout(10)),
         key1,
         "SSH host key changed across reboot"
     );
@@ -144,8 +106,6 @@ fn uefi_boot_through_systemd_boot_slot_a() {
     vm.console.login("root", TEST_PASSWORD, timeout(30));
     let cmdline = vm.console.run_ok("cat /proc/cmdline", timeout(10));
     assert!(cmdline.contains("rapbox.slot=a"), "{cmdline}");
-    let show = vm
-        .console
-        .run_ok("systemctl show -p LoadState rapd.service", timeout(20));
+    let show = vm.console.run_ok("systemctl show -p LoadState rapd.service", timeout(20));
     assert_eq!(show.trim(), "LoadState=loaded");
 }

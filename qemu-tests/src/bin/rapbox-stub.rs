@@ -59,16 +59,8 @@ fn rapctl(args: &[String]) -> std::io::Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let name = args
-        .first()
-        .and_then(|a| a.rsplit('/').next())
-        .unwrap_or("")
-        .to_string();
-    let res = if name == "rapctl" {
-        rapctl(&args[1..])
-    } else {
-        rapd()
-    };
+    let name = args.first().and_then(|a| a.rsplit('/').next()).unwrap_or("").to_string();
+    let res = if name == "rapctl" { rapctl(&args[1..]) } else { rapd() };
     if let Err(e) = res {
         eprintln!("{name}: {e}");
         std::process::exit(1);
