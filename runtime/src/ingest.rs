@@ -244,7 +244,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         }
     };
     log::info!("instrument {}: agent connected from {peer}", ctx.serial);
-    let mut rd = BufReader::with_capacity(64 * 1024, DeadlineReader { stream, deadline: None });
+    let mut rd = BufReader::with_capacity(16 * 1024, DeadlineReader { stream, deadline: None });
     let mut body = Vec::with_capacity(4096);
     let reason = loop {
         if ctx.stop.load(Ordering::SeqCst) {

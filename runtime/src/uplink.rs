@@ -6,8 +6,10 @@
 //! off exponentially with jitter up to a cap, and `Retry-After` is honoured. The uplink
 //! never holds anything ingest needs: a dead data center only makes the queue grow.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +17,7 @@ use rapwire::batch::{self, BatchAck, Encoder};
 use serde::Serialize;
 
 use crate::config::{ProxyKind, UplinkConfig};
-use crate::queue::{Queue, Row};
+use crate::queue::{ranges_of, Cursor, Queue, Row, SeqRange};
 use crate::tls;
 
 /// What the uplink is doing, for the status interface.
@@ -85,7 +87,13 @@ pub fn agent(cfg: &UplinkConfig) -> Result<ureq::Agent, tls::TlsSetupError> {
     Ok(b.build())
 }
 
+/// Deletions of acknowledged batches that may still be committing at once.
+const MAX_PENDING_DELETES: usize = 4;
+
 /// The uplink loop; returns when `stop` is set.
+///
+/// Batches are read after a per-priority cursor, so while the queue writer commits the
+/// deletion of an acknowledged batch the uplink already reads and posts the next one.
 pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<AtomicBool>) {
     {
         let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,8 +105,37 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
     let mut agent_opt: Option<ureq::Agent> = None;
     let mut backoff = cfg.backoff_initial;
     let mut failures: u32 = 0;
-    let mut last_batch: Option<(i64, i64, usize, u64)> = None;
+    let mut cursor = Cursor::default();
+    let mut pending: VecDeque<Receiver<Result<(), String>>> = VecDeque::new();
+    // The last batch that failed: the same rows are sent again with the same id and body.
+    let mut retry: Option<(Vec<SeqRange>, u64, Vec<u8>)> = None;
     while !stop.load(Ordering::SeqCst) {
+        // Settle finished deletions; a failed one means those rows are still queued: read
+        // from the start again (the data center recognises the resend).
+        while let Some(rx) = pending.front() {
+            let ready = if pending.len() >= MAX_PENDING_DELETES {
+                Some(queue.wait_completed(rx).map_err(|e| e.to_string()))
+            } else {
+                match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => Some(Err("queue writer stopped".into())),
+                }
+            };
+            match ready {
+                None => break,
+                Some(Ok(())) => {
+                    pending.pop_front();
+                }
+                Some(Err(e)) => {
+                    log::error!(
+                        "uplink: delivered rows could not be removed from the queue: {e}; they will be sent again"
+                    );
+                    pending.pop_front();
+                    cursor = Cursor::default();
+                }
+            }
+        }
         let agent = match &agent_opt {
             Some(a) => a.clone(),
             None => match agent(&cfg) {
@@ -120,7 +157,7 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
             },
         };
         let generation = queue.generation();
-        let rows = match queue.next_batch(cfg.batch_max_records, cfg.batch_max_bytes) {
+        let rows = match queue.next_batch(&cursor, cfg.batch_max_records, cfg.batch_max_bytes) {
             Ok(r) => r,
             Err(e) => {
                 log::error!("uplink: reading the queue: {e}");
@@ -134,26 +171,25 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                     s.state = "idle".into();
                 }
             });
-            queue.wait_for_new(generation, Duration::from_secs(1));
+            queue.wait_for_new(generation, Duration::from_millis(if pending.is_empty() { 1000 } else { 20 }));
             continue;
         }
-        let key = (rows[0].seq, rows[rows.len() - 1].seq, rows.len(), 0);
-        let batch_id = match last_batch {
-            Some((a, b, n, id)) if (a, b, n) == (key.0, key.1, key.2) => id,
-            _ => random_u64(),
+        let ranges = ranges_of(&rows);
+        let (batch_id, body) = match retry.take() {
+            Some((r, id, body)) if r == ranges => (id, body),
+            _ => {
+                let id = random_u64();
+                (id, encode(id, queue.dropped_total(), &rows))
+            }
         };
-        last_batch = Some((key.0, key.1, key.2, batch_id));
-        let dropped = queue.stats().dropped_total;
-        let body = encode(batch_id, dropped, &rows);
         set(&|s| s.state = "sending".into());
         let started = Instant::now();
         match post(&agent, &cfg, batch_id, &body) {
             Ok(ack) => {
-                let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-                if let Err(e) = queue.complete(seqs) {
-                    log::error!("uplink: batch {batch_id:016x} acknowledged but not removed from the queue: {e}");
-                    sleep_unless_stopped(&stop, Duration::from_secs(1));
-                    continue;
+                cursor.advance(&ranges);
+                match queue.complete_async(ranges) {
+                    Ok(rx) => pending.push_back(rx),
+                    Err(e) => log::error!("uplink: batch {batch_id:016x} acknowledged but not removed: {e}"),
                 }
                 if failures > 0 {
                     log::info!("uplink: data center reachable again after {failures} failed attempts");
@@ -168,7 +204,6 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                 );
                 failures = 0;
                 backoff = cfg.backoff_initial;
-                last_batch = None;
                 set(&|s| {
                     s.state = "idle".into();
                     s.last_success_ms = Some(now_ms());
@@ -200,10 +235,14 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                     s.consecutive_failures = failures;
                     s.next_attempt_ms = Some(now_ms() + wait.as_millis() as u64);
                 });
+                retry = Some((ranges, batch_id, body));
                 backoff = (backoff * 2).min(cfg.backoff_max);
                 sleep_unless_stopped(&stop, wait);
             }
         }
+    }
+    for rx in pending {
+        let _ = queue.wait_completed(&rx);
     }
     log::info!("uplink stopped");
 }
