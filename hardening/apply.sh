@@ -89,6 +89,11 @@ for f in shadow gshadow; do
     chmod 0640 "$TARGET/etc/$f"
 done
 
+# systemd-sysusers must never re-create the removed accounts: Debian's basic.conf
+# (all of base-passwd's users) is masked by an empty override of the same name.
+mkdir -p "$TARGET/etc/sysusers.d"
+ln -sfn /dev/null "$TARGET/etc/sysusers.d/basic.conf"
+
 # 5. SUID/SGID: cleared on every regular file that is not allow-listed with exactly
 # that mode, owner and group.
 suid_list=$(data "$HERE/policy/suid.allow")

@@ -217,7 +217,10 @@ fn fips() -> Verdict {
         Err(e) => bad.push(e),
         Ok((ok, out)) => {
             if !ok || !out.contains("OpenSSL FIPS Provider") {
-                bad.push(format!("`openssl list -providers` shows no FIPS provider: {}", out.trim()));
+                bad.push(format!(
+                    "`openssl list -providers` shows no FIPS provider: {}",
+                    out.split_whitespace().collect::<Vec<_>>().join(" ")
+                ));
             }
             if out.contains("OpenSSL Default Provider") || out.contains("OpenSSL Legacy Provider") {
                 bad.push("the default or legacy provider is loaded by the system configuration".into());
