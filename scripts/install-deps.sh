@@ -14,7 +14,7 @@ PKGS=(
   # the benchmark's reference peer
   syslog-ng-core syslog-ng-mod-http
   # network namespaces, sqlite inspection
-  iproute2 sqlite3 procps
+  iproute2 sqlite3 procps iptables
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }

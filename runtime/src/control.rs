@@ -34,6 +34,12 @@ pub struct Status {
     pub queue: serde_json::Value,
     pub uplink: serde_json::Value,
     pub ports: serde_json::Value,
+    /// The firewall: `{"enabled": false}` unless rapd manages it.
+    #[serde(default)]
+    pub firewall: serde_json::Value,
+    /// The links rapd manages (uplink and instrument ports), each `up`, `down` or `missing`.
+    #[serde(default)]
+    pub links: serde_json::Value,
 }
 
 /// A response line.
@@ -53,6 +59,14 @@ pub trait Source: Send + Sync {
     fn uplink(&self) -> UplinkStatus;
     fn ports(&self) -> Vec<PortStatus>;
     fn uptime(&self) -> Duration;
+    /// The firewall's status (see `firewall::FirewallStatus`).
+    fn firewall(&self) -> serde_json::Value {
+        serde_json::json!({ "enabled": false })
+    }
+    /// The managed links (see `ports::LinkStatus`).
+    fn links(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
 }
 
 /// Why the control socket could not be served or reached.
@@ -126,6 +140,8 @@ fn status(src: &dyn Source) -> Status {
         queue: v(serde_json::to_value(src.queue())),
         uplink: v(serde_json::to_value(src.uplink())),
         ports: v(serde_json::to_value(src.ports())),
+        firewall: src.firewall(),
+        links: src.links(),
     }
 }
 

@@ -1,6 +1,8 @@
-//! rapd's life: validate configuration, pass the FIPS gate, open the queue, start the
-//! ports, the uplink and the control socket, tell systemd it is ready, and stop
-//! cleanly on SIGTERM — every acknowledged message is already on disk by then.
+//! rapd's life: validate configuration, pass the FIPS gate, apply the firewall policy and
+//! set up the instrument links (only when configured), open the queue, start the ports,
+//! the uplink and the control socket, tell systemd it is ready, and stop cleanly on
+//! SIGTERM — every acknowledged message is already on disk by then. The firewall rules
+//! stay in place when rapd stops or refuses a new configuration.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -13,7 +15,9 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::config::Config;
 use crate::control::{self, Source};
 use crate::fips::{self, FipsState};
+use crate::firewall::{self, Firewall, FirewallError, LogAudit};
 use crate::ingest::{self, Port, PortStatus};
+use crate::ports::{self, LogEvents, PortsError, SharedLinks};
 use crate::queue::{Queue, QueueStats};
 use crate::uplink::{self, SharedStatus, UplinkStatus};
 use crate::{exit, logging};
@@ -23,6 +27,8 @@ struct Daemon {
     queue: Queue,
     uplink: SharedStatus,
     ports: Mutex<Vec<Port>>,
+    firewall: Option<firewall::guard::SharedStatus>,
+    links: Option<SharedLinks>,
     started: Instant,
 }
 
@@ -41,6 +47,22 @@ impl Source for Daemon {
     }
     fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+    fn firewall(&self) -> serde_json::Value {
+        match &self.firewall {
+            None => serde_json::json!({ "enabled": false }),
+            Some(f) => {
+                serde_json::to_value(&*f.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(serde_json::Value::Null)
+            }
+        }
+    }
+    fn links(&self) -> serde_json::Value {
+        match &self.links {
+            None => serde_json::Value::Array(Vec::new()),
+            Some(l) => {
+                serde_json::to_value(&*l.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(serde_json::Value::Null)
+            }
+        }
     }
 }
 
@@ -76,6 +98,48 @@ pub fn run(config_path: &Path) -> i32 {
         eprintln!("rapd: cannot block signals: {e}");
         return exit::FAILURE;
     }
+
+    // Links and rules before any port listens. Nothing here runs unless configured.
+    let links = ports::plan(&cfg);
+    if !links.is_empty() {
+        if let Err(e) = ports::check_interfaces(&links) {
+            log::error!("{e}; the firewall rules in place were left unchanged");
+            eprintln!("rapd: {e}; the firewall rules in place were left unchanged");
+            return if matches!(e, PortsError::UnknownInterface { .. }) { exit::CONFIG } else { exit::LISTEN };
+        }
+    }
+    let fw = if cfg.firewall.enabled {
+        match Firewall::apply(firewall::policy(&cfg), firewall::Tools::system(), Arc::new(LogAudit)) {
+            Ok(f) => {
+                log::info!("firewall: policy applied ({} rules)", f.status().lock().map(|s| s.rule_count).unwrap_or(0));
+                Some(f)
+            }
+            Err(e) => {
+                log::error!("firewall: {e}");
+                eprintln!("rapd: firewall: {e}");
+                return if matches!(e, FirewallError::UnknownInterface { .. }) { exit::CONFIG } else { exit::FAILURE };
+            }
+        }
+    } else {
+        if !links.is_empty() {
+            log::warn!(
+                "firewall management is off ([firewall] enabled = false): the instrument ports are not filtered"
+            );
+        }
+        None
+    };
+    let link_status = if links.is_empty() {
+        None
+    } else {
+        match ports::configure(&links) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("{e}");
+                eprintln!("rapd: {e}");
+                return if matches!(e, PortsError::UnknownInterface { .. }) { exit::CONFIG } else { exit::LISTEN };
+            }
+        }
+    };
 
     let (queue, writer) = match Queue::open(&cfg.queue.path, cfg.queue.quota_bytes, cfg.queue.dedup_retention) {
         Ok(q) => q,
@@ -121,6 +185,8 @@ pub fn run(config_path: &Path) -> i32 {
         queue: queue.clone(),
         uplink: uplink_status.clone(),
         ports: Mutex::new(ports),
+        firewall: fw.as_ref().map(Firewall::status),
+        links: link_status.clone(),
         started: Instant::now(),
     });
 
@@ -140,6 +206,26 @@ pub fn run(config_path: &Path) -> i32 {
             eprintln!("rapd: cannot start threads");
             return exit::FAILURE;
         }
+    };
+    let guard = match fw {
+        None => None,
+        Some(f) => match f.spawn_guard(cfg.firewall.drift_check, stop.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("rapd: cannot start the firewall guard: {e}");
+                return exit::FAILURE;
+            }
+        },
+    };
+    let watcher = match link_status {
+        None => None,
+        Some(st) => match ports::spawn_watcher(links, st, Arc::new(LogEvents), stop.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("rapd: cannot watch the links: {e}");
+                return exit::FAILURE;
+            }
+        },
     };
     let wd = start_watchdog(queue.clone(), stop.clone());
     notify("READY=1\nSTATUS=ingesting and forwarding");
@@ -170,6 +256,9 @@ pub fn run(config_path: &Path) -> i32 {
     }
     let _ = up.join();
     let _ = ctl.join();
+    for h in [guard, watcher].into_iter().flatten() {
+        let _ = h.join();
+    }
     if let Some(w) = wd {
         let _ = w.join();
     }

@@ -13,6 +13,7 @@ pub mod fips;
 pub mod firewall;
 pub mod ingest;
 pub mod logging;
+pub mod ports;
 pub mod queue;
 pub mod tls;
 pub mod uplink;
