@@ -1,0 +1,812 @@
+//! The firewall and the instrument ports on a real kernel: network namespaces joined by
+//! veth pairs, the generated policy applied with the real iptables (nft backend), and
+//! real TCP/UDP traffic.
+//!
+//! ```text
+//!   instA (eth0 10.10.1.2) ──veth── ia0 ┐
+//!   instB (eth0 10.10.2.2) ──veth── ib0 ┤ box ├ up0 ──veth── uplink (eth0 192.0.2.1, .40, .41)
+//! ```
+//!
+//! Every test first shows that, without the policy, the path it closes really exists
+//! (so a refusal is the firewall's doing, not the topology's), with IPv4 forwarding on
+//! in the box. A probe the policy must stop has to time out: the box drops, it never
+//! answers (not even with a reset). Namespaces carry a unique name per test and are
+//! deleted on drop, also when the test fails. Needs root and `ip netns`; skipped with
+//! the reason printed otherwise.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rapbox::config::Config;
+use rapbox::control::{self, Request, Status};
+use rapbox::firewall::{self, live, Tools};
+
+// ---------------------------------------------------------------- namespaces
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Why these tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("`ip netns` unavailable: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Some(format!("`ip` unavailable: {e}")),
+    }
+}
+
+macro_rules! require_netns {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &str) {
+    run(Command::new("ip").args(args.split_whitespace()));
+}
+
+/// A network namespace, deleted on drop.
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn new(role: &str) -> Ns {
+        let name = format!("rfw{}-{}-{role}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        ip(&format!("netns add {name}"));
+        let ns = Ns { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip ARGS` inside the namespace.
+    fn ip(&self, args: &str) {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "ip"]).args(args.split_whitespace()));
+    }
+
+    /// A shell command inside the namespace; its stdout.
+    fn sh(&self, cmd: &str) -> String {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", cmd]))
+    }
+
+    /// Runs `f` on a thread that has joined the namespace: sockets it opens and
+    /// processes it starts live there.
+    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The box, two instruments and the uplink network.
+struct Lab {
+    boxns: Ns,
+    a: Ns,
+    b: Ns,
+    up: Ns,
+}
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
+const A_BOX: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 1);
+const A_SPOOF: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 99);
+const B: Ipv4Addr = Ipv4Addr::new(10, 10, 2, 2);
+const B_BOX: Ipv4Addr = Ipv4Addr::new(10, 10, 2, 1);
+const UP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const UP_BOX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const LIS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 40);
+const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 41);
+const AGENT: u16 = 7300;
+const LIS_SIDE: u16 = 5000;
+const LIS_PORT: u16 = 5001;
+
+impl Lab {
+    /// The topology; with `address_box` the box side is up and addressed by the test
+    /// (otherwise it is left down and bare, for rapd to set up).
+    fn new(address_box: bool) -> Lab {
+        let lab = Lab { boxns: Ns::new("box"), a: Ns::new("a"), b: Ns::new("b"), up: Ns::new("up") };
+        let bx = &lab.boxns.name;
+        for (inner, peer) in [("ia0", &lab.a), ("ib0", &lab.b), ("up0", &lab.up)] {
+            ip(&format!("link add {inner} netns {bx} type veth peer name eth0 netns {}", peer.name));
+            peer.ip("link set eth0 up");
+        }
+        lab.a.ip("addr add 10.10.1.2/24 dev eth0");
+        lab.a.ip("addr add 10.10.1.99/24 dev eth0");
+        lab.a.ip("route add default via 10.10.1.1 src 10.10.1.2");
+        lab.b.ip("addr add 10.10.2.2/24 dev eth0");
+        lab.b.ip("route add default via 10.10.2.1");
+        for a in [UP, LIS, OTHER_HOST] {
+            lab.up.ip(&format!("addr add {a}/24 dev eth0"));
+        }
+        lab.up.ip("route add 10.10.0.0/16 via 192.0.2.10");
+        if address_box {
+            for (dev, a) in [("ia0", "10.10.1.1/24"), ("ib0", "10.10.2.1/24"), ("up0", "192.0.2.10/24")] {
+                lab.boxns.ip(&format!("addr add {a} dev {dev}"));
+                lab.boxns.ip(&format!("link set {dev} up"));
+            }
+        }
+        // Nothing but the firewall may stand in the way: forwarding on, no reverse-path filter.
+        lab.boxns
+            .sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+             && for i in ia0 ib0 up0; do sysctl -qw net.ipv4.conf.$i.rp_filter=0; done");
+        lab
+    }
+}
+
+// ---------------------------------------------------------------- configuration
+
+fn config_text(lis: bool, extra: &str) -> String {
+    format!(
+        r#"
+[queue]
+path = "/data/rapd/queue.db"
+
+[uplink]
+url = "https://192.0.2.1/api/v1/batches"
+ca = "/data/certs/ca.pem"
+cert = "/data/certs/box.pem"
+key = "/data/certs/box.key"
+
+[network.uplink]
+interface = "up0"
+addressing = "static"
+address = "192.0.2.10/24"
+gateway = "192.0.2.1"
+dns = ["192.0.2.53"]
+ntp = ["192.0.2.123"]
+
+[firewall]
+enabled = true
+drift_check_s = 1
+
+{extra}
+
+[[instrument]]
+serial = "INST-A"
+model = "analyser A"
+interface = "ia0"
+box_address = "10.10.1.1/24"
+address = "10.10.1.2"
+agent_port = 7300
+
+[instrument.lis]
+enabled = {lis}
+instrument_port = {LIS_SIDE}
+host = "{LIS}"
+port = {LIS_PORT}
+
+[[instrument]]
+serial = "INST-B"
+model = "analyser B"
+interface = "ib0"
+box_address = "10.10.2.1/24"
+address = "10.10.2.2"
+agent_port = 7300
+"#
+    )
+}
+
+fn ruleset(lis: bool) -> firewall::Ruleset {
+    firewall::policy(&Config::parse(Path::new("/etc/rapbox/rapd.toml"), &config_text(lis, "")).unwrap())
+}
+
+fn apply(lab: &Lab, rs: &firewall::Ruleset) {
+    lab.boxns.enter(|| live::apply(rs, &Tools::system())).expect("apply the policy");
+}
+
+// ---------------------------------------------------------------- traffic
+
+/// A TCP service that answers every connection with the peer's address and closes.
+struct Service {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Service {
+    fn start(ns: &Ns, addr: SocketAddr) -> Service {
+        let l = ns.enter(|| TcpListener::bind(addr)).unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name));
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = writeln!(c, "{addr} sees {}", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Service { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP echo service.
+fn udp_echo(ns: &Ns, addr: SocketAddr) -> Service {
+    let sock = ns.enter(|| UdpSocket::bind(addr)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !s.load(Ordering::SeqCst) {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    Service { stop, thread: Some(thread) }
+}
+
+/// What a probe got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    /// The service answered this line.
+    Answer(String),
+    /// A reset or an ICMP error: something answered.
+    Refused(String),
+    /// Nothing came back at all.
+    Silence,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A TCP connection from namespace `ns` (from source address `from`, if given) to `to`.
+fn tcp(ns: &Ns, from: Option<Ipv4Addr>, to: SocketAddrV4) -> Got {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
+    ns.enter(|| {
+        let fd: OwnedFd = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        if let Some(f) = from {
+            socket::bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(f, 0))).expect("bind the source");
+        }
+        match socket::connect(fd.as_raw_fd(), &SockaddrIn::from(to)) {
+            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+            Err(e) => return Got::Refused(e.to_string()),
+        }
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLOUT)];
+        let ms = nix::poll::PollTimeout::try_from(PROBE_TIMEOUT.as_millis() as i32).unwrap();
+        if nix::poll::poll(&mut fds, ms).unwrap() == 0 {
+            return Got::Silence;
+        }
+        match socket::getsockopt(&fd, socket::sockopt::SocketError).unwrap() {
+            0 => {}
+            e => return Got::Refused(nix::errno::Errno::from_raw(e).to_string()),
+        }
+        let s = TcpStream::from(fd);
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        let mut line = String::new();
+        match BufReader::new(s).read_line(&mut line) {
+            Ok(_) => Got::Answer(line.trim().to_owned()),
+            Err(e) => Got::Refused(format!("connected, then {e}")),
+        }
+    })
+}
+
+/// A UDP datagram from `ns` to an echo service: Some(reply) or None.
+fn udp(ns: &Ns, to: SocketAddrV4) -> Option<String> {
+    ns.enter(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        s.send_to(b"ping", to).ok()?;
+        let mut buf = [0u8; 64];
+        s.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// A probe and what it must get.
+struct Probe<'a> {
+    what: &'static str,
+    ns: &'a Ns,
+    from: Option<Ipv4Addr>,
+    to: SocketAddrV4,
+    want: Want,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// The service answers and sees this source address.
+    Answer(Ipv4Addr),
+    /// Something answers (service or reset): the path exists.
+    Reached,
+    /// No answer at all.
+    Silence,
+}
+
+/// Runs the probes in parallel; fails listing every probe that did not get what it must.
+fn check(phase: &str, probes: &[Probe<'_>]) {
+    let results: Vec<Got> = std::thread::scope(|s| {
+        let hs: Vec<_> = probes.iter().map(|p| s.spawn(|| tcp(p.ns, p.from, p.to))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut bad = Vec::new();
+    for (p, got) in probes.iter().zip(&results) {
+        let ok = match (p.want, got) {
+            (Want::Answer(src), Got::Answer(line)) => line.ends_with(&format!(" sees {src}")),
+            (Want::Reached, Got::Answer(_) | Got::Refused(_)) => true,
+            (Want::Silence, Got::Silence) => true,
+            _ => false,
+        };
+        if !ok {
+            bad.push(format!("  {} ({} -> {}): wanted {:?}, got {got:?}", p.what, p.ns.name, p.to, p.want));
+        }
+    }
+    assert!(bad.is_empty(), "{phase}:\n{}", bad.join("\n"));
+}
+
+fn probe<'a>(what: &'static str, ns: &'a Ns, to: SocketAddrV4, want: Want) -> Probe<'a> {
+    Probe { what, ns, from: None, to, want }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn generated_policies_read_back_exactly_as_generated() {
+    require_netns!();
+    let ns = Ns::new("canon");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/firewall");
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    fixtures.sort();
+    assert!(!fixtures.is_empty());
+    let tools = Tools::system();
+    for f in fixtures {
+        let cfg = Config::parse(Path::new("/etc/rapbox/rapd.toml"), &std::fs::read_to_string(&f).unwrap()).unwrap();
+        let rs = firewall::policy(&cfg);
+        // The interfaces of the fixtures do not exist here: restore the documents directly.
+        let (v4, v6) = ns.enter(|| {
+            for (tool, doc) in [(&tools.restore4, &rs.ipv4), (&tools.restore6, &rs.ipv6)] {
+                let mut c = Command::new(tool).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+                c.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
+                let out = c.wait_with_output().unwrap();
+                assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+            }
+            (live::save(&tools.save4).unwrap(), live::save(&tools.save6).unwrap())
+        });
+        let e4 = live::normalise(&rs.ipv4);
+        let e6 = live::normalise(&rs.ipv6);
+        assert_eq!(
+            live::diff("ipv4", &e4, &live::normalise(&v4).restricted_to(&e4)),
+            Vec::<String>::new(),
+            "{}",
+            f.display()
+        );
+        assert_eq!(
+            live::diff("ipv6", &e6, &live::normalise(&v6).restricted_to(&e6)),
+            Vec::<String>::new(),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn instruments_reach_only_their_own_agent_port() {
+    require_netns!();
+    let lab = Lab::new(true);
+    let (bx, a, b, up) = (&lab.boxns, &lab.a, &lab.b, &lab.up);
+    let _svc = [
+        Service::start(bx, SocketAddr::from((A_BOX, AGENT))),
+        Service::start(bx, SocketAddr::from((B_BOX, AGENT))),
+        Service::start(bx, "0.0.0.0:2222".parse().unwrap()),
+        Service::start(a, SocketAddr::from((A, 7000))),
+        Service::start(b, SocketAddr::from((B, 7000))),
+        Service::start(up, SocketAddr::from((UP, 443))),
+        Service::start(up, SocketAddr::from((UP, 8080))),
+    ];
+    let _echo = udp_echo(bx, "0.0.0.0:5353".parse().unwrap());
+
+    let paths = |want_closed: Want| {
+        vec![
+            probe("A to B", a, sa(B, 7000), want_closed),
+            probe("A to B's agent port on the box", a, sa(B_BOX, AGENT), want_closed),
+            probe("A to another box service", a, sa(A_BOX, 2222), want_closed),
+            probe("A to a closed box port", a, sa(A_BOX, 22), want_closed),
+            probe("A to the box's uplink address", a, sa(UP_BOX, 2222), want_closed),
+            probe("A to the uplink network", a, sa(UP, 443), want_closed),
+            probe("B to A", b, sa(A, 7000), want_closed),
+            probe("B to A's agent port on the box", b, sa(A_BOX, AGENT), want_closed),
+            probe("B to another box service", b, sa(B_BOX, 2222), want_closed),
+            probe("B to the uplink network", b, sa(UP, 8080), want_closed),
+        ]
+    };
+    let mut open = paths(Want::Reached);
+    open.push(probe("A to its agent port", a, sa(A_BOX, AGENT), Want::Answer(A)));
+    open.push(probe("B to its agent port", b, sa(B_BOX, AGENT), Want::Answer(B)));
+    open.push(probe("box to another uplink port", bx, sa(UP, 8080), Want::Answer(UP_BOX)));
+    open.push(probe("box to an instrument", bx, sa(A, 7000), Want::Answer(A_BOX)));
+    check("without the policy every path exists", &open);
+    assert_eq!(udp(a, sa(A_BOX, 5353)).as_deref(), Some("ping"), "UDP without the policy");
+
+    apply(&lab, &ruleset(false));
+    bx.sh("sysctl -qw net.ipv4.ip_forward=1"); // only the rules may stop forwarding
+    let mut closed = paths(Want::Silence);
+    closed.push(probe("A to its agent port", a, sa(A_BOX, AGENT), Want::Answer(A)));
+    closed.push(probe("B to its agent port", b, sa(B_BOX, AGENT), Want::Answer(B)));
+    check("with the policy", &closed);
+    assert_eq!(udp(a, sa(A_BOX, 5353)), None, "UDP from an instrument to the box");
+
+    // The box's own outbound traffic: the data center on 443, nothing else.
+    check(
+        "the box's own outbound traffic",
+        &[
+            probe("box to the data center", bx, sa(UP, 443), Want::Answer(UP_BOX)),
+            probe("box to another uplink port", bx, sa(UP, 8080), Want::Silence),
+            probe("box to an instrument", bx, sa(A, 7000), Want::Silence),
+        ],
+    );
+}
+
+#[test]
+fn the_uplink_side_gets_no_answer() {
+    require_netns!();
+    let lab = Lab::new(true);
+    let (bx, up) = (&lab.boxns, &lab.up);
+    let _svc = [
+        Service::start(bx, SocketAddr::from((A_BOX, AGENT))),
+        Service::start(bx, SocketAddr::from((UP_BOX, AGENT))),
+        Service::start(bx, "0.0.0.0:2222".parse().unwrap()),
+        Service::start(&lab.a, SocketAddr::from((A, 7000))),
+    ];
+    let _echo = udp_echo(bx, "0.0.0.0:5353".parse().unwrap());
+    let probes = |w: Want| {
+        vec![
+            probe("uplink to the agent port on the uplink address", up, sa(UP_BOX, AGENT), w),
+            probe("uplink to another box service", up, sa(UP_BOX, 2222), w),
+            probe("uplink to a closed box port", up, sa(UP_BOX, 22), w),
+            probe("uplink to an instrument port's box address", up, sa(A_BOX, AGENT), w),
+            probe("uplink to an instrument", up, sa(A, 7000), w),
+        ]
+    };
+    check("without the policy", &probes(Want::Reached));
+    assert_eq!(udp(up, sa(UP_BOX, 5353)).as_deref(), Some("ping"));
+
+    apply(&lab, &ruleset(true));
+    check("with the policy (LIS forward on)", &probes(Want::Silence));
+    assert_eq!(udp(up, sa(UP_BOX, 5353)), None, "UDP from the uplink");
+    assert_eq!(udp(up, sa(A_BOX, 5353)), None, "UDP from the uplink to an instrument port address");
+}
+
+#[test]
+fn spoofed_sources_are_dropped() {
+    require_netns!();
+    let lab = Lab::new(true);
+    let _svc = [
+        Service::start(&lab.boxns, SocketAddr::from((A_BOX, AGENT))),
+        Service::start(&lab.up, SocketAddr::from((LIS, LIS_PORT))),
+    ];
+    let spoofed = |w_agent: Want, w_lis: Want| {
+        vec![
+            Probe {
+                what: "A as 10.10.1.99 to its agent port",
+                ns: &lab.a,
+                from: Some(A_SPOOF),
+                to: sa(A_BOX, AGENT),
+                want: w_agent,
+            },
+            Probe {
+                what: "A as 10.10.1.99 through its LIS forward",
+                ns: &lab.a,
+                from: Some(A_SPOOF),
+                to: sa(A_BOX, LIS_SIDE),
+                want: w_lis,
+            },
+        ]
+    };
+    check("without the policy the spoofed source is answered", &spoofed(Want::Answer(A_SPOOF), Want::Reached));
+    apply(&lab, &ruleset(true));
+    check("with the policy", &spoofed(Want::Silence, Want::Silence));
+    check("the real address still works", &[probe("A to its agent port", &lab.a, sa(A_BOX, AGENT), Want::Answer(A))]);
+    let log = lab.boxns.sh("iptables -L rap-port0-in -v -n -x");
+    let spoof_drops: u64 = log
+        .lines()
+        .find(|l| l.contains("DROP") && l.contains("!10.10.1.2"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(spoof_drops > 0, "the anti-spoofing rule counted no packet:\n{log}");
+}
+
+#[test]
+fn lis_forward_only_when_enabled_and_only_to_its_host_and_port() {
+    require_netns!();
+    let lab = Lab::new(true);
+    let (bx, a, b, up) = (&lab.boxns, &lab.a, &lab.b, &lab.up);
+    let _svc = [
+        Service::start(up, SocketAddr::from((LIS, LIS_PORT))),
+        Service::start(up, SocketAddr::from((LIS, LIS_PORT + 1))),
+        Service::start(up, SocketAddr::from((OTHER_HOST, LIS_PORT))),
+    ];
+    let others = |w: Want| {
+        vec![
+            probe("A straight to the LIS host", a, sa(LIS, LIS_PORT), w),
+            probe("A to another port of the LIS host", a, sa(LIS, LIS_PORT + 1), w),
+            probe("A to another uplink host on the LIS port", a, sa(OTHER_HOST, LIS_PORT), w),
+            probe("B to the LIS host", b, sa(LIS, LIS_PORT), w),
+        ]
+    };
+    check(
+        "without the policy the uplink network is reachable",
+        &others(Want::Answer(A)).into_iter().take(3).collect::<Vec<_>>(),
+    );
+
+    // Off: the instrument-side port is just another closed port of the box.
+    apply(&lab, &ruleset(false));
+    assert_eq!(bx.sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "0", "forwarding off without a LIS forward");
+    bx.sh("sysctl -qw net.ipv4.ip_forward=1");
+    let mut off = others(Want::Silence);
+    off.push(probe("A through its LIS port (off)", a, sa(A_BOX, LIS_SIDE), Want::Silence));
+    check("LIS forward off", &off);
+
+    // On: exactly the configured host and port, under the box's uplink address.
+    apply(&lab, &ruleset(true));
+    assert_eq!(bx.sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1", "forwarding on for the LIS forward");
+    let mut on = others(Want::Silence);
+    on.push(probe("A through its LIS port", a, sa(A_BOX, LIS_SIDE), Want::Answer(UP_BOX)));
+    on.push(probe("B through A's LIS port", b, sa(A_BOX, LIS_SIDE), Want::Silence));
+    on.push(probe("B through the LIS port on its own box address", b, sa(B_BOX, LIS_SIDE), Want::Silence));
+    check("LIS forward on", &on);
+}
+
+// ---------------------------------------------------------------- rapd in the box
+
+fn fips_conf() -> PathBuf {
+    let dir = std::env::var_os("RAPBOX_FIPS_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/cache/rapbox/fips".into());
+    let conf = dir.join("openssl-fips.cnf");
+    assert!(conf.is_file(), "{} is missing: run scripts/build-fips.sh first (scripts/test.sh does)", conf.display());
+    conf
+}
+
+/// rapd running inside the box namespace; killed on drop.
+struct Rapd {
+    child: Option<Child>,
+    log: PathBuf,
+    socket: PathBuf,
+}
+
+impl Rapd {
+    fn spawn(lab: &Lab, dir: &Path, config: &str, name: &str) -> Rapd {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.boxns.name, env!("CARGO_BIN_EXE_rapd"), "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start rapd");
+        Rapd { child: Some(child), log, socket: dir.join("control.sock") }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn status(&self) -> Option<Status> {
+        control::request(&self.socket, &Request::Status).ok().and_then(|r| r.status)
+    }
+
+    fn wait_status(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status().filter(|s| pred(s)) {
+                return s;
+            }
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("rapd exited with {st} while waiting for {what}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out after {timeout:?} waiting for {what}; status: {:?}\nlog:\n{}",
+                self.status().map(|s| serde_json::to_string_pretty(&s).unwrap()),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < end, "rapd still running after {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.as_ref().expect("running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.wait_exit(Duration::from_secs(20))
+    }
+}
+
+impl Drop for Rapd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn link<'a>(s: &'a Status, interface: &str) -> &'a str {
+    s.links
+        .as_array()
+        .and_then(|v| v.iter().find(|l| l["interface"] == interface))
+        .and_then(|l| l["link"].as_str())
+        .unwrap_or("?")
+}
+
+fn live_diff(lab: &Lab, rs: &firewall::Ruleset) -> Vec<String> {
+    let tools = Tools::system();
+    let (v4, v6) = lab.boxns.enter(|| (live::save(&tools.save4).unwrap(), live::save(&tools.save6).unwrap()));
+    let (e4, e6) = (live::normalise(&rs.ipv4), live::normalise(&rs.ipv6));
+    let mut d = live::diff("ipv4", &e4, &live::normalise(&v4).restricted_to(&e4));
+    d.extend(live::diff("ipv6", &e6, &live::normalise(&v6).restricted_to(&e6)));
+    d
+}
+
+#[test]
+fn rapd_sets_up_the_ports_applies_the_policy_and_restores_drift() {
+    require_netns!();
+    let lab = Lab::new(false);
+    let dir = rapbox_testkit::TestDir::new(&format!("firewall/rapd-{}", std::process::id())).unwrap();
+    let pki = rapbox_testkit::pki::Pki::generate(
+        &dir.join("pki"),
+        &rapbox_testkit::pki::PkiSpec::new(&["dc.rapbox.test"], &[IpAddr::V4(UP)], "box-0001"),
+    )
+    .unwrap();
+    let config = |lis: bool, instruments_b_interface: &str| {
+        config_text(lis, "")
+            .replace("/data/rapd/queue.db", &dir.join("data/queue.db").display().to_string())
+            .replace("/data/certs/ca.pem", &pki.ca.cert.display().to_string())
+            .replace("/data/certs/box.pem", &pki.client.cert.display().to_string())
+            .replace("/data/certs/box.key", &pki.client.key.display().to_string())
+            .replace("interface = \"ib0\"", &format!("interface = \"{instruments_b_interface}\""))
+            + &format!(
+                "\n[fips]\nopenssl_conf = {:?}\n\n[control]\nsocket = {:?}\n\n[log]\ntarget = \"stderr\"\nlevel = \"info\"\n",
+                fips_conf(),
+                dir.join("control.sock")
+            )
+    };
+
+    let mut rapd = Rapd::spawn(&lab, dir.path(), &config(false, "ib0"), "rapd");
+    let st = rapd.wait_status("the ports up", Duration::from_secs(20), |s| {
+        link(s, "ia0") == "up" && link(s, "ib0") == "up" && link(s, "up0") == "up"
+    });
+    assert_eq!(st.firewall["enabled"], true, "{:?}", st.firewall);
+    assert_eq!(st.firewall["canonical"], true, "{:?}", st.firewall);
+    assert!(st.firewall["applied_at_ms"].as_u64().is_some());
+    let rs = ruleset(false);
+    assert_eq!(st.firewall["rule_count"].as_u64(), Some(rs.rule_count() as u64));
+    // rapd gave each port its address and set the default route, through netlink.
+    let addrs = lab.boxns.sh("ip -4 -br addr show");
+    for (dev, a) in [("ia0", "10.10.1.1/24"), ("ib0", "10.10.2.1/24"), ("up0", "192.0.2.10/24")] {
+        assert!(addrs.lines().any(|l| l.starts_with(dev) && l.contains(a)), "{dev} {a}:\n{addrs}");
+    }
+    assert!(lab.boxns.sh("ip -4 route show default").contains("via 192.0.2.1 dev up0"));
+    assert!(live_diff(&lab, &ruleset(false)).is_empty());
+
+    // Real reports from instrument A reach rapd; nothing else on the box answers A.
+    let mut sim = rapsim::Instrument::new(SocketAddr::from((A_BOX, AGENT)), "INST-A");
+    sim.count = Some(5);
+    let sum = lab.a.enter(|| sim.run()).expect("instrument A's reports");
+    assert!(sum.unacked.is_empty(), "{sum:?}");
+    let st =
+        rapd.wait_status("5 reports from A", Duration::from_secs(10), |s| s.ports[0]["received"].as_u64() == Some(5));
+    assert_eq!(st.ports[0]["serial"], "INST-A");
+    check("rapd's ports", &[probe("A to another box port", &lab.a, sa(A_BOX, 22), Want::Silence)]);
+
+    // Carrier: A's cable pulled and plugged back.
+    lab.a.ip("link set eth0 down");
+    rapd.wait_status("A's port down", Duration::from_secs(10), |s| link(s, "ia0") == "down");
+    lab.a.ip("link set eth0 up");
+    rapd.wait_status("A's port up again", Duration::from_secs(10), |s| link(s, "ia0") == "up");
+    let log = rapd.log_text();
+    assert!(log.contains("event: instrument INST-A: link ia0 is down"), "{log}");
+    assert!(log.contains("event: instrument INST-A: link ia0 is up"), "{log}");
+
+    // Drift: a rule deleted and an ACCEPT inserted by hand, IPv6 opened; restored within 10 s.
+    let t0 = Instant::now();
+    lab.boxns.sh("iptables -D rap-port0-in 2 && iptables -I INPUT 1 -j ACCEPT && ip6tables -P INPUT ACCEPT");
+    assert!(!live_diff(&lab, &rs).is_empty());
+    let st = rapd.wait_status("the drift repaired", Duration::from_secs(10), |s| {
+        s.firewall["drift_repairs"].as_u64() >= Some(1)
+    });
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(live_diff(&lab, &rs), Vec::<String>::new(), "the live rules are the policy again");
+    let changes = st.firewall["last_drift"].to_string();
+    assert!(changes.contains("ipv4 filter/rap-port0-in: rule missing: -A rap-port0-in ! -s 10.10.1.2/32"), "{changes}");
+    assert!(changes.contains("ipv4 filter/INPUT: rule added: -A INPUT -j ACCEPT"), "{changes}");
+    assert!(changes.contains("ipv6 filter/INPUT: policy ACCEPT, expected DROP"), "{changes}");
+    assert!(st.firewall["last_drift_repair_ms"].as_u64().is_some());
+    let log = rapd.log_text();
+    assert!(log.contains("audit: firewall drift repaired: ipv4 filter/INPUT: rule added: -A INPUT -j ACCEPT"), "{log}");
+    check(
+        "after the repair",
+        &[
+            probe("A to another box port", &lab.a, sa(A_BOX, 22), Want::Silence),
+            probe("A to its agent port", &lab.a, sa(A_BOX, AGENT), Want::Reached),
+        ],
+    );
+
+    // Stopping rapd leaves the rules in place.
+    assert!(rapd.terminate().success(), "{}", rapd.log_text());
+    assert!(live_diff(&lab, &rs).is_empty());
+
+    // A configuration naming an interface that does not exist is refused with the key named;
+    // the rules in place stay, and so do the addresses.
+    let mut bad = Rapd::spawn(&lab, dir.path(), &config(true, "ic7"), "rapd-bad");
+    let code = bad.wait_exit(Duration::from_secs(20));
+    assert_eq!(code.code(), Some(rapbox::exit::CONFIG), "{}", bad.log_text());
+    assert!(
+        bad.log_text().contains(
+            "instrument[1].interface: interface `ic7` does not exist; the firewall rules in place were left unchanged"
+        ),
+        "{}",
+        bad.log_text()
+    );
+    assert!(live_diff(&lab, &rs).is_empty(), "the previous rules stay");
+}
