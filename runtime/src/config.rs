@@ -479,10 +479,10 @@ fn d_io_ms() -> u64 {
     30_000
 }
 fn d_batch_records() -> usize {
-    5_000
+    20_000
 }
 fn d_batch_bytes() -> usize {
-    2 * 1024 * 1024
+    1024 * 1024
 }
 fn d_backoff_initial() -> u64 {
     500

@@ -122,6 +122,19 @@ pub struct Row {
     pub payload: Vec<u8>,
 }
 
+/// One stored message, borrowed from the database while a batch is read.
+#[derive(Debug, Clone, Copy)]
+pub struct RowRef<'a> {
+    pub seq: i64,
+    pub instrument: &'a str,
+    pub msg_id: u64,
+    pub timestamp_ms: i64,
+    pub received_ms: i64,
+    pub kind: Kind,
+    pub priority: u8,
+    pub payload: &'a [u8],
+}
+
 /// The rows of one priority that a batch carried: every queued row of that priority with
 /// `first <= seq <= last` (seqs only grow, so nothing arrives inside a range later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,14 +358,39 @@ impl Queue {
 
     /// Reads the next batch after `cursor`: by priority, then arrival; bounded by count and bytes.
     pub fn next_batch(&self, cursor: &Cursor, max_records: usize, max_bytes: usize) -> Result<Vec<Row>, QueueError> {
+        let mut out = Vec::new();
+        self.read_batch(cursor, max_records, max_bytes, |r| {
+            out.push(Row {
+                seq: r.seq,
+                instrument: Arc::from(r.instrument),
+                msg_id: r.msg_id,
+                timestamp_ms: r.timestamp_ms,
+                received_ms: r.received_ms,
+                kind: r.kind,
+                priority: r.priority,
+                payload: r.payload.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Queue::next_batch`], but hands each row to `f` straight from SQLite's buffers
+    /// (no copy of the batch is kept) and returns the batch's seq ranges.
+    pub fn read_batch(
+        &self,
+        cursor: &Cursor,
+        max_records: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(RowRef<'_>),
+    ) -> Result<Vec<SeqRange>, QueueError> {
         let mut rd = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let Reader { conn, serials } = &mut *rd;
         let path = &self.path;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
+        let mut ranges: Vec<SeqRange> = Vec::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
         let tx = conn.unchecked_transaction().map_err(sq(path))?;
         'priorities: for priority in 0..4u8 {
-            if out.len() >= max_records {
+            if count >= max_records {
                 break;
             }
             let mut st = tx
@@ -362,30 +400,31 @@ impl Queue {
                 )
                 .map_err(sq(path))?;
             let mut rows = st
-                .query(params![priority, cursor.0[priority as usize], (max_records - out.len()) as i64])
+                .query(params![priority, cursor.0[priority as usize], (max_records - count) as i64])
                 .map_err(sq(path))?;
             while let Some(r) = rows.next().map_err(sq(path))? {
-                let payload: Vec<u8> = r.get(6).map_err(sq(path))?;
-                if !out.is_empty() && bytes + payload.len() > max_bytes {
+                let payload = r.get_ref(6).and_then(|v| v.as_blob().map_err(Into::into)).map_err(sq(path))?;
+                if count > 0 && bytes + payload.len() > max_bytes {
                     break 'priorities;
                 }
                 bytes += payload.len() + 32;
+                count += 1;
+                let seq: i64 = r.get(0).map_err(sq(path))?;
+                match ranges.last_mut() {
+                    Some(last) if last.priority == priority => last.last = seq,
+                    _ => ranges.push(SeqRange { priority, first: seq, last: seq }),
+                }
                 let iid: i64 = r.get(1).map_err(sq(path))?;
-                let instrument = match serials.get(&iid) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s: String = tx
-                            .query_row("SELECT serial FROM instruments WHERE id=?1", [iid], |r| r.get(0))
-                            .map_err(sq(path))?;
-                        let s: Arc<str> = s.into();
-                        serials.insert(iid, s.clone());
-                        s
-                    }
-                };
+                if !serials.contains_key(&iid) {
+                    let s: String = tx
+                        .query_row("SELECT serial FROM instruments WHERE id=?1", [iid], |r| r.get(0))
+                        .map_err(sq(path))?;
+                    serials.insert(iid, s.into());
+                }
                 let kind_raw: i64 = r.get(5).map_err(sq(path))?;
-                out.push(Row {
-                    seq: r.get(0).map_err(sq(path))?,
-                    instrument,
+                f(RowRef {
+                    seq,
+                    instrument: serials.get(&iid).map(|s| &**s).unwrap_or(""),
                     msg_id: r.get::<_, i64>(2).map_err(sq(path))? as u64,
                     timestamp_ms: r.get(3).map_err(sq(path))?,
                     received_ms: r.get(4).map_err(sq(path))?,
@@ -396,7 +435,7 @@ impl Queue {
             }
         }
         tx.finish().map_err(sq(path))?;
-        Ok(out)
+        Ok(ranges)
     }
 
     /// Blocks until something was committed since `seen`, or `timeout`; returns the new count.

@@ -17,7 +17,7 @@ use rapwire::batch::{self, BatchAck, Encoder};
 use serde::Serialize;
 
 use crate::config::{ProxyKind, UplinkConfig};
-use crate::queue::{ranges_of, Cursor, Queue, Row, SeqRange};
+use crate::queue::{Cursor, Queue, SeqRange};
 use crate::tls;
 
 /// What the uplink is doing, for the status interface.
@@ -157,7 +157,11 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
             },
         };
         let generation = queue.generation();
-        let rows = match queue.next_batch(&cursor, cfg.batch_max_records, cfg.batch_max_bytes) {
+        let fresh_id = random_u64();
+        let mut enc = Encoder::new(fresh_id, queue.dropped_total());
+        let ranges = match queue.read_batch(&cursor, cfg.batch_max_records, cfg.batch_max_bytes, |r| {
+            enc.push(r.instrument, r.msg_id, r.timestamp_ms, r.kind, r.priority, r.payload)
+        }) {
             Ok(r) => r,
             Err(e) => {
                 log::error!("uplink: reading the queue: {e}");
@@ -165,22 +169,20 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                 continue;
             }
         };
-        if rows.is_empty() {
+        if ranges.is_empty() {
             set(&|s| {
                 if s.state != "backoff" {
                     s.state = "idle".into();
                 }
             });
+            trim_heap();
             queue.wait_for_new(generation, Duration::from_millis(if pending.is_empty() { 1000 } else { 20 }));
             continue;
         }
-        let ranges = ranges_of(&rows);
+        let records = enc.len();
         let (batch_id, body) = match retry.take() {
             Some((r, id, body)) if r == ranges => (id, body),
-            _ => {
-                let id = random_u64();
-                (id, encode(id, queue.dropped_total(), &rows))
-            }
+            _ => (fresh_id, enc.finish()),
         };
         set(&|s| s.state = "sending".into());
         let started = Instant::now();
@@ -196,7 +198,7 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                 }
                 log::debug!(
                     "uplink: batch {batch_id:016x}: {} records, {} bytes, accepted {} duplicates {} in {:?}",
-                    rows.len(),
+                    records,
                     body.len(),
                     ack.accepted,
                     ack.duplicates,
@@ -210,7 +212,7 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                     s.consecutive_failures = 0;
                     s.next_attempt_ms = None;
                     s.batches_sent += 1;
-                    s.records_sent += rows.len() as u64;
+                    s.records_sent += records;
                     s.duplicates_reported += ack.duplicates;
                     s.bytes_sent += body.len() as u64;
                 });
@@ -224,7 +226,7 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                 };
                 log::warn!(
                     "uplink: batch {batch_id:016x} ({} records) not delivered: {}; retrying in {} ms",
-                    rows.len(),
+                    records,
                     f.message,
                     wait.as_millis()
                 );
@@ -247,12 +249,13 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
     log::info!("uplink stopped");
 }
 
-fn encode(batch_id: u64, dropped: u64, rows: &[Row]) -> Vec<u8> {
-    let mut e = Encoder::new(batch_id, dropped);
-    for r in rows {
-        e.push(&r.instrument, r.msg_id, r.timestamp_ms, r.kind, r.priority, &r.payload);
+/// Gives memory freed after a batch back to the system, so that the resident set follows
+/// what is live rather than the largest batch ever sent.
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory held by the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
-    e.finish()
 }
 
 fn post(agent: &ureq::Agent, cfg: &UplinkConfig, batch_id: u64, body: &[u8]) -> Result<BatchAck, Failure> {

@@ -22,6 +22,9 @@ fn main() {
     // SAFETY: called before any other thread exists; mallopt only tunes the allocator.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // A fixed threshold: batch-sized buffers are always mapped and returned when freed
+        // (glibc would otherwise raise the threshold and keep them in the heap).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
     let args = match Args::try_parse() {
         Ok(a) => a,
