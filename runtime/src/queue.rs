@@ -31,8 +31,8 @@ use serde::Serialize;
 pub const ROW_OVERHEAD: u64 = 64;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 3;
-const WRITE_CHANNEL: usize = 4 * 1024;
-const MAX_GROUP: usize = 4 * 1024;
+const WRITE_CHANNEL: usize = 2 * 1024;
+const MAX_GROUP: usize = 2 * 1024;
 
 /// Forward migrations, applied in order; index i brings the schema from version i to i+1.
 const MIGRATIONS: &[&str] = &[
@@ -245,6 +245,8 @@ pub fn open_write(path: &Path) -> Result<Connection, QueueError> {
     conn.pragma_update(None, "synchronous", "FULL").map_err(sq(path))?;
     conn.pragma_update(None, "foreign_keys", "OFF").map_err(sq(path))?;
     conn.pragma_update(None, "wal_autocheckpoint", 4000).map_err(sq(path))?;
+    // 1 MiB of page cache: inserts append, so the hot pages are few.
+    conn.pragma_update(None, "cache_size", -1024).map_err(sq(path))?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(sq(path))?;
     migrate(&conn, path)?;
     Ok(conn)
@@ -301,7 +303,7 @@ impl Queue {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(sq(path))?;
         rconn.busy_timeout(Duration::from_secs(10)).map_err(sq(path))?;
-        rconn.pragma_update(None, "cache_size", -1024).map_err(sq(path))?;
+        rconn.pragma_update(None, "cache_size", -256).map_err(sq(path))?;
         let shared = Arc::new(Shared {
             stats: Mutex::new(stats),
             pending: (Mutex::new(0), Condvar::new()),
