@@ -43,7 +43,9 @@ mkdir -p "$TARGET/etc/systemd/system/sockets.target.wants"
 ln -sfn /lib/systemd/system/systemd-networkd.socket "$TARGET/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"
 for u in e2scrub_reap.service e2scrub_all.timer getty-static.service getty@tty1.service systemd-pstore.service \
          systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
-         systemd-firstboot.service systemd-machine-id-commit.service; do
+         systemd-firstboot.service systemd-machine-id-commit.service \
+         dev-hugepages.mount dev-mqueue.mount sys-kernel-debug.mount sys-kernel-tracing.mount \
+         sys-fs-fuse-connections.mount sys-kernel-config.mount; do
     ln -sfn /dev/null "$TARGET/etc/systemd/system/$u"
 done
 

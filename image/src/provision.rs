@@ -71,7 +71,7 @@ pub fn provision(image: &Path, manifest: &Path, template: &Path, id: &Identity) 
     let files: [(&Path, &str, &str); 4] = [
         (&id.ca, "/provision/ca.crt", "0100644"),
         (&id.cert, "/provision/box.crt", "0100644"),
-        (&id.key, "/provision/box.key", "0100600"),
+        (&id.key, "/provision/box.key", "0100640"),
         (&cfg, "/config/rapd.toml", "0100644"),
     ];
     let mut script = String::new();

@@ -102,6 +102,9 @@ pub fn resolve(recipe: &Recipe, work: &Path, debs_out: &Path, log: &Path) -> Res
     c.env("SOURCE_DATE_EPOCH", recipe.epoch().to_string())
         .arg("--mode=root")
         .arg(format!("--variant={}", recipe.debian.variant))
+        // merged /usr set up by mmdebstrap itself (usr-is-merged), so apt does not
+        // pick usrmerge, which would pull perl into the image
+        .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
         .arg("--skip=download/empty,essential/unlink,cleanup/apt/cache")
         .args(dpkg_filters(recipe, None))
         .arg(format!("--include={}", recipe.debian.packages.join(",")))
@@ -192,6 +195,9 @@ pub fn bootstrap(
     c.env("SOURCE_DATE_EPOCH", recipe.epoch().to_string())
         .arg("--mode=root")
         .arg(format!("--variant={}", recipe.debian.variant))
+        // merged /usr set up by mmdebstrap itself (usr-is-merged), so apt does not
+        // pick usrmerge, which would pull perl into the image
+        .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
         .arg("--aptopt=Acquire::Languages \"none\"")
         .args(dpkg_filters(recipe, Some(module_paths)))
         // Every locked package by name: the flat repository carries the packages'

@@ -11,6 +11,14 @@ use qemu_tests::vm::{Boot, Vm, VmConfig};
 const BANNER: &str =
     "You are accessing a U.S. Government (USG) Information System (IS) that is provided for USG-authorized use only.";
 
+/// Whether the image was built with the FIPS provider (manifest.json).
+fn fips_in_image(built: &image::Built) -> bool {
+    std::fs::read_to_string(built.dir.join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|m| m["fips_provider"] == serde_json::Value::Bool(true))
+}
+
 fn start(test: &str, boot: Boot) -> Option<(image::Built, Vm)> {
     let built = image::built_or_skip(test)?;
     let disk = image::overlay(&built, test).expect("test disk");
@@ -31,7 +39,7 @@ fn banner_and_login(vm: &mut Vm, secs: u64) -> f64 {
 
 #[test]
 fn direct_boot_shows_banner_login_and_rapd_unit() {
-    let Some((_built, mut vm)) = start("direct_boot", Boot::Direct) else {
+    let Some((built, mut vm)) = start("direct_boot", Boot::Direct) else {
         return;
     };
     let t = banner_and_login(&mut vm, 90);
@@ -61,11 +69,16 @@ fn direct_boot_shows_banner_login_and_rapd_unit() {
 
     // rapd's own status interface, once the service is active.
     let active = vm.console.run_ok("systemctl is-active rapd.service || true", timeout(60));
+    println!("rapd.service: {}", active.trim());
     if active.trim() == "active" {
         let status = vm.console.run_ok("rapctl status --json", timeout(20));
+        println!("rapctl status --json:\n{status}");
         let v: serde_json::Value =
             serde_json::from_str(status.trim()).unwrap_or_else(|e| panic!("rapctl status --json: {e}: {status}"));
         assert!(v.is_object(), "{status}");
+        if fips_in_image(&built) {
+            assert_eq!(v["fips"]["passed"], serde_json::Value::Bool(true), "FIPS gate inside the guest: {status}");
+        }
     } else {
         let journal = vm.console.run_ok("journalctl -u rapd.service --no-pager -n 20 | cat", timeout(20));
         println!("rapd.service is {}: {journal}", active.trim());
