@@ -70,6 +70,12 @@ pub fn check_interfaces(rs: &Ruleset) -> Result<(), FirewallError> {
 /// the policy needs. Nothing is changed when a check or a test fails.
 pub fn apply(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {
     check_interfaces(rs)?;
+    restore_all(rs, tools)
+}
+
+/// [`apply`] without the interface check: what a drift repair does (a rule naming an
+/// interface that is gone, e.g. an unplugged USB adapter, is valid and harmless).
+pub fn restore_all(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {
     restore(&tools.restore6, &rs.ipv6, true)?;
     restore(&tools.restore4, &rs.ipv4, true)?;
     restore(&tools.restore6, &rs.ipv6, false)?;
