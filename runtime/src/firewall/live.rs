@@ -83,8 +83,13 @@ pub fn restore_all(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {
     set_forwarding(tools, rs.forwarding)
 }
 
-/// Writes IPv4 forwarding (hardening control 35: on only when a LIS forward needs it).
+/// Sets IPv4 forwarding (hardening control 35: on only when a LIS forward needs it).
+/// Nothing is written when it already has that value (so a box whose sysctl settings
+/// already say 0 needs no write access to /proc/sys for a policy without LIS forwards).
 pub fn set_forwarding(tools: &Tools, on: bool) -> Result<(), FirewallError> {
+    if forwarding(tools).ok() == Some(on) {
+        return Ok(());
+    }
     std::fs::write(&tools.ip_forward, if on { "1\n" } else { "0\n" })
         .map_err(|source| FirewallError::Sysctl { path: tools.ip_forward.clone(), source })
 }
