@@ -417,11 +417,11 @@ impl Queue {
                     _ => ranges.push(SeqRange { priority, first: seq, last: seq }),
                 }
                 let iid: i64 = r.get(1).map_err(sq(path))?;
-                if !serials.contains_key(&iid) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = serials.entry(iid) {
                     let s: String = tx
                         .query_row("SELECT serial FROM instruments WHERE id=?1", [iid], |r| r.get(0))
                         .map_err(sq(path))?;
-                    serials.insert(iid, s.into());
+                    slot.insert(s.into());
                 }
                 let kind_raw: i64 = r.get(5).map_err(sq(path))?;
                 f(RowRef {
