@@ -25,7 +25,7 @@ fi
 # Modes of secrets and configuration.
 chmod 0644 "$TARGET/etc/issue" "$TARGET/etc/issue.net"
 [ -d "$TARGET/etc/ssh/sshd_config.d" ] && chmod 0644 "$TARGET"/etc/ssh/sshd_config.d/*.conf
-chmod 0755 "$TARGET/usr/lib/rapbox/firstboot"
+chmod 0755 "$TARGET/usr/lib/rapbox/firstboot" "$TARGET/usr/lib/rapbox/sshkeys"
 
 # Units: enable ours and networkd, mask what a gateway does not need or that slows boot.
 enable() { # unit target
@@ -38,6 +38,7 @@ enable_lib() { # unit target
 }
 enable rapbox-firstboot.service sysinit.target
 enable rapd.service multi-user.target
+enable rapbox-sshkeys.service multi-user.target
 enable_lib systemd-networkd.service multi-user.target
 mkdir -p "$TARGET/etc/systemd/system/sockets.target.wants"
 ln -sfn /lib/systemd/system/systemd-networkd.socket "$TARGET/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"

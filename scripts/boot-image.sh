@@ -22,7 +22,7 @@ fi
 common=(-accel tcg -cpu max -smp 2 -m 1024 -M q35 -nographic -serial mon:stdio
   -device virtio-rng-pci
   -drive "file=$disk,if=virtio,format=$fmt"
-  -netdev user,id=uplink,restrict=on -device virtio-net-pci,netdev=uplink,mac=52:54:00:00:00:01)
+  -netdev user,id=uplink,restrict=on -device virtio-net-pci,netdev=uplink,mac=52:54:00:00:00:01,romfile=)
 case "$MODE" in
   direct) exec qemu-system-x86_64 "${common[@]}" -kernel "$DIR/boot/vmlinux" -initrd "$DIR/boot/initrd.img" \
             -append "$(cat "$DIR/boot/cmdline-a")" ;;

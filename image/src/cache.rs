@@ -138,6 +138,31 @@ impl Cache {
         Ok(dest)
     }
 
+    /// Downloads `packages` by exact version in one apt-get run and files them under
+    /// their cache names.
+    fn download_all(&self, mirrors: &[String], packages: &[&&Package]) -> Result<(), CacheError> {
+        let tmp = self.dir.join("download");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let mut c = self.apt(mirrors)?;
+        c.arg("download").current_dir(&tmp);
+        for p in packages {
+            c.arg(format!("{}={}", p.name, p.version));
+        }
+        cmd::output(&mut c)?;
+        let debs = self.debs();
+        std::fs::create_dir_all(&debs).map_err(io(&debs))?;
+        for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))? {
+            let src = entry.map_err(io(&tmp))?.path();
+            if src.extension().is_some_and(|x| x == "deb") {
+                let (n, v, a) = deb_identity(&src)?;
+                let dest = debs.join(format!("{n}_{}_{a}.deb", v.replace(':', "%3a")));
+                std::fs::rename(&src, &dest).map_err(io(&dest))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes sure every package is in the cache with the locked hash, downloading what
     /// is missing. Returns how many were downloaded.
     pub fn ensure(&self, mirrors: &[String], packages: &[&Package]) -> Result<usize, CacheError> {
@@ -145,8 +170,14 @@ impl Cache {
         if !missing.is_empty() {
             eprintln!("rapimage: fetching {} locked packages into {}", missing.len(), self.debs().display());
             self.update(mirrors)?;
-            for p in &missing {
-                self.download(mirrors, &p.name, Some(&p.version))?;
+            // One apt-get for all of them; if that fails, one by one to name the
+            // package that is no longer served.
+            if self.download_all(mirrors, &missing).is_err() {
+                for p in &missing {
+                    if !self.path_of(p).exists() {
+                        self.download(mirrors, &p.name, Some(&p.version))?;
+                    }
+                }
             }
         }
         for p in packages {

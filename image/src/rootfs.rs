@@ -298,6 +298,8 @@ fn install_file(src: &Path, root: &Path, dest: &Path, mode: u32) -> Result<PathB
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Installed {
     pub name: String,
+    /// Relative to the workspace root when inside it (the manifest does not depend
+    /// on where the tree is checked out).
     pub source: PathBuf,
     pub dest: PathBuf,
     pub sha256: String,
@@ -322,7 +324,8 @@ pub fn customize(
         }
         install_file(&src, root, &b.dest, 0o755)?;
         let sha256 = crate::cache::sha256_file(&src).map_err(io(&src))?;
-        done.push(Installed { name: b.name.clone(), source: src, dest: b.dest.clone(), sha256 });
+        let source = src.strip_prefix(&recipe.root).map(Path::to_path_buf).unwrap_or(src);
+        done.push(Installed { name: b.name.clone(), source, dest: b.dest.clone(), sha256 });
     }
     let f = &recipe.fips;
     let module_dir = std::env::var_os("RAPBOX_FIPS_DIR").map(PathBuf::from).unwrap_or_else(|| f.module_dir.clone());

@@ -131,6 +131,20 @@ pub fn test_base(b: &Built) -> Result<PathBuf, HarnessError> {
 /// A fresh copy-on-write overlay of the test base for one test.
 pub fn overlay(b: &Built, test: &str) -> Result<PathBuf, HarnessError> {
     let base = test_base(b)?;
+    overlay_of(&base, test)
+}
+
+/// A raw copy of the test base that a test may change (e.g. provision) before booting
+/// an overlay of it.
+pub fn private_copy(b: &Built, test: &str) -> Result<PathBuf, HarnessError> {
+    let base = test_base(b)?;
+    let path = workspace().join(format!("target/qemu-tests/{test}.img"));
+    run("cp", &["--sparse=always", &base.to_string_lossy(), &path.to_string_lossy()])?;
+    Ok(path)
+}
+
+/// A fresh copy-on-write overlay of `base` (raw) for one test.
+pub fn overlay_of(base: &Path, test: &str) -> Result<PathBuf, HarnessError> {
     let path = workspace().join(format!("target/qemu-tests/{test}.qcow2"));
     let _ = std::fs::remove_file(&path);
     run(

@@ -4,8 +4,8 @@
 //! log per test under target/qemu-logs/.
 //!
 //! Environment: RAPBOX_IMAGE_DIR (default <workspace>/build/image),
-//! RAPBOX_QEMU_TIMEOUT_MULT (default 1), RAPBOX_QEMU_KVM=1 to try KVM (used only if a
-//! probe boot works).
+//! RAPBOX_QEMU_TIMEOUT_MULT (default 1), RAPBOX_QEMU_KVM=0 to skip the KVM probe
+//! (KVM is used only when a probe boot of the kernel works; TCG otherwise).
 
 pub mod console;
 pub mod image;

@@ -122,3 +122,125 @@ fn uefi_boot_through_systemd_boot_slot_a() {
     let show = vm.console.run_ok("systemctl show -p LoadState rapd.service", timeout(20));
     assert_eq!(show.trim(), "LoadState=loaded");
 }
+
+/// Boot-time figures for docs/image.md (not part of the regular suite):
+/// `RAPBOX_BOOT_RUNS=5 cargo test -p qemu-tests --test boot boot_times -- --ignored --nocapture`.
+/// Prints, per boot mode, the median seconds from QEMU start to the console login
+/// prompt and to rapd's READY=1 (systemd's ActiveEnterTimestampMonotonic, from kernel
+/// start, plus the firmware time before the kernel).
+#[test]
+#[ignore]
+fn boot_times() {
+    let runs: usize = std::env::var("RAPBOX_BOOT_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    for (name, boot) in [("direct", Boot::Direct), ("uefi", Boot::Uefi)] {
+        let mut login = Vec::new();
+        let mut rapd = Vec::new();
+        for i in 0..runs {
+            let Some((_b, mut vm)) = start(&format!("boot_times_{name}_{i}"), boot) else { return };
+            let t = banner_and_login(&mut vm, 180);
+            vm.console.login("root", TEST_PASSWORD, timeout(30));
+            let us = vm.console.run_ok("systemctl show -P ActiveEnterTimestampMonotonic rapd.service", timeout(30));
+            // firmware + boot loader time before the kernel: wall time minus kernel uptime
+            let up = vm.console.run_ok("cut -d' ' -f1 /proc/uptime", timeout(10));
+            let wall = vm.started.elapsed().as_secs_f64();
+            let pre_kernel = wall - up.trim().parse::<f64>().unwrap_or(wall);
+            let r = us.trim().parse::<f64>().unwrap_or(0.0) / 1e6 + pre_kernel;
+            println!("{name} run {i}: login prompt {t:.1} s, rapd ready {r:.1} s");
+            login.push(t);
+            rapd.push(r);
+        }
+        login.sort_by(f64::total_cmp);
+        rapd.sort_by(f64::total_cmp);
+        println!(
+            "{name}: median login prompt {:.1} s, median rapd ready {:.1} s ({runs} runs)",
+            login[runs / 2],
+            rapd[runs / 2]
+        );
+    }
+}
+
+/// A throw-away CA and box certificate (ECDSA P-256, PKCS#8 key) made with openssl.
+fn test_identity(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).expect("identity dir");
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    let (ca_key, ca_crt, box_key, box_csr, box_crt) =
+        (p("ca.key"), p("ca.crt"), p("box.key"), p("box.csr"), p("box.crt"));
+    ca.extend(["-keyout", &ca_key, "-out", &ca_crt, "-subj", "/CN=rapq test CA", "-days", "2"]);
+    qemu_tests::run("openssl", &ca).expect("CA");
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend(["-keyout", &box_key, "-out", &box_csr, "-subj", "/CN=rapbox-test-0001"]);
+    qemu_tests::run("openssl", &req).expect("box key");
+    qemu_tests::run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &box_csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &box_crt,
+            "-days",
+            "2",
+        ],
+    )
+    .expect("box certificate");
+    (dir.join("ca.crt"), dir.join("box.crt"), dir.join("box.key"))
+}
+
+#[test]
+fn provisioned_identity_reaches_rapd() {
+    let test = "provision";
+    let Some(built) = image::built_or_skip(test) else { return };
+    let raw = image::private_copy(&built, test).expect("copy");
+    let (ca, cert, key) = test_identity(&qemu_tests::workspace().join("target/qemu-tests/provision-id"));
+    let url = "https://10.0.2.100/v1/batches";
+    rapimage::provision::provision(
+        &raw,
+        &built.dir.join("manifest.json"),
+        &qemu_tests::workspace().join("buildroot-overlay/rootfs/usr/share/rapbox/rapd.toml.in"),
+        &rapimage::provision::Identity { ca, cert, key, url: url.into() },
+    )
+    .expect("rapimage provision");
+    let disk = image::overlay_of(&raw, test).expect("overlay");
+    let mut vm = Vm::start(test, &built, &VmConfig { boot: Boot::Direct, disk, uplink_port: None, memory_mib: 1024 })
+        .expect("qemu");
+    banner_and_login(&mut vm, 90);
+    vm.console.login("root", TEST_PASSWORD, timeout(30));
+    assert_eq!(
+        vm.console.run_ok("stat -c '%U:%G %a' /data/provision/box.key /data/provision", timeout(10)).trim(),
+        "root:rapd 640\nroot:rapd 750"
+    );
+    assert_eq!(vm.console.run_ok("grep '^url' /etc/rapbox/rapd.toml", timeout(10)).trim(), format!("url = \"{url}\""));
+    let active = vm.console.run_ok("systemctl is-active rapd.service || true", timeout(60));
+    if active.trim() == "active" {
+        let status = vm.console.run_ok("rapctl status --json", timeout(20));
+        let v: serde_json::Value = serde_json::from_str(status.trim()).unwrap_or_else(|e| panic!("{e}: {status}"));
+        if v["uplink"].is_object() {
+            assert_eq!(v["uplink"]["url"], serde_json::Value::String(url.into()), "{status}");
+            assert_ne!(v["uplink"]["state"], serde_json::Value::String("unprovisioned".into()), "{status}");
+        }
+    }
+}
+
+/// Where boot time goes (ignored; for tuning): critical chain to rapd and blame.
+#[test]
+#[ignore]
+fn boot_analysis() {
+    let Some((_b, mut vm)) = start("boot_analysis", Boot::Direct) else { return };
+    banner_and_login(&mut vm, 120);
+    vm.console.login("root", TEST_PASSWORD, timeout(30));
+    let out = vm.console.run(
+        "systemd-analyze; systemd-analyze critical-chain rapd.service --no-pager | cat; systemd-analyze blame --no-pager | head -25",
+        timeout(60),
+    );
+    println!("{}", out.0);
+}
