@@ -23,7 +23,6 @@ if [ -x "$TARGET/usr/bin/systemd-sysusers" ]; then
 fi
 
 # Modes of secrets and configuration.
-chmod 0644 "$TARGET/etc/issue" "$TARGET/etc/issue.net"
 [ -d "$TARGET/etc/ssh/sshd_config.d" ] && chmod 0644 "$TARGET"/etc/ssh/sshd_config.d/*.conf
 chmod 0755 "$TARGET/usr/lib/rapbox/firstboot" "$TARGET/usr/lib/rapbox/sshkeys"
 
@@ -50,5 +49,8 @@ for u in e2scrub_reap.service e2scrub_all.timer getty-static.service getty@tty1.
     ln -sfn /dev/null "$TARGET/etc/systemd/system/$u"
 done
 
-# No compilers, debuggers or package caches ship; nothing here to remove for minbase.
+# Hardening last (after sysusers: it prunes accounts to the allow-list): hardening/
+# owns the banner, sysctl, modprobe blacklist, PAM, login.defs, sshd policy, audit
+# rules and the FIPS-only openssl.cnf.
+sh "$(dirname "$0")/../hardening/apply.sh" "$TARGET"
 exit 0
