@@ -7,6 +7,7 @@
 //! RAPBOX_QEMU_TIMEOUT_MULT (default 1), RAPBOX_QEMU_KVM=0 to skip the KVM probe
 //! (KVM is used only when a probe boot of the kernel works; TCG otherwise).
 
+pub mod bridge;
 pub mod console;
 pub mod image;
 pub mod netns;

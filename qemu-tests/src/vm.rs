@@ -38,6 +38,7 @@ pub struct Vm {
     child: Child,
     pub console: Console,
     pub started: Instant,
+    _bridge: Option<crate::bridge::UnixToTcp>,
     _netns: Netns,
     _guard: MutexGuard<'static, ()>,
 }
@@ -117,12 +118,14 @@ impl Vm {
         ];
         // NICs without option ROMs (romfile=): no iPXE for the firmware to start.
         let mut netdev = "user,id=uplink,restrict=on,net=10.0.2.0/24".to_string();
+        let mut bridge = None;
         if let Some(port) = cfg.uplink_port {
-            // The guest-forward command runs inside the namespace: step back into the
-            // host's network namespace to reach the loopback data center.
-            netdev.push_str(&format!(
-                ",guestfwd=tcp:10.0.2.100:443-cmd:nsenter --net=/proc/1/ns/net socat - TCP:127.0.0.1:{port}"
-            ));
+            // The guest-forward command runs inside the namespace, where the host's
+            // loopback is not reachable: it connects to a Unix socket (file system,
+            // not network namespace) that the harness bridges to 127.0.0.1:port.
+            let sock = crate::workspace().join(format!("target/qemu-tests/{test}-uplink.sock"));
+            bridge = Some(crate::bridge::UnixToTcp::start(&sock, port)?);
+            netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:443-cmd:socat - UNIX-CONNECT:{}", sock.display()));
         }
         args.extend([
             "-netdev".into(),
@@ -171,7 +174,7 @@ impl Vm {
         let out = child.stdout.take().ok_or_else(|| HarnessError::Setup("no qemu stdout".into()))?;
         let inp = child.stdin.take().ok_or_else(|| HarnessError::Setup("no qemu stdin".into()))?;
         let console = Console::new(out, inp, &log);
-        Ok(Vm { child, console, started: Instant::now(), _netns: netns, _guard: guard })
+        Ok(Vm { child, console, started: Instant::now(), _bridge: bridge, _netns: netns, _guard: guard })
     }
 
     /// Hard power-off (kill -9 of QEMU).

@@ -244,3 +244,37 @@ fn boot_analysis() {
     );
     println!("{}", out.0);
 }
+
+/// The uplink path the data-center tests will use: the guest's DHCP-configured uplink
+/// reaches a host loopback service only through the guest-forward 10.0.2.100:443
+/// (QEMU user networking with restrict=on, QEMU inside the test's namespace).
+#[test]
+fn uplink_guest_forward_reaches_host_loopback() {
+    let test = "uplink";
+    let Some(built) = image::built_or_skip(test) else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback listener");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut conn, _)) = listener.accept() {
+            let _ = conn.write_all(b"rapq-uplink-ok\n");
+        }
+    });
+    let disk = image::overlay(&built, test).expect("overlay");
+    let cfg = VmConfig { boot: Boot::Direct, disk, uplink_port: Some(port), memory_mib: 1024 };
+    let mut vm = Vm::start(test, &built, &cfg).expect("qemu");
+    banner_and_login(&mut vm, 90);
+    vm.console.login("root", TEST_PASSWORD, timeout(30));
+    // networkd gives the uplink its DHCP address from QEMU's user network
+    vm.console.run_ok(
+        "for i in $(seq 60); do ip -4 -o addr show | grep -q ' 10\\.0\\.2\\.' && break; sleep 0.5; done; ip -4 -o addr show | grep ' 10\\.0\\.2\\.'",
+        timeout(60),
+    );
+    let got = vm.console.run_ok("timeout 20 bash -c 'exec 3<>/dev/tcp/10.0.2.100/443; head -n1 <&3'", timeout(40));
+    assert_eq!(got.trim(), "rapq-uplink-ok");
+    // restrict=on: nothing else is reachable
+    let (_, rc) = vm.console.run("timeout 5 bash -c 'exec 3<>/dev/tcp/10.0.2.2/22' 2>/dev/null", timeout(20));
+    assert_ne!(rc, 0, "restricted user network let a connection to 10.0.2.2:22 through");
+    drop(vm);
+    let _ = server.join();
+}
