@@ -6,8 +6,8 @@
 //! workers suffice; more only help queries overlap an ingest.
 //!
 //! Who may call what:
-//! * `POST /api/v1/lines` (plain newline-separated lines, counted per box and otherwise
-//!   dropped: the syslog-ng reference of the benchmark) requires the same identity;
+//! * `POST /api/v1/lines` (plain newline-separated lines, stored durably and counted per box;
+//!   the syslog-ng reference of the benchmark) requires the same identity;
 //! * `POST /api/v1/batches` is the box's endpoint: it requires the identity the front door
 //!   vouches for ([`crate::identity`]), else 403.
 //! * The query API (`/api/v1/reports`, `/api/v1/stats`), `/healthz` and `/admin/*` are for
@@ -443,9 +443,15 @@ fn post_lines(req: &mut Request, state: &State) -> Reply {
         Err(BodyError::TooLarge) => return Reply::error(413, format!("body larger than {} bytes", state.max_body)),
         Err(BodyError::Io(e)) => return Reply::error(400, format!("reading the body failed: {e}")),
     };
-    let lines = body.split(|&b| b == b'\n').filter(|l| !l.is_empty() && *l != b"\r").count() as u64;
-    *lock(&state.lines).entry(who.box_id).or_default() += lines;
-    Reply::json(200, &LinesAck { lines })
+    let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').filter(|l| !l.is_empty() && *l != b"\r").collect();
+    // Stored like reports (one durable transaction) before the answer, so that the
+    // benchmark's reference peer is measured against the same work as a box.
+    let n = match state.store.store_lines(&who.box_id, &lines) {
+        Ok(n) => n,
+        Err(e) => return Reply::error(500, format!("storing lines failed: {e}")),
+    };
+    *lock(&state.lines).entry(who.box_id).or_default() += n;
+    Reply::json(200, &LinesAck { lines: n })
 }
 
 fn arm_fault(req: &mut Request, state: &State) -> Reply {

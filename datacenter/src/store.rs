@@ -29,7 +29,18 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::api::{BoxStats, InstrumentStats, Report, ReportPage, ReportQuery, Stats};
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: plain lines (the benchmark's syslog-ng reference posts them), stored with the
+/// same durability as reports so that both peers are measured against the same work.
+const SCHEMA_V2: &str = "
+CREATE TABLE lines (
+    id INTEGER PRIMARY KEY,
+    box TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    line BLOB NOT NULL
+);
+";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE boxes (
@@ -187,7 +198,30 @@ impl Store {
             tx.pragma_update(None, "user_version", 1).map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
+        if version < 2 {
+            let tx = conn.transaction().map_err(open_err)?;
+            tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", 2).map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
         Ok(Store { path: path.to_owned(), conn: Mutex::new(conn) })
+    }
+
+    /// Stores plain lines for `box_id` in one durable transaction; returns how many.
+    pub fn store_lines(&self, box_id: &str, lines: &[&[u8]]) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).op("begin lines transaction")?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO lines(box, received_ms, line) VALUES (?1, ?2, ?3)")
+                .op("prepare line insert")?;
+            for l in lines {
+                insert.execute(params![box_id, now, l]).op("insert line")?;
+            }
+        }
+        tx.commit().op("commit lines")?;
+        Ok(lines.len() as u64)
     }
 
     /// The database file.
@@ -458,6 +492,14 @@ mod tests {
     use rapwire::batch::Record;
 
     use super::*;
+
+    #[test]
+    fn lines_are_stored_durably_per_box() {
+        let s = Store::open_in_memory().unwrap();
+        assert_eq!(s.store_lines("box-1", &[b"a".as_slice(), b"b".as_slice()]).unwrap(), 2);
+        let n: i64 = s.conn().query_row("SELECT COUNT(*) FROM lines WHERE box='box-1'", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2);
+    }
 
     fn rec(instrument: &str, msg_id: u64, kind: Kind) -> Record {
         Record {
