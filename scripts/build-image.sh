@@ -7,6 +7,8 @@
 #       # development image: rapbox-stub stands in for rapd/rapctl, no FIPS provider
 #
 # Extra arguments are passed to `rapimage build` (e.g. --binary rapd=PATH).
+# Release images must then pass the offline hardening check (RAPBOX_HARDENING_GATE=0
+# skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,4 +28,28 @@ else
     bash scripts/build-fips.sh
   fi
 fi
-exec target/release/rapimage "${args[@]}" "$@"
+if [ "${RAPBOX_IMAGE_STUB:-0}" = 1 ] || [ "${RAPBOX_HARDENING_GATE:-1}" = 0 ]; then
+  exec target/release/rapimage "${args[@]}" "$@"
+fi
+
+# Release images are gated on the offline hardening check of the very tree that
+# went into root-a (hardening/checker, docs/hardening.md): a failing control fails
+# the build. Reports land beside manifest.json.
+target/release/rapimage "${args[@]}" --keep-root "$@"
+cargo build -q -j"$JOBS" -p raphard
+cache=${RAPBOX_DEB_CACHE:-image/cache}
+check=(check --root "$OUT/work/root" --esp "$OUT/work/esp" --cmdline "$OUT/boot/cmdline-a"
+       --waivers hardening/waivers.toml
+       --report-json "$OUT/hardening-report.json" --report-html "$OUT/hardening-report.html")
+[ -d "$cache/apt/state/lists" ] && check+=(--apt-lists "$cache/apt/state/lists")
+set +e
+target/debug/raphard "${check[@]}" > "$OUT/hardening-report.txt"
+rc=$?
+set -e
+tail -n 1 "$OUT/hardening-report.txt"
+rm -rf "$OUT/work/root"
+if [ "$rc" -ne 0 ]; then
+  grep -E '^[0-9]+ +fail' "$OUT/hardening-report.txt" >&2 || true
+  echo "build-image.sh: hardening check failed (exit $rc): see $OUT/hardening-report.txt" >&2
+  exit 1
+fi

@@ -50,6 +50,8 @@ pub struct BuildOptions {
     pub binaries: BTreeMap<String, PathBuf>,
     /// Ship the FIPS provider (false only for development images).
     pub fips: bool,
+    /// Keep the root tree in <out>/work/root (for offline checks such as raphard).
+    pub keep_root: bool,
 }
 
 struct Progress(Instant);
@@ -269,7 +271,9 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<PathBuf, BuildError
         out,
         &[&img_name, "boot/vmlinuz", "boot/vmlinux", "boot/initrd.img", "boot/cmdline-a", "manifest.json"],
     )?;
-    std::fs::remove_dir_all(work.join("root")).map_err(io(&work))?;
+    if !opts.keep_root {
+        std::fs::remove_dir_all(work.join("root")).map_err(io(&work))?;
+    }
     for pl in &placed {
         let _ = std::fs::remove_file(&pl.image);
     }

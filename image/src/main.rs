@@ -36,6 +36,9 @@ enum Cmd {
         /// Development image without the FIPS provider (rapd will refuse to start).
         #[arg(long)]
         without_fips: bool,
+        /// Keep the root file system tree in <out>/work/root for offline checks.
+        #[arg(long)]
+        keep_root: bool,
     },
     /// Resolve the recipe against the mirrors and rewrite recipe.lock.
     Lock {
@@ -74,7 +77,7 @@ fn main() {
 
 fn run() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Build { recipe, out, cache, binaries, without_fips } => {
+        Cmd::Build { recipe, out, cache, binaries, without_fips, keep_root } => {
             let recipe = Recipe::load(&recipe)?;
             let mut map = BTreeMap::new();
             for b in binaries {
@@ -89,6 +92,7 @@ fn run() -> Result<()> {
                 cache: rapimage::cmd::absolute(&cache),
                 binaries: map,
                 fips: !without_fips,
+                keep_root,
             };
             let image = build::build(&recipe, &opts).context("build failed")?;
             println!("{}", image.display());
