@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -90,10 +90,32 @@ pub fn agent(cfg: &UplinkConfig) -> Result<ureq::Agent, tls::TlsSetupError> {
 /// Deletions of acknowledged batches that may still be committing at once.
 const MAX_PENDING_DELETES: usize = 4;
 
-/// The uplink loop; returns when `stop` is set.
+/// A batch read and compressed ahead of time by the batcher.
+struct Prepared {
+    /// The batcher's epoch when it read the batch; a rewind makes older batches stale.
+    epoch: u64,
+    ranges: Vec<SeqRange>,
+    records: u64,
+    batch_id: u64,
+    body: Vec<u8>,
+}
+
+/// How the sender steers the batcher.
+#[derive(Default)]
+struct Steer {
+    epoch: u64,
+    /// Where the batcher reads from after a rewind.
+    from: Cursor,
+}
+
+/// The uplink; returns when `stop` is set.
 ///
-/// Batches are read after a per-priority cursor, so while the queue writer commits the
-/// deletion of an acknowledged batch the uplink already reads and posts the next one.
+/// Two threads: the batcher reads the next batch after a per-priority cursor and
+/// compresses it while the sender's previous POST is in flight; the sender posts, and on
+/// the data center's acknowledgement hands the rows to the queue writer for deletion
+/// (committed while the next batch travels). When a POST fails, the sender rewinds the
+/// batcher to the last acknowledged position, so the next attempt is read afresh — new
+/// alarms go first — and a batch with the same rows keeps its id and body.
 pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<AtomicBool>) {
     {
         let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,22 +123,107 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
         s.url = cfg.url.to_string();
         s.proxy = cfg.proxy.as_ref().map(|p| redact(&p.url));
     }
+    let steer = Arc::new(Mutex::new(Steer::default()));
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(1);
+    let batcher = {
+        let (cfg, queue, steer, stop) = (cfg.clone(), queue.clone(), steer.clone(), stop.clone());
+        std::thread::Builder::new().name("batcher".into()).spawn(move || batcher(cfg, queue, steer, tx, stop))
+    };
+    let batcher = match batcher {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("uplink: cannot start the batcher thread: {e}");
+            return;
+        }
+    };
+    sender(cfg, queue, status, stop, steer, rx);
+    let _ = batcher.join();
+    log::info!("uplink stopped");
+}
+
+fn batcher(cfg: UplinkConfig, queue: Queue, steer: Arc<Mutex<Steer>>, tx: SyncSender<Prepared>, stop: Arc<AtomicBool>) {
+    let mut epoch = 0;
+    let mut cursor = Cursor::default();
+    while !stop.load(Ordering::SeqCst) {
+        {
+            let st = steer.lock().unwrap_or_else(|p| p.into_inner());
+            if st.epoch != epoch {
+                epoch = st.epoch;
+                cursor = st.from;
+            }
+        }
+        let generation = queue.generation();
+        let batch_id = random_u64();
+        let mut enc = Encoder::new(batch_id, queue.dropped_total());
+        let ranges = match queue.read_batch(&cursor, cfg.batch_max_records, cfg.batch_max_bytes, |r| {
+            enc.push(r.instrument, r.msg_id, r.timestamp_ms, r.kind, r.priority, r.payload)
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("uplink: reading the queue: {e}");
+                sleep_unless_stopped(&stop, Duration::from_secs(1));
+                continue;
+            }
+        };
+        if ranges.is_empty() {
+            trim_heap();
+            queue.wait_for_new(generation, Duration::from_millis(200));
+            continue;
+        }
+        cursor.advance(&ranges);
+        let mut p = Prepared { epoch, records: enc.len(), ranges, batch_id, body: enc.finish() };
+        // Hand it over; keep checking for shutdown and rewinds while the sender is busy.
+        loop {
+            match tx.try_send(p) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(back)) => {
+                    p = back;
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if steer.lock().unwrap_or_else(|p| p.into_inner()).epoch != epoch {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+}
+
+fn sender(
+    cfg: UplinkConfig,
+    queue: Queue,
+    status: SharedStatus,
+    stop: Arc<AtomicBool>,
+    steer: Arc<Mutex<Steer>>,
+    rx: Receiver<Prepared>,
+) {
     let set = |f: &dyn Fn(&mut UplinkStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+    let rewind = |to: Cursor| {
+        let mut st = steer.lock().unwrap_or_else(|p| p.into_inner());
+        st.epoch += 1;
+        st.from = to;
+        st.epoch
+    };
     let mut agent_opt: Option<ureq::Agent> = None;
     let mut backoff = cfg.backoff_initial;
     let mut failures: u32 = 0;
-    let mut cursor = Cursor::default();
+    let mut epoch = 0;
+    // Everything at or below this cursor was acknowledged by the data center.
+    let mut confirmed = Cursor::default();
     let mut pending: VecDeque<Receiver<Result<(), String>>> = VecDeque::new();
     // The last batch that failed: the same rows are sent again with the same id and body.
     let mut retry: Option<(Vec<SeqRange>, u64, Vec<u8>)> = None;
     while !stop.load(Ordering::SeqCst) {
         // Settle finished deletions; a failed one means those rows are still queued: read
         // from the start again (the data center recognises the resend).
-        while let Some(rx) = pending.front() {
+        while let Some(drx) = pending.front() {
             let ready = if pending.len() >= MAX_PENDING_DELETES {
-                Some(queue.wait_completed(rx).map_err(|e| e.to_string()))
+                Some(queue.wait_completed(drx).map_err(|e| e.to_string()))
             } else {
-                match rx.try_recv() {
+                match drx.try_recv() {
                     Ok(r) => Some(r),
                     Err(mpsc::TryRecvError::Empty) => None,
                     Err(mpsc::TryRecvError::Disconnected) => Some(Err("queue writer stopped".into())),
@@ -132,7 +239,8 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                         "uplink: delivered rows could not be removed from the queue: {e}; they will be sent again"
                     );
                     pending.pop_front();
-                    cursor = Cursor::default();
+                    confirmed = Cursor::default();
+                    epoch = rewind(confirmed);
                 }
             }
         }
@@ -156,49 +264,38 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                 }
             },
         };
-        let generation = queue.generation();
-        let fresh_id = random_u64();
-        let mut enc = Encoder::new(fresh_id, queue.dropped_total());
-        let ranges = match queue.read_batch(&cursor, cfg.batch_max_records, cfg.batch_max_bytes, |r| {
-            enc.push(r.instrument, r.msg_id, r.timestamp_ms, r.kind, r.priority, r.payload)
-        }) {
-            Ok(r) => r,
-            Err(e) => {
-                log::error!("uplink: reading the queue: {e}");
-                sleep_unless_stopped(&stop, Duration::from_secs(1));
+        let p = match rx.recv_timeout(Duration::from_millis(if pending.is_empty() { 500 } else { 20 })) {
+            Ok(p) if p.epoch == epoch => p,
+            Ok(_) => continue, // read before the last rewind
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                set(&|s| {
+                    if s.state != "backoff" {
+                        s.state = "idle".into();
+                    }
+                });
                 continue;
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if ranges.is_empty() {
-            set(&|s| {
-                if s.state != "backoff" {
-                    s.state = "idle".into();
-                }
-            });
-            trim_heap();
-            queue.wait_for_new(generation, Duration::from_millis(if pending.is_empty() { 1000 } else { 20 }));
-            continue;
-        }
-        let records = enc.len();
+        let records = p.records;
         let (batch_id, body) = match retry.take() {
-            Some((r, id, body)) if r == ranges => (id, body),
-            _ => (fresh_id, enc.finish()),
+            Some((r, id, body)) if r == p.ranges => (id, body),
+            _ => (p.batch_id, p.body),
         };
         set(&|s| s.state = "sending".into());
         let started = Instant::now();
         match post(&agent, &cfg, batch_id, &body) {
             Ok(ack) => {
-                cursor.advance(&ranges);
-                match queue.complete_async(ranges) {
-                    Ok(rx) => pending.push_back(rx),
+                confirmed.advance(&p.ranges);
+                match queue.complete_async(p.ranges) {
+                    Ok(drx) => pending.push_back(drx),
                     Err(e) => log::error!("uplink: batch {batch_id:016x} acknowledged but not removed: {e}"),
                 }
                 if failures > 0 {
                     log::info!("uplink: data center reachable again after {failures} failed attempts");
                 }
                 log::debug!(
-                    "uplink: batch {batch_id:016x}: {} records, {} bytes, accepted {} duplicates {} in {:?}",
-                    records,
+                    "uplink: batch {batch_id:016x}: {records} records, {} bytes, accepted {} duplicates {} in {:?}",
                     body.len(),
                     ack.accepted,
                     ack.duplicates,
@@ -225,8 +322,7 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                     None => jittered,
                 };
                 log::warn!(
-                    "uplink: batch {batch_id:016x} ({} records) not delivered: {}; retrying in {} ms",
-                    records,
+                    "uplink: batch {batch_id:016x} ({records} records) not delivered: {}; retrying in {} ms",
                     f.message,
                     wait.as_millis()
                 );
@@ -237,16 +333,17 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
                     s.consecutive_failures = failures;
                     s.next_attempt_ms = Some(now_ms() + wait.as_millis() as u64);
                 });
-                retry = Some((ranges, batch_id, body));
+                retry = Some((p.ranges, batch_id, body));
                 backoff = (backoff * 2).min(cfg.backoff_max);
                 sleep_unless_stopped(&stop, wait);
+                // Read afresh only now: what arrived during the wait (alarms first) is included.
+                epoch = rewind(confirmed);
             }
         }
     }
-    for rx in pending {
-        let _ = queue.wait_completed(&rx);
+    for drx in pending {
+        let _ = queue.wait_completed(&drx);
     }
-    log::info!("uplink stopped");
 }
 
 /// Gives memory freed after a batch back to the system, so that the resident set follows
