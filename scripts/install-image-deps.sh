@@ -16,7 +16,7 @@ PKGS=(
   # boot: UEFI firmware and boot loader
   ovmf systemd-boot-efi
   # QEMU harness: network namespaces, guest-forward helper
-  iproute2 socat
+  iproute2 socat openssl
 )
 
 log() { printf 'install-image-deps: %s\n' "$*"; }
