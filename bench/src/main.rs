@@ -1099,14 +1099,14 @@ impl Report<'_> {
         s += "- **syslog-ng**: Debian's syslog-ng-core + syslog-ng-mod-http; a `network()` TCP source (`flags(no-parse)`, \
               newline-framed lines, `log-iw-size(64000)`) fed by as many concurrent plain-TCP senders as instruments, \
               each writing the same 200-byte payloads; `http()` destination to the same kind of nginx front door at \
-              `POST /api/v1/lines` (rapdc counts lines per box) with the client certificate and key and the CA of the \
+              `POST /api/v1/lines` (rapdc stores every line in SQLite in one synchronous=FULL transaction per request, as it does for a box's batch, and counts them) with the client certificate and key and the CA of the \
               same PKI, `disk-buffer(reliable(yes) mem-buf-size(4 MiB) disk-buf-size(4 GiB))`, `batch-lines(1000)`, \
               `workers(2)`, log path `flags(flow-control)`. Ingest: nginx down, time until `syslog-ng-ctl stats` shows \
               every line received. Drain: nginx up, time until the backend has counted every line. syslog-ng's disk \
               buffer never calls fsync and TCP syslog has no application acks, so its \"ingest\" is not durable in \
               rapd's sense.\n";
         s += "- The payloads are `rapsim::StatusText`: consecutive reports of one instrument differ in a few \
-              characters (slowly drifting readings), so zstd over a 5000-record batch shrinks them to about 1–2 bytes \
+              characters (slowly drifting readings), so zstd over a batch of thousands of records shrinks them to about 1–2 bytes \
               each. Real instruments may vary more; syslog-ng's `http()` sends the lines uncompressed.\n";
         s += "- Everything runs on the same machine at the same time as the load shown above; the simulator/senders \
               compete with the daemon for the CPUs.\n";
