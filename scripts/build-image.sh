@@ -14,6 +14,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-image-deps.sh
 OUT=${RAPBOX_IMAGE_OUT:-build/image}
+# Locked .debs are kept outside the clone so that reruns on this machine are offline
+# and survive the mirrors dropping a superseded version (never required: an empty
+# cache is filled from the mirrors by exact version and checked by SHA-256).
+export RAPBOX_DEB_CACHE=${RAPBOX_DEB_CACHE:-/var/cache/rapbox/image}
 JOBS=${CARGO_BUILD_JOBS:-2}
 
 cargo build -j"$JOBS" --release -p rapimage
@@ -37,7 +41,7 @@ fi
 # the build. Reports land beside manifest.json.
 target/release/rapimage "${args[@]}" --keep-root "$@"
 cargo build -q -j"$JOBS" -p raphard
-cache=${RAPBOX_DEB_CACHE:-image/cache}
+cache=$RAPBOX_DEB_CACHE
 check=(check --root "$OUT/work/root" --esp "$OUT/work/esp" --cmdline "$OUT/boot/cmdline-a"
        --waivers hardening/waivers.toml
        --report-json "$OUT/hardening-report.json" --report-html "$OUT/hardening-report.html")
