@@ -40,6 +40,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Netfilter management (off unless `[firewall] enabled = true`).
     pub firewall: FirewallConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,13 @@ pub struct QueueConfig {
     pub quota_bytes: u64,
     /// How long ids of delivered messages are remembered to recognise resends.
     pub dedup_retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The hash-chained audit log (its state file is `<path>.state`). Default: `audit.log`
+    /// beside the queue database, on the data partition.
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +313,14 @@ struct Raw {
     #[serde(default)]
     network: RawNetwork,
     firewall: Option<RawFirewall>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -542,6 +559,18 @@ impl Config {
             return Err(bad("queue.quota_bytes", format!("{} is below the minimum of 1 MiB", raw.queue.quota_bytes)));
         }
         require_absolute(&raw.queue.path, "queue.path", &bad)?;
+
+        // audit
+        let audit_path = match &raw.audit.path {
+            Some(p) => {
+                require_absolute(p, "audit.path", &bad)?;
+                if *p == raw.queue.path {
+                    return Err(bad("audit.path", "must not be the queue database".into()));
+                }
+                p.clone()
+            }
+            None => raw.queue.path.with_file_name("audit.log"),
+        };
 
         // uplink
         let u = &raw.uplink;
@@ -782,6 +811,7 @@ impl Config {
             instruments,
             network,
             firewall,
+            audit: AuditConfig { path: audit_path },
         })
     }
 }
@@ -1102,6 +1132,19 @@ listen = "10.10.2.1:7300"
         assert_eq!(c.fips.openssl_conf, Path::new("/etc/rapbox/fips/openssl-fips.cnf"));
         assert_eq!(c.log.target, LogTarget::Syslog);
         assert!(c.uplink.proxy.is_none());
+        assert_eq!(c.audit.path, Path::new("/data/rapd/audit.log"));
+    }
+
+    #[test]
+    fn audit_section() {
+        let c = parse(&format!("{GOOD}\n[audit]\npath = \"/data/log/rapd-audit.log\"\n")).unwrap();
+        assert_eq!(c.audit.path, Path::new("/data/log/rapd-audit.log"));
+        let e = err(&format!("{GOOD}\n[audit]\npath = \"audit.log\"\n"));
+        assert_eq!(e, "/etc/rapbox/rapd.toml: key `audit.path`: `audit.log` must be an absolute path");
+        let e = err(&format!("{GOOD}\n[audit]\npath = \"/data/rapd/queue.db\"\n"));
+        assert_eq!(e, "/etc/rapbox/rapd.toml: key `audit.path`: must not be the queue database");
+        let e = err(&format!("{GOOD}\n[audit]\nship = false\n"));
+        assert!(e.contains("unknown field `ship`"), "{e}");
     }
 
     #[test]

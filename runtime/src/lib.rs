@@ -6,6 +6,7 @@
 //! only the uplink talks to the data center. [`control`] answers questions about all
 //! of it on a local Unix socket. [`fips`] decides whether any of it may start.
 
+pub mod audit;
 pub mod config;
 pub mod control;
 pub mod daemon;
