@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Verification;
 use crate::fips::FipsState;
 use crate::ingest::PortStatus;
 use crate::queue::QueueStats;
@@ -23,7 +24,14 @@ use crate::uplink::UplinkStatus;
 pub enum Request {
     /// The whole status.
     Status,
+    /// Walk the audit log's hash chain (`rapctl audit verify`).
+    AuditVerify,
+    /// The last `n` audit records, oldest first (`rapctl audit log -n N`).
+    AuditTail { n: usize },
 }
+
+/// Most audit records one [`Request::AuditTail`] returns.
+pub const MAX_AUDIT_TAIL: usize = 10_000;
 
 /// The whole status of the box.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +48,9 @@ pub struct Status {
     /// The links rapd manages (uplink and instrument ports), each `up`, `down` or `missing`.
     #[serde(default)]
     pub links: serde_json::Value,
+    /// The audit log: path, last seq, shipped seq, last error (see `audit::AuditStatus`).
+    #[serde(default)]
+    pub audit: serde_json::Value,
 }
 
 /// A response line.
@@ -50,6 +61,21 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// The answer to [`Request::AuditVerify`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_verify: Option<Verification>,
+    /// The answer to [`Request::AuditTail`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_records: Option<Vec<serde_json::Value>>,
+}
+
+impl Response {
+    fn error(message: String) -> Response {
+        Response { ok: false, error: Some(message), status: None, audit_verify: None, audit_records: None }
+    }
+    fn ok() -> Response {
+        Response { ok: true, error: None, status: None, audit_verify: None, audit_records: None }
+    }
 }
 
 /// What the daemon exposes to the control interface.
@@ -66,6 +92,18 @@ pub trait Source: Send + Sync {
     /// The managed links (see `ports::LinkStatus`).
     fn links(&self) -> serde_json::Value {
         serde_json::Value::Array(Vec::new())
+    }
+    /// The audit log's status (see `audit::AuditStatus`).
+    fn audit(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Verifies the audit log.
+    fn audit_verify(&self) -> Result<Verification, String> {
+        Err("this rapd keeps no audit log".into())
+    }
+    /// The last `n` audit records.
+    fn audit_tail(&self, _n: usize) -> Result<Vec<serde_json::Value>, String> {
+        Err("this rapd keeps no audit log".into())
     }
 }
 
@@ -123,8 +161,16 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&s, 64 * 1024)).read_line(&mut line)?;
     let resp = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(Request::Status) => Response { ok: true, error: None, status: Some(status(src)) },
-        Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), status: None },
+        Ok(Request::Status) => Response { status: Some(status(src)), ..Response::ok() },
+        Ok(Request::AuditVerify) => match src.audit_verify() {
+            Ok(v) => Response { audit_verify: Some(v), ..Response::ok() },
+            Err(e) => Response::error(e),
+        },
+        Ok(Request::AuditTail { n }) => match src.audit_tail(n.min(MAX_AUDIT_TAIL)) {
+            Ok(r) => Response { audit_records: Some(r), ..Response::ok() },
+            Err(e) => Response::error(e),
+        },
+        Err(e) => Response::error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
@@ -142,6 +188,7 @@ fn status(src: &dyn Source) -> Status {
         ports: v(serde_json::to_value(src.ports())),
         firewall: src.firewall(),
         links: src.links(),
+        audit: src.audit(),
     }
 }
 

@@ -3,6 +3,11 @@
 //! the uplink and the control socket, tell systemd it is ready, and stop cleanly on
 //! SIGTERM — every acknowledged message is already on disk by then. The firewall rules
 //! stay in place when rapd stops or refuses a new configuration.
+//!
+//! The audit log opens right after the FIPS gate (its hashes come from the FIPS provider)
+//! and before anything it records: rapd's start and stop, the gate's result, the
+//! configuration loaded and the firewall's events. Its records reach the queue once the
+//! queue is open.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -12,10 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::audit::{self, AuditLog, Event, Outcome, Verification};
 use crate::config::Config;
 use crate::control::{self, Source};
 use crate::fips::{self, FipsState};
-use crate::firewall::{self, Firewall, FirewallError, LogAudit};
+use crate::firewall::{self, Firewall, FirewallError};
 use crate::ingest::{self, Port, PortStatus};
 use crate::ports::{self, LogEvents, PortsError, SharedLinks};
 use crate::queue::{Queue, QueueStats};
@@ -29,6 +35,7 @@ struct Daemon {
     ports: Mutex<Vec<Port>>,
     firewall: Option<firewall::guard::SharedStatus>,
     links: Option<SharedLinks>,
+    audit: AuditLog,
     started: Instant,
 }
 
@@ -64,10 +71,82 @@ impl Source for Daemon {
             }
         }
     }
+    fn audit(&self) -> serde_json::Value {
+        serde_json::to_value(self.audit.status()).unwrap_or(serde_json::Value::Null)
+    }
+    fn audit_verify(&self) -> Result<Verification, String> {
+        self.audit.verify().map_err(|e| e.to_string())
+    }
+    fn audit_tail(&self, n: usize) -> Result<Vec<serde_json::Value>, String> {
+        self.audit.tail(n).map_err(|e| e.to_string())
+    }
+}
+
+/// What an exit code means, for the audit record of a failed start.
+fn exit_reason(code: i32) -> &'static str {
+    match code {
+        exit::CONFIG => "bad configuration",
+        exit::QUEUE => "the queue database cannot be opened",
+        exit::LISTEN => "a port or the control socket cannot be set up",
+        _ => "an unexpected failure",
+    }
+}
+
+/// Records a refused FIPS gate, if the FIPS provider can still compute the record's hashes
+/// (not when it is missing or failed its self-test: then only the system log has it).
+fn record_gate_refusal(cfg: &Config, error: &str) {
+    if !audit::force_fips_digests() {
+        log::error!("the refused FIPS gate is not in the audit log: the FIPS provider cannot hash a record");
+        return;
+    }
+    let ev = Event::new("fips.gate")
+        .target(&cfg.fips.openssl_conf.display().to_string())
+        .outcome(Outcome::Failure)
+        .detail(serde_json::json!({ "error": error }));
+    if let Err(e) = AuditLog::open(&cfg.audit.path).and_then(|(l, _)| l.record(ev)) {
+        log::error!("{e}");
+    }
+}
+
+/// The records of a start: rapd, the gate's result, the configuration.
+fn record_start(cfg: &Config, fips: &FipsState) {
+    audit::record(
+        Event::new("rapd.start")
+            .target(concat!("rapd ", env!("CARGO_PKG_VERSION")))
+            .detail(serde_json::json!({ "pid": std::process::id() })),
+    );
+    audit::record(
+        Event::new("fips.gate")
+            .target(&fips.openssl_conf.display().to_string())
+            .detail(serde_json::json!({ "providers": fips.providers, "openssl": fips.openssl_version })),
+    );
+    let sha256 = std::fs::read(&cfg.path)
+        .ok()
+        .and_then(|b| audit::chain::sha256_hex(&b).ok())
+        .map_or(serde_json::Value::Null, serde_json::Value::String);
+    audit::record(Event::new("config.loaded").target(&cfg.path.display().to_string()).detail(serde_json::json!({
+        "sha256": sha256,
+        "instruments": cfg.instruments.iter().map(|i| &i.serial).collect::<Vec<_>>(),
+        "firewall": cfg.firewall.enabled,
+        "uplink": cfg.uplink.url.as_str(),
+    })));
 }
 
 /// Runs rapd with the configuration at `config_path`; returns the process exit code.
 pub fn run(config_path: &Path) -> i32 {
+    let code = start_and_serve(config_path);
+    // A start given up after the audit log opened ends the run's records (the normal
+    // stop records its own); the details are in the system log.
+    if code != exit::OK && audit::installed().is_some() {
+        audit::record(Event::new("rapd.stop").outcome(Outcome::Failure).detail(serde_json::json!({
+            "exit_code": code,
+            "reason": format!("gave up while starting: {}; see the system log", exit_reason(code)),
+        })));
+    }
+    code
+}
+
+fn start_and_serve(config_path: &Path) -> i32 {
     logging::init_early();
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
@@ -84,10 +163,28 @@ pub fn run(config_path: &Path) -> i32 {
         Err(e) => {
             log::error!("FIPS gate refused, no network I/O: {e}");
             eprintln!("rapd: FIPS gate refused, no network I/O: {e}");
+            record_gate_refusal(&cfg, &e.to_string());
             return exit::FIPS;
         }
     };
     log::info!("FIPS gate passed: providers {:?}, {}", fips_state.providers, fips_state.openssl_version);
+
+    // The audit trail, before anything it records.
+    let audit_log = match AuditLog::open(&cfg.audit.path) {
+        Ok((l, found)) => {
+            if let Some(e) = &found.error {
+                log::error!("audit log {}: {e} (recorded; rapd goes on appending)", cfg.audit.path.display());
+            }
+            l
+        }
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::FAILURE;
+        }
+    };
+    audit::install(audit_log.clone());
+    record_start(&cfg, &fips_state);
 
     // Signals are handled by one thread with sigwait; block them before any thread starts.
     let mut sigs = SigSet::empty();
@@ -109,7 +206,7 @@ pub fn run(config_path: &Path) -> i32 {
         }
     }
     let fw = if cfg.firewall.enabled {
-        match Firewall::apply(firewall::policy(&cfg), firewall::Tools::system(), Arc::new(LogAudit)) {
+        match Firewall::apply(firewall::policy(&cfg), firewall::Tools::system(), Arc::new(audit_log.clone())) {
             Ok(f) => {
                 log::info!("firewall: policy applied ({} rules)", f.status().lock().map(|s| s.rule_count).unwrap_or(0));
                 Some(f)
@@ -150,6 +247,13 @@ pub fn run(config_path: &Path) -> i32 {
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let shipper = match audit_log.start_shipping(queue.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rapd: cannot start the audit shipper: {e}");
+            return exit::FAILURE;
+        }
+    };
 
     let control_listener = match control::bind(&cfg.control.socket) {
         Ok(l) => l,
@@ -187,6 +291,7 @@ pub fn run(config_path: &Path) -> i32 {
         ports: Mutex::new(ports),
         firewall: fw.as_ref().map(Firewall::status),
         links: link_status.clone(),
+        audit: audit_log.clone(),
         started: Instant::now(),
     });
 
@@ -232,21 +337,21 @@ pub fn run(config_path: &Path) -> i32 {
     log::info!("rapd ready: {} instrument ports, queue {}", cfg.instruments.len(), cfg.queue.path.display());
 
     // Wait for SIGTERM/SIGINT (SIGHUP is logged: configuration reload is a restart).
-    loop {
+    let why = loop {
         match sigs.wait() {
             Ok(Signal::SIGHUP) => {
                 log::info!("SIGHUP ignored: restart rapd to apply a new configuration")
             }
             Ok(s) => {
                 log::info!("{s} received: stopping");
-                break;
+                break s.as_str().to_owned();
             }
             Err(e) => {
                 log::error!("sigwait failed: {e}");
-                break;
+                break format!("sigwait failed: {e}");
             }
         }
-    }
+    };
     notify("STOPPING=1");
     stop.store(true, Ordering::SeqCst);
     queue.wake();
@@ -262,6 +367,9 @@ pub fn run(config_path: &Path) -> i32 {
     if let Some(w) = wd {
         let _ = w.join();
     }
+    // The stop record goes to the queue with the rest, if it can in 2 s; else after the next start.
+    audit::record(Event::new("rapd.stop").detail(serde_json::json!({ "reason": why })));
+    shipper.finish(Duration::from_secs(2));
     queue.shutdown();
     drop(daemon);
     drop(queue);

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::rapd::{depth, Rapd, Spec};
+use common::rapd::{audit_queued, depth, Rapd, Spec};
 use common::{instrument_addr, wait_for, World, BOX_ID};
 use rapsim::raw;
 use rapsim::Instrument;
@@ -50,13 +50,24 @@ fn delivery_exactly_once_alarms_first(w: &mut World, proxy: Option<String>) -> R
     let per = 2000;
     let acked = send_all(&instruments, per, 10, 1);
     let st = rapd.status();
-    assert_eq!(depth(&st), 3 * per, "everything acknowledged is queued while the data center is down");
-    assert_eq!(st.queue["depth_by_priority"][0], 3 * per / 10, "alarms are queued at priority 0");
+    let own = audit_queued(&st);
+    assert_eq!(depth(&st), 3 * per + own, "everything acknowledged is queued while the data center is down");
+    assert_eq!(
+        st.queue["depth_by_priority"][0],
+        3 * per / 10 + own,
+        "alarms (and audit records) are queued at priority 0"
+    );
 
     w.start_nginx();
     rapd.wait_status("queue drained to the data center", Duration::from_secs(90), |s| depth(s) == 0);
 
-    let reports = w.client.all_reports(Some(BOX_ID), None).expect("reports");
+    let reports: Vec<_> = w
+        .client
+        .all_reports(Some(BOX_ID), None)
+        .expect("reports")
+        .into_iter()
+        .filter(|r| !r.instrument.is_empty())
+        .collect();
     assert_eq!(reports.len() as u64, 3 * per);
     let mut keys = HashSet::new();
     for r in &reports {
@@ -78,7 +89,7 @@ fn direct_delivery_exactly_once_alarms_first() {
     let mut w = World::new("direct");
     let rapd = delivery_exactly_once_alarms_first(&mut w, None);
     let st = rapd.status();
-    assert_eq!(st.uplink["records_sent"], 6000);
+    assert_eq!(st.uplink["records_sent"], 6000 + audit_queued(&st));
     assert!(st.uplink["proxy"].is_null());
 }
 
@@ -130,7 +141,7 @@ fn wrong_proxy_credentials_send_nothing() {
     let st = rapd.wait_status("a proxy refusal", Duration::from_secs(30), |s| {
         s.uplink["consecutive_failures"].as_u64().unwrap_or(0) >= 1
     });
-    assert_eq!(depth(&st), 10);
+    assert_eq!(depth(&st), 10 + audit_queued(&st));
     assert_eq!(w.batch_posts(), 0);
 }
 
@@ -149,7 +160,7 @@ fn refused(name: &str, configure: impl FnOnce(&World) -> rapdc::FrontDoor, expec
     });
     let err = st.uplink["last_error"].as_str().unwrap_or("").to_string();
     assert!(expect.iter().any(|e| err.contains(e)), "{name}: last error {err:?} does not mention any of {expect:?}");
-    assert_eq!(depth(&st), 50, "{name}: nothing leaves the queue");
+    assert_eq!(depth(&st), 50 + audit_queued(&st), "{name}: nothing leaves the queue");
     assert_eq!(st.uplink["records_sent"], 0);
     assert_eq!(w.batch_posts(), 0, "{name}: no request reached the data center");
     let log = rapd.log_text();
@@ -225,7 +236,7 @@ fn refused_by_data_center_without_client_certificate_from_its_ca() {
     let st = rapd.wait_status("an uplink failure", Duration::from_secs(30), |s| {
         s.uplink["consecutive_failures"].as_u64().unwrap_or(0) >= 2
     });
-    assert_eq!(depth(&st), 20);
+    assert_eq!(depth(&st), 20 + audit_queued(&st));
     assert_eq!(w.batch_posts(), 0);
 }
 
@@ -512,13 +523,16 @@ fn duplicate_ids_are_acked_again_and_stored_once() {
     assert_eq!(c.next_event(Duration::from_secs(5)), raw::RawEvent::Reply(Reply::Ack { msg_id: 42, duplicate: false }));
     c.send_report(&r).unwrap();
     assert_eq!(c.next_event(Duration::from_secs(5)), raw::RawEvent::Reply(Reply::Ack { msg_id: 42, duplicate: true }));
-    rapd.wait_status("delivered", Duration::from_secs(30), |s| s.uplink["records_sent"] == 1);
+    rapd.wait_status("delivered", Duration::from_secs(30), |s| s.uplink["records_sent"] == 1 + audit_queued(s));
     // Resent after delivery: still acked as a duplicate, not stored or sent again.
     c.send_report(&r).unwrap();
     assert_eq!(c.next_event(Duration::from_secs(5)), raw::RawEvent::Reply(Reply::Ack { msg_id: 42, duplicate: true }));
     let st = rapd.status();
     assert_eq!(depth(&st), 0);
-    assert_eq!(w.client.all_reports(Some(BOX_ID), None).unwrap().len(), 1);
+    let instrument_reports = |w: &World| {
+        w.client.all_reports(Some(BOX_ID), None).unwrap().into_iter().filter(|r| !r.instrument.is_empty()).count()
+    };
+    assert_eq!(instrument_reports(&w), 1);
 }
 
 #[test]
@@ -537,7 +551,8 @@ fn retry_after_is_honoured_and_nothing_is_lost() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(w.batch_posts(), 1, "rapd waited for Retry-After");
     rapd.wait_status("delivered after the wait", Duration::from_secs(30), |s| depth(s) == 0);
-    assert_eq!(w.client.all_reports(Some(BOX_ID), None).unwrap().len(), 10);
+    let reports = w.client.all_reports(Some(BOX_ID), None).unwrap();
+    assert_eq!(reports.iter().filter(|r| !r.instrument.is_empty()).count(), 10);
 }
 
 #[test]
@@ -555,7 +570,7 @@ fn box_not_provisioned_keeps_ingesting_and_names_the_missing_file() {
         err.contains("box certificate") && err.contains("missing/box.pem") && err.contains("not provisioned"),
         "{err}"
     );
-    assert_eq!(depth(&st), 10);
+    assert_eq!(depth(&st), 10 + audit_queued(&st));
 }
 
 #[test]
@@ -567,7 +582,8 @@ fn rapctl_status_human_and_json() {
     spec.instruments = vec![a.clone()];
     let rapd = Rapd::start(&spec);
     send_all(&[a], 25, 5, 1);
-    rapd.wait_status("delivered", Duration::from_secs(30), |s| depth(s) == 0);
+    let st = rapd.wait_status("delivered", Duration::from_secs(30), |s| depth(s) == 0);
+    let sent = 25 + audit_queued(&st);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
         .args(["--socket", spec.socket().to_str().unwrap(), "status"])
         .output()
@@ -575,7 +591,7 @@ fn rapctl_status_human_and_json() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("FIPS         passed (providers: "), "{text}");
-    assert!(text.contains(" batches, 25 messages, "), "{text}");
+    assert!(text.contains(&format!(" batches, {sent} messages, ")), "{text}");
     assert!(text.contains("Queue        0 messages (alarms 0, high 0, normal 0, low 0)"), "{text}");
     assert!(text.contains("INST-0001"), "{text}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
@@ -583,7 +599,7 @@ fn rapctl_status_human_and_json() {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["uplink"]["records_sent"], 25);
+    assert_eq!(v["uplink"]["records_sent"], sent);
     assert_eq!(v["fips"]["passed"], true);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapctl"))
         .args(["--socket", "/nonexistent/rapd.sock", "status"])

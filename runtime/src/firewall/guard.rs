@@ -23,8 +23,9 @@ pub enum AuditEvent {
     RepairFailed { changes: Vec<String>, error: String },
 }
 
-/// The audit hook. The audit module will implement it; until then [`LogAudit`] writes
-/// each event as a warning prefixed `audit:`.
+/// The audit hook. rapd passes its audit log (`crate::audit::AuditLog` implements this:
+/// each event becomes a hash-chained record and keeps its [`LogAudit`] line); [`LogAudit`]
+/// alone writes each event as a warning prefixed `audit:`.
 pub trait Audit: Send + Sync {
     fn firewall(&self, event: &AuditEvent);
 }

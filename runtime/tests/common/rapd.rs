@@ -119,11 +119,15 @@ impl Rapd {
         r
     }
 
+    /// Waits until the control socket answers and the audit records of the start are in
+    /// the queue (so that tests can count what the box itself adds to it).
     pub fn wait_ready(&mut self, timeout: Duration) {
         let end = Instant::now() + timeout;
         loop {
-            if control::request(&self.spec.socket(), &Request::Status).is_ok() {
-                return;
+            if let Ok(r) = control::request(&self.spec.socket(), &Request::Status) {
+                if r.status.is_some_and(|s| s.audit["last_seq"] == s.audit["shipped_seq"]) {
+                    return;
+                }
             }
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("rapd exited with {st} before it was ready:\n{}", self.log_text());
@@ -214,4 +218,10 @@ impl Drop for Rapd {
 /// The queue depth reported by rapd.
 pub fn depth(s: &Status) -> u64 {
     s.queue["depth"].as_u64().unwrap_or(0)
+}
+
+/// The box's own audit records that rapd has put into its queue: they travel with the
+/// instruments' messages at priority 0, instrument "" (see docs/audit.md).
+pub fn audit_queued(s: &Status) -> u64 {
+    s.audit["shipped_seq"].as_u64().unwrap_or(0)
 }
