@@ -1,12 +1,16 @@
 //! `rapctl`: the field technician's console tool. Talks to rapd over its control socket.
 //!
 //! Exit codes: 0 success, 1 rapd unreachable or answered an error, 2 usage error.
+//! `rapctl audit verify`: 0 the audit trail is intact, 1 it is broken (the first broken
+//! link is printed), 2 usage error, 3 it could not be checked (rapd unreachable, file
+//! unreadable). See `docs/audit.md`.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use rapbox::control::{self, Request, Status};
+use rapbox::audit::{self, Verification};
+use rapbox::control::{self, Request, Response, Status};
 use serde_json::Value;
 
 /// rapbox console tool.
@@ -28,7 +32,40 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
 }
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the hash chain and name the first broken link (exit 0 intact, 1 broken, 3 not checked).
+    Verify {
+        /// Check this file (and `<file>.state` beside it, if present) instead of asking rapd.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last records, oldest first.
+    Log {
+        /// How many records.
+        #[arg(short = 'n', long = "lines", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        n: u64,
+        /// Read this file instead of asking rapd.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code of `audit verify` when the trail could not be checked at all.
+const NOT_CHECKED: i32 = 3;
 
 fn main() {
     let args = match Args::try_parse() {
@@ -61,7 +98,98 @@ fn main() {
                 std::process::exit(1);
             }
         },
+        Cmd::Audit { cmd: AuditCmd::Verify { file, json } } => {
+            let v = match &file {
+                // A missing file is an empty log to rapd, but here it is a wrong path.
+                Some(f) => std::fs::metadata(f)
+                    .map_err(|e| format!("cannot check {}: {e}", f.display()))
+                    .and_then(|_| audit::verify(f).map_err(|e| format!("cannot check {}: {e}", f.display()))),
+                None => ask(&args.socket, &Request::AuditVerify)
+                    .and_then(|r| r.audit_verify.ok_or_else(|| "rapd answered without a verification".into())),
+            };
+            match v {
+                Ok(v) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        println!("{}", verdict(&v));
+                    }
+                    std::process::exit(if v.intact { 0 } else { 1 });
+                }
+                Err(e) => {
+                    eprintln!("rapctl: {e}");
+                    std::process::exit(NOT_CHECKED);
+                }
+            }
+        }
+        Cmd::Audit { cmd: AuditCmd::Log { n, file, json } } => {
+            let recs = match &file {
+                Some(f) => std::fs::metadata(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))
+                    .and_then(|_| audit::tail(f, n as usize).map_err(|e| format!("cannot read {}: {e}", f.display()))),
+                None => ask(&args.socket, &Request::AuditTail { n: n as usize })
+                    .and_then(|r| r.audit_records.ok_or_else(|| "rapd answered without records".into())),
+            };
+            match recs {
+                Ok(recs) if json => println!("{}", serde_json::to_string_pretty(&recs).unwrap_or_default()),
+                Ok(recs) => {
+                    for r in &recs {
+                        println!("{}", record_line(r));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("rapctl: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
     }
+}
+
+/// One request; a refusal or an unreachable rapd as a message.
+fn ask(socket: &std::path::Path, req: &Request) -> Result<Response, String> {
+    match control::request(socket, req) {
+        Ok(r) if r.ok => Ok(r),
+        Ok(r) => Err(format!("rapd refused: {}", r.error.unwrap_or_default())),
+        Err(e) => Err(format!(
+            "cannot reach rapd: {e}\n  is rapd running? (systemctl status rapd; or check a file with --file PATH)"
+        )),
+    }
+}
+
+/// The result of a verification in one line.
+fn verdict(v: &Verification) -> String {
+    let p = v.path.display();
+    if let Some(e) = &v.error {
+        return format!("audit log {p}: BROKEN: {e}");
+    }
+    let records = match (v.first_seq, v.last_seq) {
+        (Some(a), Some(b)) => format!("{} records ({a} to {b})", v.records),
+        _ => "no records".into(),
+    };
+    let end = match &v.end_checked_against {
+        Some(s) => format!("end checked against {}", s.display()),
+        None => format!("end not checked (no {})", audit::state_path(&v.path).display()),
+    };
+    format!("audit log {p}: intact, {records}, {end}")
+}
+
+/// One record for people: seq, time, actor, action, outcome, target, detail.
+fn record_line(r: &Value) -> String {
+    if let Some(t) = r.get("unreadable").and_then(Value::as_str) {
+        return format!("{:>6}  unreadable: {t}", "?");
+    }
+    let mut o =
+        format!("{:>6}  {}  {}  {}  {}", u(r, "seq"), s(r, "time"), s(r, "actor"), s(r, "action"), s(r, "outcome"));
+    if !s(r, "target").is_empty() {
+        o += &format!("  {}", s(r, "target"));
+    }
+    match r.get("detail") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(d)) => o += &format!("  {d}"),
+        Some(d) => o += &format!("  {d}"),
+    }
+    o
 }
 
 fn now_ms() -> u64 {
