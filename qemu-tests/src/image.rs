@@ -153,3 +153,30 @@ pub fn overlay_of(base: &Path, test: &str) -> Result<PathBuf, HarnessError> {
     )?;
     Ok(path)
 }
+
+/// One instrument port of the box as provisioned: the guest interface it is cabled to,
+/// the box's address on it, the instrument's address and the agent port.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    pub serial: String,
+    pub interface: String,
+    pub box_address: String,
+    pub address: String,
+    pub agent_port: u16,
+}
+
+/// The image's rapd.toml template (`/usr/share/rapbox/rapd.toml.in`) with `[[instrument]]`
+/// sections for `ports` appended, written to `out`: `rapimage provision` renders it into
+/// the box's `/data/config/rapd.toml`.
+pub fn template_with_ports(out: &Path, ports: &[PortSpec]) -> Result<PathBuf, HarnessError> {
+    let src = workspace().join("buildroot-overlay/rootfs/usr/share/rapbox/rapd.toml.in");
+    let mut t = std::fs::read_to_string(&src).map_err(|source| HarnessError::Io { path: src.clone(), source })?;
+    for p in ports {
+        t.push_str(&format!(
+            "\n[[instrument]]\nserial = {:?}\nmodel = \"rapsim\"\ninterface = {:?}\nbox_address = {:?}\naddress = {:?}\nagent_port = {}\n",
+            p.serial, p.interface, p.box_address, p.address, p.agent_port
+        ));
+    }
+    std::fs::write(out, t).map_err(|source| HarnessError::Io { path: out.into(), source })?;
+    Ok(out.to_path_buf())
+}

@@ -9,7 +9,9 @@
 
 pub mod bridge;
 pub mod console;
+pub mod datacenter;
 pub mod image;
+pub mod instruments;
 pub mod netns;
 pub mod vm;
 

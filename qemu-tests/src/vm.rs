@@ -177,6 +177,11 @@ impl Vm {
         Ok(Vm { child, console, started: Instant::now(), _bridge: bridge, _netns: netns, _guard: guard })
     }
 
+    /// The network namespace QEMU runs in (its tap devices are the instrument ports).
+    pub fn netns(&self) -> &Netns {
+        &self._netns
+    }
+
     /// Hard power-off (kill -9 of QEMU).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
