@@ -113,24 +113,38 @@ impl Console {
 
     /// Logs in on the serial console and sets the unique prompt.
     pub fn login(&mut self, user: &str, password: &str, timeout: Duration) {
-        self.expect("rapbox login: ", timeout);
+        if let Err(step) = self.try_login(user, password, timeout) {
+            panic!(
+                "console: login failed waiting for `{step}` (log {})\n--- last console output ---\n{}",
+                self.log.display(),
+                self.tail()
+            );
+        }
+    }
+
+    /// Like `login`, returning the text it waited for in vain (timeout or QEMU exited).
+    pub fn try_login(&mut self, user: &str, password: &str, timeout: Duration) -> Result<(), &'static str> {
+        self.try_expect("rapbox login: ", timeout).ok_or("rapbox login: ")?;
         self.send(user);
-        self.expect("Password: ", Duration::from_secs(30));
+        self.try_expect("Password: ", Duration::from_secs(30)).ok_or("Password: ")?;
         self.send(password);
-        self.expect("# ", Duration::from_secs(60));
+        self.try_expect("# ", Duration::from_secs(60)).ok_or("# ")?;
         self.send(SET_PROMPT);
-        self.expect(PROMPT, Duration::from_secs(30));
+        self.try_expect(PROMPT, Duration::from_secs(30)).ok_or(PROMPT)?;
+        Ok(())
     }
 
     /// Runs `cmd` in the logged-in shell; returns (output, exit status).
     pub fn run(&mut self, cmd: &str, timeout: Duration) -> (String, i32) {
         self.send(&format!("{cmd}; echo \"RAPQ-RC=$?\""));
         let out = self.expect(PROMPT, timeout);
-        let (body, rc) = match out.rfind("RAPQ-RC=") {
-            Some(i) => (out[..i].to_string(), out[i + 8..].trim().parse().unwrap_or(-1)),
-            None => (out, -1),
-        };
-        (body.trim_start_matches('\n').to_string(), rc)
+        split_rc(out)
+    }
+
+    /// Like `run`, returning None on timeout or when QEMU exited.
+    pub fn try_run(&mut self, cmd: &str, timeout: Duration) -> Option<(String, i32)> {
+        self.send(&format!("{cmd}; echo \"RAPQ-RC=$?\""));
+        self.try_expect(PROMPT, timeout).map(split_rc)
     }
 
     /// `run`, asserting exit status 0.
@@ -139,6 +153,14 @@ impl Console {
         assert_eq!(rc, 0, "`{cmd}` exited {rc}:\n{out}");
         out
     }
+}
+
+fn split_rc(out: String) -> (String, i32) {
+    let (body, rc) = match out.rfind("RAPQ-RC=") {
+        Some(i) => (out[..i].to_string(), out[i + 8..].trim().parse().unwrap_or(-1)),
+        None => (out, -1),
+    };
+    (body.trim_start_matches('\n').to_string(), rc)
 }
 
 /// The text without carriage returns and ANSI escape sequences (colours, bracketed

@@ -182,6 +182,11 @@ impl Vm {
         &self._netns
     }
 
+    /// QEMU's process id (`ip netns exec` execs QEMU in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Hard power-off (kill -9 of QEMU).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
