@@ -129,7 +129,7 @@ fn uefi_boot_through_systemd_boot_slot_a() {
 /// prompt and to rapd's READY=1 (systemd's ActiveEnterTimestampMonotonic, from kernel
 /// start, plus the firmware time before the kernel).
 #[test]
-#[ignore]
+#[ignore = "measurement (median boot times for docs/image.md): run with --ignored --nocapture"]
 fn boot_times() {
     let runs: usize = std::env::var("RAPBOX_BOOT_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     for (name, boot) in [("direct", Boot::Direct), ("uefi", Boot::Uefi)] {
@@ -233,7 +233,7 @@ fn provisioned_identity_reaches_rapd() {
 
 /// Where boot time goes (ignored; for tuning): critical chain to rapd and blame.
 #[test]
-#[ignore]
+#[ignore = "diagnostic (systemd-analyze of a boot): run with --ignored --nocapture"]
 fn boot_analysis() {
     let Some((_b, mut vm)) = start("boot_analysis", Boot::Direct) else { return };
     banner_and_login(&mut vm, 120);
