@@ -165,6 +165,32 @@ pub struct PortSpec {
     pub agent_port: u16,
 }
 
+/// The agent port every simulated instrument uses.
+pub const AGENT_PORT: u16 = 7300;
+
+/// The two instrument ports of the harness: the guest NICs behind its tap devices inst0 and
+/// inst1 (virtio-net on q35 slots 4 and 5, after the uplink on slot 3), serials
+/// `<prefix>-0001` and `<prefix>-0002`.
+pub fn harness_ports(prefix: &str) -> Vec<PortSpec> {
+    (1..=2)
+        .map(|i| PortSpec {
+            serial: format!("{prefix}-{i:04}"),
+            interface: format!("enp0s{}", i + 3),
+            box_address: format!("10.10.{i}.1/24"),
+            address: format!("10.10.{i}.2"),
+            agent_port: AGENT_PORT,
+        })
+        .collect()
+}
+
+impl PortSpec {
+    /// Where the instrument's agent connects: the box address on this port and the agent port.
+    pub fn agent_addr(&self) -> std::net::SocketAddr {
+        let ip = self.box_address.split('/').next().unwrap_or("").parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        std::net::SocketAddr::new(std::net::IpAddr::V4(ip), self.agent_port)
+    }
+}
+
 /// The image's rapd.toml template (`/usr/share/rapbox/rapd.toml.in`) with `[[instrument]]`
 /// sections for `ports` appended, written to `out`: `rapimage provision` renders it into
 /// the box's `/data/config/rapd.toml`.

@@ -16,20 +16,8 @@ use qemu_tests::vm::{Boot, Vm, VmConfig};
 use rapsim::Instrument;
 use serde_json::Value;
 
-const AGENT_PORT: u16 = 7300;
-
-/// The two instrument ports: the guest NICs behind the harness's tap devices inst0 and
-/// inst1 (virtio-net on q35 slots 4 and 5, after the uplink on slot 3).
 fn ports() -> Vec<PortSpec> {
-    (1..=2)
-        .map(|i| PortSpec {
-            serial: format!("QINST-{i:04}"),
-            interface: format!("enp0s{}", i + 3),
-            box_address: format!("10.10.{i}.1/24"),
-            address: format!("10.10.{i}.2"),
-            agent_port: AGENT_PORT,
-        })
-        .collect()
+    image::harness_ports("QINST")
 }
 
 fn now_ms() -> u64 {
@@ -226,7 +214,7 @@ fn instruments_reach_data_center_exactly_once() {
     for p in ports() {
         let port = st["ports"].as_array().into_iter().flatten().find(|x| x["serial"] == p.serial.as_str());
         let port = port.unwrap_or_else(|| panic!("{}: not in status {st:#}", p.serial));
-        assert_eq!(port["listen"], format!("{}:{AGENT_PORT}", p.box_address.split('/').next().unwrap_or("")), "{port}");
+        assert_eq!(port["listen"], p.agent_addr().to_string(), "{port}");
         assert!(port["received"].as_u64().unwrap_or(0) >= per, "{port}");
         assert!(port["last_report_ms"].as_u64().is_some(), "{port}");
     }

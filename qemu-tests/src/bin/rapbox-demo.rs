@@ -10,7 +10,6 @@
 //!
 //! Usage: rapbox-demo [--seconds N] [--rate N]   (run as root; build the image first)
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,6 @@ use rapsim::Instrument;
 use serde_json::Value;
 
 const NAME: &str = "rapbox_demo";
-const AGENT_PORT: u16 = 7300;
 
 struct Args {
     seconds: u64,
@@ -61,22 +59,8 @@ fn args() -> Args {
     a
 }
 
-/// The two instrument ports: guest NICs behind the harness's tap devices inst0 and
-/// inst1 (virtio-net on q35 slots 4 and 5, after the uplink on slot 3).
 fn ports() -> Vec<PortSpec> {
-    (1..=2)
-        .map(|i| PortSpec {
-            serial: format!("DXI-{i:04}"),
-            interface: format!("enp0s{}", i + 3),
-            box_address: format!("10.10.{i}.1/24"),
-            address: format!("10.10.{i}.2"),
-            agent_port: AGENT_PORT,
-        })
-        .collect()
-}
-
-fn agent_addr(p: &PortSpec) -> SocketAddr {
-    SocketAddr::new(p.box_address.split('/').next().unwrap_or("").parse().expect("box address"), p.agent_port)
+    image::harness_ports("DXI")
 }
 
 fn main() {
@@ -155,7 +139,7 @@ fn run(a: &Args, stop: &AtomicBool, qemu_pid: &AtomicU32) -> Result<(), String> 
             p.serial,
             p.interface,
             p.address,
-            agent_addr(&p),
+            p.agent_addr(),
             a.rate
         );
     }
@@ -210,7 +194,7 @@ fn run(a: &Args, stop: &AtomicBool, qemu_pid: &AtomicU32) -> Result<(), String> 
                 backoff_max: Duration::from_millis(500),
                 drain_timeout: Duration::from_secs(5),
                 stall_timeout: None,
-                ..Instrument::new(agent_addr(p), p.serial.clone())
+                ..Instrument::new(p.agent_addr(), p.serial.clone())
             };
             SimRun::spawn(&vm.netns().name, inst)
         })
