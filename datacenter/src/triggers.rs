@@ -183,12 +183,19 @@ impl Engine {
 
     /// Reconciles the stored state with the rules: a rule that is gone or whose
     /// fingerprint changed loses its state, and its open alerts are cleared (with the
-    /// reason); the fingerprints of the rules in force are recorded. Call once at start.
+    /// reason); the fingerprints of the rules in force are recorded. When rules are loaded
+    /// into a data center that ran without any, evaluation starts after the newest stored
+    /// report. Call once at start.
     pub fn prepare(&self, store: &Store) -> Result<(), StoreError> {
         let _serial = self.serial();
         let now = self.clock.now_ms();
         store.trigger_tx(|tx| {
-            for (name, fp) in tx.rule_fingerprints()? {
+            let known = tx.rule_fingerprints()?;
+            if known.is_empty() && !self.rules.is_empty() {
+                let newest = tx.max_report_id()?;
+                tx.set_evaluated(newest)?;
+            }
+            for (name, fp) in known {
                 let reason = match self.rules.get(&name) {
                     None => "rule no longer loaded",
                     Some(r) if r.fingerprint() != fp => "rule changed",
@@ -207,7 +214,8 @@ impl Engine {
         })
     }
 
-    /// Evaluates every report stored after the cursor, page by page.
+    /// Evaluates every report stored after the cursor, page by page. Without rules it does
+    /// nothing (and writes nothing).
     pub fn evaluate(&self, store: &Store) -> Result<Pass, StoreError> {
         let _serial = self.serial();
         self.evaluate_locked(store)
@@ -215,16 +223,12 @@ impl Engine {
 
     fn evaluate_locked(&self, store: &Store) -> Result<Pass, StoreError> {
         let mut total = Pass::default();
+        if self.rules.is_empty() {
+            return Ok(total);
+        }
         loop {
             let (pass, late, more) = store.trigger_tx(|tx| {
                 let (cursor, _) = tx.progress()?;
-                if self.rules.is_empty() {
-                    let max = tx.max_report_id()?;
-                    if max > cursor {
-                        tx.set_evaluated(max)?;
-                    }
-                    return Ok((Pass { reports: max.saturating_sub(cursor), ..Pass::default() }, 0, false));
-                }
                 let reports = tx.reports_after(cursor, PAGE)?;
                 let Some(last) = reports.last().map(|r| r.id) else {
                     return Ok((Pass::default(), 0, false));
@@ -344,6 +348,9 @@ impl Engine {
     /// since their last matching report.
     pub fn tick(&self, store: &Store) -> Result<Pass, StoreError> {
         let _serial = self.serial();
+        if self.rules.is_empty() {
+            return Ok(Pass::default());
+        }
         let mut total = self.evaluate_locked(store)?;
         let now = self.clock.now_ms();
         let pass = store.trigger_tx(|tx| {
@@ -447,10 +454,14 @@ impl Engine {
         Ok(())
     }
 
-    /// The rules, their open alerts and where evaluation stands.
+    /// The rules, their open alerts and where evaluation stands (without rules there is
+    /// nothing to evaluate: every stored report counts as evaluated).
     pub fn status(&self, store: &Store) -> Result<TriggerStatus, StoreError> {
         let open = store.open_alert_counts()?;
-        let progress = store.trigger_progress()?;
+        let mut progress = store.trigger_progress()?;
+        if self.rules.is_empty() {
+            progress.evaluated_report_id = progress.stored_report_id;
+        }
         Ok(TriggerStatus {
             rules: self
                 .rules

@@ -482,15 +482,26 @@ fn a_changed_or_removed_rule_clears_its_alerts_and_starts_over() {
 }
 
 #[test]
-fn without_rules_the_cursor_still_follows() {
-    let mut r = Rig::new("");
-    r.status("DXI-1", s(0), "temp=1");
-    r.status("DXI-1", s(1), "temp=1");
-    let st = r.engine.status(&r.store).unwrap();
-    assert_eq!((st.evaluated_report_id, st.stored_report_id), (2, 2));
-    assert!(st.rules.is_empty());
-    r.tick_at(m(60));
-    assert_eq!(r.engine.status(&r.store).unwrap().last_tick_ms, at(m(60)));
+fn without_rules_nothing_is_written_and_rules_loaded_later_start_after_the_newest_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dc.sqlite");
+    {
+        let mut r = Rig::with_store("", Store::open(&path).unwrap());
+        assert_eq!(r.status("DXI-1", s(0), "reagent_A=1%"), Pass::default());
+        r.status("DXI-1", s(1), "reagent_A=1%");
+        assert_eq!(r.tick_at(m(60)), Pass::default());
+        let st = r.engine.status(&r.store).unwrap();
+        assert_eq!((st.evaluated_report_id, st.stored_report_id, st.last_tick_ms), (2, 2, 0));
+        assert!(st.rules.is_empty());
+        assert_eq!(r.store.trigger_progress().unwrap().evaluated_report_id, 0, "the cursor was not written");
+    }
+    let mut r = Rig::with_store(THRESHOLD, Store::open(&path).unwrap());
+    r.msg = 2;
+    r.batch = 2;
+    assert_eq!(r.store.trigger_progress().unwrap().evaluated_report_id, 2);
+    let p = r.status("DXI-1", s(2), "reagent_A=2%");
+    assert_eq!((p.reports, p.raised), (1, 1), "only the report stored after the rules were loaded");
+    assert_eq!(r.open()[0].evidence.reports[0].report_id, Some(3));
 }
 
 #[test]
