@@ -413,6 +413,26 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_data_center_says_so() {
+        let store = Store::open_in_memory().unwrap();
+        let engine = Engine::new(crate::rules::RuleSet::default(), store.clock());
+        let page = render(&store, &engine, "bob<script>").unwrap();
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains(&format!("<meta http-equiv=\"refresh\" content=\"{REFRESH_S}\">")));
+        assert!(page.contains("<b id=\"staff-user\">bob&lt;script&gt;</b>"));
+        for text in [
+            "No open alerts.",
+            "No box has reported yet.",
+            "No instrument has reported yet.",
+            "This database has no command queue.",
+            "No rules loaded",
+        ] {
+            assert!(page.contains(text), "{text}");
+        }
+        assert!(!page.contains("<script"), "no scripts at all");
+    }
+
+    #[test]
     fn ages() {
         assert_eq!(age(10_000, 0), "never");
         assert_eq!(age(10_000, 9_500), "just now");
