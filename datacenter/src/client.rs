@@ -220,6 +220,74 @@ impl Client {
         self.get(api::REQUESTS_PATH)
     }
 
+    /// `POST /admin/commands`: queues a command for a box; returns it as queued.
+    pub fn queue_command(
+        &self,
+        q: &crate::commands::QueueCommand,
+    ) -> Result<crate::commands::CommandRecord, ClientError> {
+        self.post_json(crate::channel::ADMIN_COMMANDS_PATH, q)
+    }
+
+    /// `GET /admin/commands?id=`: one command with its results.
+    pub fn command(&self, id: &str) -> Result<crate::commands::CommandRecord, ClientError> {
+        let url = self.url(crate::channel::ADMIN_COMMANDS_PATH);
+        let list: crate::commands::CommandList = Client::finish(&url, self.agent.get(&url).query("id", id).call())?;
+        list.commands.into_iter().next().ok_or_else(|| ClientError::Status {
+            url,
+            status: 404,
+            error: format!("no command {id}"),
+        })
+    }
+
+    /// `GET /admin/commands[?box=]`: every command (of one box), oldest first.
+    pub fn commands(&self, box_id: Option<&str>) -> Result<crate::commands::CommandList, ClientError> {
+        let url = self.url(crate::channel::ADMIN_COMMANDS_PATH);
+        let mut req = self.agent.get(&url);
+        if let Some(b) = box_id {
+            req = req.query("box", b);
+        }
+        Client::finish(&url, req.call())
+    }
+
+    /// Polls a command until `pred` holds or `timeout` passes (then the last record is returned
+    /// in the error).
+    pub fn wait_command(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&crate::commands::CommandRecord) -> bool,
+    ) -> Result<crate::commands::CommandRecord, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.command(id)?;
+            if pred(&c) {
+                return Ok(c);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Status {
+                    url: self.url(crate::channel::ADMIN_COMMANDS_PATH),
+                    status: 408,
+                    error: format!(
+                        "timed out after {timeout:?} waiting on command {id}: {}",
+                        serde_json::to_string(&c).unwrap_or_default()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `POST /admin/commands/redeliver?id=`: hands the command to the box again.
+    pub fn redeliver_command(&self, id: &str) -> Result<crate::commands::CommandRecord, ClientError> {
+        let url = self.url(crate::channel::ADMIN_REDELIVER_PATH);
+        Client::finish(&url, self.agent.post(&url).query("id", id).call())
+    }
+
+    /// `POST /admin/commands/fault`: the next `spec.count` exchanges answer `spec.status`.
+    pub fn exchange_fault(&self, spec: FaultSpec) -> Result<(), ClientError> {
+        self.post_json::<_, api::Done>(crate::channel::ADMIN_EXCHANGE_FAULT_PATH, &spec).map(drop)
+    }
+
     /// POSTs a batch body as if the front door had verified `subject` (e.g.
     /// `CN=box-0001,O=rapbox`).
     pub fn post_batch(&self, subject: &str, body: &[u8]) -> Result<BatchAck, ClientError> {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use rapwire::batch::{self, BatchAck};
+use rapwire::command::BatchAnswer;
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
@@ -31,6 +32,8 @@ use crate::api::{
     self, Done, ErrorBody, FaultSpec, Health, LinesAck, ReportQuery, RequestCounts, ADMIN_PREFIX,
     CLIENT_SUBJECT_HEADER, CLIENT_VERIFY_HEADER,
 };
+use crate::channel::Channel;
+use crate::commands::CommandStore;
 use crate::identity;
 use crate::store::{Store, StoreError};
 
@@ -80,6 +83,9 @@ pub enum ServerError {
     /// No worker thread could be started.
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The command queue could not be opened.
+    #[error(transparent)]
+    Commands(#[from] crate::commands::CommandError),
 }
 
 /// A running backend. Dropping it stops it.
@@ -100,7 +106,13 @@ impl Server {
             .map_err(|e| ServerError::Bind { addr: config.listen, reason: e.to_string() })?;
         let addr = http.server_addr().to_ip().unwrap_or(config.listen);
         let http = Arc::new(http);
+        let commands = if store.path() == std::path::Path::new(":memory:") {
+            CommandStore::open_in_memory()?
+        } else {
+            CommandStore::open(store.path())?
+        };
         let state = Arc::new(State {
+            channel: Channel::new(commands),
             store,
             max_body: config.max_body_bytes,
             fault: Mutex::new(None),
@@ -139,6 +151,11 @@ impl Server {
     /// The store behind the server.
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// The command channel (command queue) behind the server.
+    pub fn channel(&self) -> &Channel {
+        &self.state.channel
     }
 
     /// Blocks until every worker has ended (they end only through [`Server::shutdown`] or
@@ -181,6 +198,7 @@ impl Drop for Server {
 #[derive(Debug)]
 struct State {
     store: Store,
+    channel: Channel,
     max_body: usize,
     fault: Mutex<Option<FaultSpec>>,
     requests: Mutex<BTreeMap<String, u64>>,
@@ -208,22 +226,28 @@ fn worker(http: &tiny_http::Server, state: &State) {
 }
 
 /// An answer to send.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-    retry_after_s: Option<u64>,
-    allow: Option<&'static str>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+    pub(crate) retry_after_s: Option<u64>,
+    pub(crate) allow: Option<&'static str>,
 }
 
 impl Reply {
-    fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+    pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         // Serializing our own plain structs cannot fail.
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
         Reply { status, body, retry_after_s: None, allow: None }
     }
 
-    fn error(status: u16, message: impl Into<String>) -> Reply {
+    pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
         Reply::json(status, &ErrorBody { error: message.into() })
+    }
+
+    pub(crate) fn method_not_allowed(path: &str, allow: &'static str) -> Reply {
+        let mut r = Reply::error(405, format!("{path} accepts {allow} only"));
+        r.allow = Some(allow);
+        r
     }
 }
 
@@ -271,6 +295,9 @@ fn count_request(state: &State, path: &str) {
 }
 
 fn route(req: &mut Request, state: &State, path: &str, query: &str) -> Reply {
+    if let Some(r) = state.channel.route(req, path, query) {
+        return r;
+    }
     let allow = match path {
         api::BATCHES_PATH | api::LINES_PATH | api::FAULT_PATH | api::RESET_PATH => "POST",
         api::REPORTS_PATH | api::STATS_PATH | api::HEALTH_PATH | api::REQUESTS_PATH => "GET",
@@ -327,7 +354,7 @@ fn single_header<'a>(req: &'a Request, name: &'static str) -> Result<Option<&'a 
 }
 
 /// Why a request body was not read.
-enum BodyError {
+pub(crate) enum BodyError {
     /// Larger than the limit (declared or actual).
     TooLarge,
     /// The connection failed while reading.
@@ -336,7 +363,7 @@ enum BodyError {
 
 /// Reads the body, refusing more than `limit` bytes (before reading, when the length is
 /// declared).
-fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+pub(crate) fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, BodyError> {
     if req.body_length().is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
     }
@@ -419,14 +446,15 @@ fn post_batch(req: &mut Request, state: &State) -> Reply {
                 if done.repeated { " (repeated)" } else { "" },
                 batch.dropped_total
             );
-            Reply::json(200, &done.ack)
+            let commands = state.channel.commands_for(&who.box_id);
+            Reply::json(200, &BatchAnswer { ack: done.ack, commands })
         }
         Err(e) => e.into(),
     }
 }
 
 /// The box identity the front door vouches for, or the 403 to answer.
-fn box_identity(req: &Request) -> Result<identity::Identity, Reply> {
+pub(crate) fn box_identity(req: &Request) -> Result<identity::Identity, Reply> {
     let verify = single_header(req, CLIENT_VERIFY_HEADER).map_err(|e| Reply::error(403, e))?;
     let subject = single_header(req, CLIENT_SUBJECT_HEADER).map_err(|e| Reply::error(403, e))?;
     identity::from_headers(verify, subject).map_err(|e| Reply::error(403, e.to_string()))

@@ -17,12 +17,17 @@
 //! * [`store`]: the only code that touches the database;
 //! * [`http`]: the backend: routing, the batch endpoint, query and admin endpoints;
 //! * [`frontdoor`]: the nginx configuration and a runner for tests;
-//! * [`client`]: a blocking client of the backend.
+//! * [`client`]: a blocking client of the backend;
+//! * [`commands`]: the command queue (tables of its own) and [`channel`], its HTTP side:
+//!   commands leave in batch acknowledgements and exchange answers, results come back in
+//!   exchanges (`docs/commands.md`).
 //!
 //! The batch format and its acknowledgement are `rapwire::batch`, shared with the box.
 
 pub mod api;
+pub mod channel;
 pub mod client;
+pub mod commands;
 pub mod frontdoor;
 pub mod http;
 pub mod identity;

@@ -42,6 +42,19 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// The command channel's dispatcher.
+    pub commands: CommandsConfig,
+}
+
+/// The dispatcher of data-center commands (`docs/commands.md`).
+#[derive(Debug, Clone)]
+pub struct CommandsConfig {
+    /// The dispatcher's database (default `commands.db` beside the queue).
+    pub path: PathBuf,
+    /// When the uplink is idle, it asks the data center for commands this often.
+    pub poll_interval: Duration,
+    /// Commands whose handler runs at the same time; more wait their turn.
+    pub max_running: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +328,31 @@ struct Raw {
     firewall: Option<RawFirewall>,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    commands: RawCommands,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommands {
+    path: Option<PathBuf>,
+    #[serde(default = "d_poll_s")]
+    poll_interval_s: u64,
+    #[serde(default = "d_max_running")]
+    max_running: usize,
+}
+
+impl Default for RawCommands {
+    fn default() -> Self {
+        RawCommands { path: None, poll_interval_s: d_poll_s(), max_running: d_max_running() }
+    }
+}
+
+fn d_poll_s() -> u64 {
+    30
+}
+fn d_max_running() -> usize {
+    4
 }
 
 #[derive(Deserialize, Default)]
@@ -572,6 +610,27 @@ impl Config {
             None => raw.queue.path.with_file_name("audit.log"),
         };
 
+        // commands
+        let commands_path = match &raw.commands.path {
+            Some(p) => {
+                require_absolute(p, "commands.path", &bad)?;
+                if *p == raw.queue.path || *p == audit_path {
+                    return Err(bad("commands.path", "must not be the queue database or the audit log".into()));
+                }
+                p.clone()
+            }
+            None => raw.queue.path.with_file_name("commands.db"),
+        };
+        if !(1..=3600).contains(&raw.commands.poll_interval_s) {
+            return Err(bad(
+                "commands.poll_interval_s",
+                format!("{} is outside 1..=3600", raw.commands.poll_interval_s),
+            ));
+        }
+        if !(1..=64).contains(&raw.commands.max_running) {
+            return Err(bad("commands.max_running", format!("{} is outside 1..=64", raw.commands.max_running)));
+        }
+
         // uplink
         let u = &raw.uplink;
         let url = url::Url::parse(&u.url).map_err(|e| bad("uplink.url", format!("`{}` is not a URL: {e}", u.url)))?;
@@ -812,6 +871,11 @@ impl Config {
             network,
             firewall,
             audit: AuditConfig { path: audit_path },
+            commands: CommandsConfig {
+                path: commands_path,
+                poll_interval: Duration::from_secs(raw.commands.poll_interval_s),
+                max_running: raw.commands.max_running,
+            },
         })
     }
 }
@@ -1145,6 +1209,23 @@ listen = "10.10.2.1:7300"
         assert_eq!(e, "/etc/rapbox/rapd.toml: key `audit.path`: must not be the queue database");
         let e = err(&format!("{GOOD}\n[audit]\nship = false\n"));
         assert!(e.contains("unknown field `ship`"), "{e}");
+    }
+
+    #[test]
+    fn commands_section() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.commands.path, Path::new("/data/rapd/commands.db"));
+        assert_eq!(c.commands.poll_interval, Duration::from_secs(30));
+        let c = parse(&format!("{GOOD}\n[commands]\npath = \"/data/x/c.db\"\npoll_interval_s = 2\nmax_running = 1\n"))
+            .unwrap();
+        assert_eq!(
+            (c.commands.path.as_path(), c.commands.poll_interval, c.commands.max_running),
+            (Path::new("/data/x/c.db"), Duration::from_secs(2), 1)
+        );
+        let e = err(&format!("{GOOD}\n[commands]\npoll_interval_s = 0\n"));
+        assert_eq!(e, "/etc/rapbox/rapd.toml: key `commands.poll_interval_s`: 0 is outside 1..=3600");
+        let e = err(&format!("{GOOD}\n[commands]\npath = \"/data/rapd/queue.db\"\n"));
+        assert!(e.contains("key `commands.path`: must not be the queue database"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::audit::{self, AuditLog, Event, Outcome, Verification};
+use crate::commands::{self, CommandLink, Dispatcher};
 use crate::config::Config;
 use crate::control::{self, Source};
 use crate::fips::{self, FipsState};
@@ -36,6 +37,7 @@ struct Daemon {
     firewall: Option<firewall::guard::SharedStatus>,
     links: Option<SharedLinks>,
     audit: AuditLog,
+    commands: Dispatcher,
     started: Instant,
 }
 
@@ -76,6 +78,9 @@ impl Source for Daemon {
     }
     fn audit_verify(&self) -> Result<Verification, String> {
         self.audit.verify().map_err(|e| e.to_string())
+    }
+    fn commands(&self) -> serde_json::Value {
+        serde_json::to_value(self.commands.status()).unwrap_or(serde_json::Value::Null)
     }
     fn audit_tail(&self, n: usize) -> Result<Vec<serde_json::Value>, String> {
         self.audit.tail(n).map_err(|e| e.to_string())
@@ -255,6 +260,16 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
 
+    let serials: Vec<String> = cfg.instruments.iter().map(|i| i.serial.clone()).collect();
+    let dispatcher = match Dispatcher::open(&cfg.commands.path, &serials, cfg.commands.max_running) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::QUEUE;
+        }
+    };
+
     let control_listener = match control::bind(&cfg.control.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -292,12 +307,27 @@ fn start_and_serve(config_path: &Path) -> i32 {
         firewall: fw.as_ref().map(Firewall::status),
         links: link_status.clone(),
         audit: audit_log.clone(),
+        commands: dispatcher.clone(),
         started: Instant::now(),
     });
+    dispatcher.register(
+        commands::status::KIND,
+        Arc::new(commands::status::StatusKind::new(&(daemon.clone() as Arc<dyn Source>))),
+    );
+    let dispatch_thread = match dispatcher.start(stop.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rapd: cannot start the command dispatcher: {e}");
+            return exit::FAILURE;
+        }
+    };
 
     let up = {
+        let link = (Arc::new(dispatcher.clone()) as Arc<dyn CommandLink>, cfg.commands.poll_interval);
         let (cfg, q, st, stop) = (cfg.uplink.clone(), queue.clone(), uplink_status, stop.clone());
-        std::thread::Builder::new().name("uplink".into()).spawn(move || uplink::run(cfg, q, st, stop))
+        std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || uplink::run_with_commands(cfg, q, st, stop, Some(link)))
     };
     let ctl = {
         let (src, stop) = (daemon.clone() as Arc<dyn Source>, stop.clone());
@@ -361,6 +391,7 @@ fn start_and_serve(config_path: &Path) -> i32 {
     }
     let _ = up.join();
     let _ = ctl.join();
+    dispatch_thread.join();
     for h in [guard, watcher].into_iter().flatten() {
         let _ = h.join();
     }

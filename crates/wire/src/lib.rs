@@ -4,12 +4,15 @@
 //!   (documented in `docs/agent-protocol.md`).
 //! * [`batch`]: the compressed batch the box POSTs to the data center, and the
 //!   data center's acknowledgement.
+//! * [`command`]: commands the data center queues for a box and the results the box
+//!   reports (documented in `docs/commands.md`).
 //!
 //! Every decoder here takes untrusted bytes: it never panics, never allocates more
 //! than the declared limits, and names what was wrong in its error.
 
 pub mod agent;
 pub mod batch;
+pub mod command;
 mod varint;
 
 /// What a message is about. The kind decides how the queue treats it under pressure:
