@@ -288,6 +288,57 @@ impl Client {
         self.post_json::<_, api::Done>(crate::channel::ADMIN_EXCHANGE_FAULT_PATH, &spec).map(drop)
     }
 
+    /// `POST /admin/downloads`: stores download content (`as_name`: under that name instead
+    /// of its SHA-256, a testing aid for tampered content).
+    pub fn put_download(
+        &self,
+        content: &[u8],
+        as_name: Option<&str>,
+    ) -> Result<crate::transfers::DownloadInfo, ClientError> {
+        let url = self.url(crate::channel::ADMIN_DOWNLOADS_PATH);
+        let mut req = self.agent.post(&url);
+        if let Some(n) = as_name {
+            req = req.query("as", n);
+        }
+        Client::finish(&url, req.send_bytes(content))
+    }
+
+    /// `GET /admin/downloads`: stored content and every range served.
+    pub fn downloads(&self) -> Result<crate::transfers::DownloadList, ClientError> {
+        self.get(crate::channel::ADMIN_DOWNLOADS_PATH)
+    }
+
+    /// `POST /admin/transfers/rate`: throttles download answers and upload chunks (0: unlimited).
+    pub fn set_transfer_rate(&self, bytes_per_s: u64) -> Result<(), ClientError> {
+        self.post_json::<_, api::Done>(crate::channel::ADMIN_RATE_PATH, &crate::channel::Rate { bytes_per_s }).map(drop)
+    }
+
+    /// `GET /admin/uploads[?box=]`.
+    pub fn uploads(&self, box_id: Option<&str>) -> Result<crate::transfers::UploadList, ClientError> {
+        let url = self.url(crate::channel::ADMIN_UPLOADS_PATH);
+        let mut req = self.agent.get(&url);
+        if let Some(b) = box_id {
+            req = req.query("box", b);
+        }
+        Client::finish(&url, req.call())
+    }
+
+    /// `GET /admin/uploads/content`: the bytes of a complete upload.
+    pub fn upload_content(&self, box_id: &str, id: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(crate::channel::ADMIN_UPLOAD_CONTENT_PATH);
+        match self.agent.get(&url).query("box", box_id).query("id", id).call() {
+            Ok(r) => {
+                let mut out = Vec::new();
+                r.into_reader()
+                    .take(crate::transfers::MAX_CONTENT_BYTES as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|source| ClientError::Decode { url, source })?;
+                Ok(out)
+            }
+            Err(e) => Client::finish::<serde_json::Value>(&url, Err(e)).map(|_| Vec::new()),
+        }
+    }
+
     /// POSTs a batch body as if the front door had verified `subject` (e.g.
     /// `CN=box-0001,O=rapbox`).
     pub fn post_batch(&self, subject: &str, body: &[u8]) -> Result<BatchAck, ClientError> {

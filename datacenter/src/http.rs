@@ -86,6 +86,9 @@ pub enum ServerError {
     /// The command queue could not be opened.
     #[error(transparent)]
     Commands(#[from] crate::commands::CommandError),
+    /// The file store could not be opened.
+    #[error(transparent)]
+    Files(#[from] crate::transfers::FileError),
 }
 
 /// A running backend. Dropping it stops it.
@@ -111,8 +114,9 @@ impl Server {
         } else {
             CommandStore::open(store.path())?
         };
+        let files = crate::transfers::FileStore::open(store.path())?;
         let state = Arc::new(State {
-            channel: Channel::new(commands),
+            channel: Channel::new(commands, files),
             store,
             max_body: config.max_body_bytes,
             fault: Mutex::new(None),
@@ -231,13 +235,22 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
     pub(crate) retry_after_s: Option<u64>,
     pub(crate) allow: Option<&'static str>,
+    /// A body streamed from a reader instead of `body` (file content).
+    pub(crate) stream: Option<Stream>,
+}
+
+/// A streamed answer body, with its own headers.
+pub(crate) struct Stream {
+    pub(crate) reader: Box<dyn Read + Send>,
+    pub(crate) len: u64,
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
     pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         // Serializing our own plain structs cannot fail.
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-        Reply { status, body, retry_after_s: None, allow: None }
+        Reply { status, body, retry_after_s: None, allow: None, stream: None }
     }
 
     pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
@@ -268,6 +281,17 @@ fn handle(mut req: Request, state: &State) {
     count_request(state, path);
     let reply = route(&mut req, state, path, query);
     log::debug!("{} {} -> {}", req.method(), url, reply.status);
+    if let Some(s) = reply.stream {
+        let headers = s.headers.iter().filter_map(|(k, v)| header(k, v)).collect();
+        // A known length always goes out as Content-Length (tiny_http would switch to chunked
+        // encoding above 32 KiB): the box checks a file's size before reading it.
+        let resp = Response::new(reply.status.into(), headers, s.reader, Some(s.len as usize), None)
+            .with_chunked_threshold(usize::MAX);
+        if let Err(e) = req.respond(resp) {
+            log::debug!("{path}: streaming the answer failed: {e}");
+        }
+        return;
+    }
     let mut resp = Response::from_data(reply.body).with_status_code(reply.status);
     if let Some(h) = header("Content-Type", "application/json") {
         resp.add_header(h);

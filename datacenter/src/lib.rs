@@ -20,7 +20,9 @@
 //! * [`client`]: a blocking client of the backend;
 //! * [`commands`]: the command queue (tables of its own) and [`channel`], its HTTP side:
 //!   commands leave in batch acknowledgements and exchange answers, results come back in
-//!   exchanges (`docs/commands.md`).
+//!   exchanges (`docs/commands.md`);
+//! * [`transfers`]: download content served with `Range` and uploads received in chunks
+//!   (`docs/transfers.md`).
 //!
 //! The batch format and its acknowledgement are `rapwire::batch`, shared with the box.
 
@@ -31,7 +33,9 @@ pub mod commands;
 pub mod frontdoor;
 pub mod http;
 pub mod identity;
+pub mod signing;
 pub mod store;
+pub mod transfers;
 
 pub use client::Client;
 pub use frontdoor::FrontDoor;

@@ -54,6 +54,9 @@ pub struct Status {
     /// The command dispatcher (see `commands::CommandsStatus`).
     #[serde(default)]
     pub commands: serde_json::Value,
+    /// Downloads, uploads and agent sessions (see `transfers::TransfersStatus`).
+    #[serde(default)]
+    pub transfers: serde_json::Value,
 }
 
 /// A response line.
@@ -102,6 +105,10 @@ pub trait Source: Send + Sync {
     }
     /// The command dispatcher's status (see `commands::CommandsStatus`).
     fn commands(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Downloads, uploads and agent sessions (see `transfers::TransfersStatus`).
+    fn transfers(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
     /// Verifies the audit log.
@@ -198,6 +205,7 @@ pub fn status(src: &dyn Source) -> Status {
         links: src.links(),
         audit: src.audit(),
         commands: src.commands(),
+        transfers: src.transfers(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! data center sends to the [`commands`] dispatcher, which runs each once and reports. [`control`] answers questions about all
 //! of it on a local Unix socket. [`fips`] decides whether any of it may start.
 
+pub mod agents;
 pub mod audit;
 pub mod commands;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod logging;
 pub mod ports;
 pub mod queue;
 pub mod tls;
+pub mod transfers;
 pub mod uplink;
 
 /// Process exit codes of `rapd` (also documented in `docs/operations.md`).

@@ -8,9 +8,11 @@
 //!
 //! The command channel rides on the same connection: commands found in batch
 //! acknowledgements go to the dispatcher, and [`exchange`] reports results and polls for
-//! commands when the queue is idle (`docs/commands.md`).
+//! commands when the queue is idle (`docs/commands.md`). Large transfers use a second
+//! connection of the uplink's own, [`transfer::TransferLink`] (`docs/transfers.md`).
 
 pub mod exchange;
+pub mod transfer;
 
 use std::collections::VecDeque;
 use std::io::Read;
