@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::agents::{Agents, RequestHandler};
 use crate::audit::{self, AuditLog, Event, Outcome, Verification};
+use crate::commands::{self, CommandLink, Dispatcher};
 use crate::config::Config;
 use crate::control::{self, Source};
 use crate::fips::{self, FipsState};
@@ -25,6 +27,7 @@ use crate::firewall::{self, Firewall, FirewallError};
 use crate::ingest::{self, Port, PortStatus};
 use crate::ports::{self, LogEvents, PortsError, SharedLinks};
 use crate::queue::{Queue, QueueStats};
+use crate::transfers::{self, Transfers};
 use crate::uplink::{self, SharedStatus, UplinkStatus};
 use crate::{exit, logging};
 
@@ -36,6 +39,8 @@ struct Daemon {
     firewall: Option<firewall::guard::SharedStatus>,
     links: Option<SharedLinks>,
     audit: AuditLog,
+    commands: Dispatcher,
+    transfers: Transfers,
     started: Instant,
 }
 
@@ -76,6 +81,12 @@ impl Source for Daemon {
     }
     fn audit_verify(&self) -> Result<Verification, String> {
         self.audit.verify().map_err(|e| e.to_string())
+    }
+    fn commands(&self) -> serde_json::Value {
+        serde_json::to_value(self.commands.status()).unwrap_or(serde_json::Value::Null)
+    }
+    fn transfers(&self) -> serde_json::Value {
+        serde_json::to_value(self.transfers.status()).unwrap_or(serde_json::Value::Null)
     }
     fn audit_tail(&self, n: usize) -> Result<Vec<serde_json::Value>, String> {
         self.audit.tail(n).map_err(|e| e.to_string())
@@ -255,6 +266,32 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
 
+    let serials: Vec<String> = cfg.instruments.iter().map(|i| i.serial.clone()).collect();
+    let dispatcher = match Dispatcher::open(&cfg.commands.path, &serials, cfg.commands.max_running) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::QUEUE;
+        }
+    };
+
+    let agents = Agents::new();
+    let transfers = match Transfers::open(
+        &cfg.transfers,
+        &serials,
+        uplink::transfer::TransferLink::new(&cfg.uplink),
+        agents.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::QUEUE;
+        }
+    };
+    agents.register(Arc::new(transfers.clone()) as Arc<dyn RequestHandler>);
+
     let control_listener = match control::bind(&cfg.control.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -266,7 +303,13 @@ fn start_and_serve(config_path: &Path) -> i32 {
 
     let mut ports = Vec::new();
     for inst in &cfg.instruments {
-        match ingest::start(inst.clone(), cfg.ingest.clone(), queue.clone(), stop.clone()) {
+        match ingest::start_with_agents(
+            inst.clone(),
+            cfg.ingest.clone(),
+            queue.clone(),
+            stop.clone(),
+            Some(agents.clone()),
+        ) {
             Ok(p) => {
                 log::info!("instrument {} ({}): listening on {}", inst.serial, inst.model, inst.listen);
                 ports.push(p);
@@ -292,12 +335,39 @@ fn start_and_serve(config_path: &Path) -> i32 {
         firewall: fw.as_ref().map(Firewall::status),
         links: link_status.clone(),
         audit: audit_log.clone(),
+        commands: dispatcher.clone(),
+        transfers: transfers.clone(),
         started: Instant::now(),
     });
+    dispatcher.register(
+        rapwire::transfer::DOWNLOAD_KIND,
+        Arc::new(transfers::download::DownloadKind::new(transfers.clone())),
+    );
+    let transfer_threads = match transfers.start(stop.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rapd: cannot start the transfer engine: {e}");
+            return exit::FAILURE;
+        }
+    };
+    dispatcher.register(
+        commands::status::KIND,
+        Arc::new(commands::status::StatusKind::new(&(daemon.clone() as Arc<dyn Source>))),
+    );
+    let dispatch_thread = match dispatcher.start(stop.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rapd: cannot start the command dispatcher: {e}");
+            return exit::FAILURE;
+        }
+    };
 
     let up = {
+        let link = (Arc::new(dispatcher.clone()) as Arc<dyn CommandLink>, cfg.commands.poll_interval);
         let (cfg, q, st, stop) = (cfg.uplink.clone(), queue.clone(), uplink_status, stop.clone());
-        std::thread::Builder::new().name("uplink".into()).spawn(move || uplink::run(cfg, q, st, stop))
+        std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || uplink::run_with_commands(cfg, q, st, stop, Some(link)))
     };
     let ctl = {
         let (src, stop) = (daemon.clone() as Arc<dyn Source>, stop.clone());
@@ -361,6 +431,8 @@ fn start_and_serve(config_path: &Path) -> i32 {
     }
     let _ = up.join();
     let _ = ctl.join();
+    dispatch_thread.join();
+    transfer_threads.join();
     for h in [guard, watcher].into_iter().flatten() {
         let _ = h.join();
     }
