@@ -15,6 +15,8 @@ PKGS=(
   syslog-ng-core syslog-ng-mod-http
   # network namespaces, sqlite inspection
   iproute2 sqlite3 procps iptables
+  # the configuration pages' browser test (headless, driven over WebDriver); rapweb links libcrypt
+  chromium chromium-driver libcrypt-dev
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }

@@ -42,6 +42,8 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// The local configuration pages (`rapweb`, docs/pages.md).
+    pub pages: PagesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +61,19 @@ pub struct AuditConfig {
     /// The hash-chained audit log (its state file is `<path>.state`). Default: `audit.log`
     /// beside the queue database, on the data partition.
     pub path: PathBuf,
+}
+
+/// The local configuration pages: HTTPS on the box addresses of the listed interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagesConfig {
+    pub enabled: bool,
+    pub port: u16,
+    /// Where the pages are reachable: (interface, box address) of each listed interface,
+    /// instrument ports (the lab side) by default; the uplink only when named explicitly
+    /// and statically addressed.
+    pub listen: Vec<(String, Ipv4Addr)>,
+    /// `rapweb`'s access and error logs (directory).
+    pub log_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +118,9 @@ pub struct FipsConfig {
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     pub socket: PathBuf,
+    /// The group that owns the socket (mode 0660), e.g. `rapctl` for technicians and the
+    /// configuration pages; None: rapd's own group.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +333,18 @@ struct Raw {
     firewall: Option<RawFirewall>,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    pages: RawPages,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPages {
+    #[serde(default)]
+    enabled: bool,
+    port: Option<u16>,
+    interfaces: Option<Vec<String>>,
+    log_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -411,11 +441,12 @@ impl Default for RawFips {
 struct RawControl {
     #[serde(default = "d_socket")]
     socket: PathBuf,
+    group: Option<String>,
 }
 
 impl Default for RawControl {
     fn default() -> Self {
-        RawControl { socket: d_socket() }
+        RawControl { socket: d_socket(), group: None }
     }
 }
 
@@ -780,6 +811,8 @@ impl Config {
             }
         }
 
+        let pages = validate_pages(&raw.pages, &instruments, &network, &bad)?;
+
         Ok(Config {
             path: path.into(),
             queue: QueueConfig {
@@ -801,7 +834,7 @@ impl Config {
                 backoff_max: Duration::from_millis(u.backoff_max_ms),
             },
             fips: FipsConfig { openssl_conf: raw.fips.openssl_conf },
-            control: ControlConfig { socket: raw.control.socket },
+            control: ControlConfig { socket: raw.control.socket, group: raw.control.group },
             ingest: IngestConfig {
                 max_connections_per_port: i.max_connections_per_port,
                 frame_timeout: Duration::from_millis(i.frame_timeout_ms),
@@ -812,8 +845,69 @@ impl Config {
             network,
             firewall,
             audit: AuditConfig { path: audit_path },
+            pages,
         })
     }
+}
+
+/// Validates `[pages]` against the ports and the uplink.
+fn validate_pages(
+    rp: &RawPages,
+    instruments: &[InstrumentConfig],
+    network: &NetworkConfig,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<PagesConfig, ConfigError> {
+    let port = rp.port.unwrap_or(443);
+    if port == 0 {
+        return Err(bad("pages.port", "port 0 is not a port".into()));
+    }
+    let log_dir = rp.log_dir.clone().unwrap_or_else(|| PathBuf::from("/var/log/rapweb"));
+    require_absolute(&log_dir, "pages.log_dir", bad)?;
+    let ports: Vec<(&str, &PortConfig)> =
+        instruments.iter().filter_map(|i| i.port.as_ref().map(|p| (p.interface.as_str(), p))).collect();
+    let names: Vec<String> = match &rp.interfaces {
+        Some(v) => v.clone(),
+        None => ports.iter().map(|(i, _)| (*i).to_owned()).collect(),
+    };
+    let mut listen = Vec::new();
+    for (n, name) in names.iter().enumerate() {
+        let key = format!("pages.interfaces[{n}]");
+        if listen.iter().any(|(i, _)| i == name) {
+            return Err(bad(&key, format!("`{name}` is listed twice")));
+        }
+        if let Some((_, p)) = ports.iter().find(|(i, _)| *i == name) {
+            if p.agent_port == port {
+                return Err(bad("pages.port", format!("{port} is the agent port of `{name}`")));
+            }
+            listen.push((name.clone(), p.box_address.addr));
+            continue;
+        }
+        match &network.uplink {
+            Some(u) if u.interface == *name => match u.addressing {
+                Addressing::Static { address, .. } => listen.push((name.clone(), address.addr)),
+                Addressing::Dhcp => {
+                    return Err(bad(
+                        &key,
+                        format!("the uplink `{name}` has its address from DHCP: the pages need a static address there"),
+                    ))
+                }
+            },
+            _ => {
+                let known: Vec<&str> = ports.iter().map(|(i, _)| *i).collect();
+                return Err(bad(
+                    &key,
+                    format!(
+                        "`{name}` is neither an instrument port ({}) nor the uplink",
+                        if known.is_empty() { "none configured".to_owned() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+    }
+    if rp.enabled && listen.is_empty() {
+        return Err(bad("pages.interfaces", "the pages are enabled but reachable nowhere: no instrument port".into()));
+    }
+    Ok(PagesConfig { enabled: rp.enabled, port, listen, log_dir })
 }
 
 fn require_absolute(p: &Path, key: &str, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {

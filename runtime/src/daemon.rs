@@ -18,15 +18,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::audit::{self, AuditLog, Event, Outcome, Verification};
-use crate::config::Config;
+use crate::certs::{self, CertInfo};
+use crate::config::{Config, UplinkConfig};
 use crate::control::{self, Source};
 use crate::fips::{self, FipsState};
 use crate::firewall::{self, Firewall, FirewallError};
 use crate::ingest::{self, Port, PortStatus};
 use crate::ports::{self, LogEvents, PortsError, SharedLinks};
 use crate::queue::{Queue, QueueStats};
+use crate::uplink::probe::{self, UplinkTest};
 use crate::uplink::{self, SharedStatus, UplinkStatus};
-use crate::{exit, logging};
+use crate::{exit, logging, logins};
 
 struct Daemon {
     fips: FipsState,
@@ -37,6 +39,9 @@ struct Daemon {
     links: Option<SharedLinks>,
     audit: AuditLog,
     started: Instant,
+    /// For the uplink test and the certificates (the uplink thread has its own copy).
+    uplink_cfg: UplinkConfig,
+    config_path: std::path::PathBuf,
 }
 
 impl Source for Daemon {
@@ -79,6 +84,15 @@ impl Source for Daemon {
     }
     fn audit_tail(&self, n: usize) -> Result<Vec<serde_json::Value>, String> {
         self.audit.tail(n).map_err(|e| e.to_string())
+    }
+    fn uplink_test(&self) -> Result<UplinkTest, String> {
+        Ok(probe::run(&self.uplink_cfg))
+    }
+    fn certificates(&self) -> Result<Vec<CertInfo>, String> {
+        Ok(certs::inspect(&self.uplink_cfg))
+    }
+    fn config_path(&self) -> Option<std::path::PathBuf> {
+        Some(self.config_path.clone())
     }
 }
 
@@ -255,7 +269,9 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
 
-    let control_listener = match control::bind(&cfg.control.socket) {
+    let control_listener = match control::bind(&cfg.control.socket).and_then(|l| {
+        cfg.control.group.as_deref().map_or(Ok(()), |g| control::set_group(&cfg.control.socket, g)).map(|()| l)
+    }) {
         Ok(l) => l,
         Err(e) => {
             log::error!("{e}");
@@ -293,6 +309,8 @@ fn start_and_serve(config_path: &Path) -> i32 {
         links: link_status.clone(),
         audit: audit_log.clone(),
         started: Instant::now(),
+        uplink_cfg: cfg.uplink.clone(),
+        config_path: cfg.path.clone(),
     });
 
     let up = {
@@ -332,6 +350,26 @@ fn start_and_serve(config_path: &Path) -> i32 {
             }
         },
     };
+    // Console and SSH logins from the kernel audit stream (needs CAP_AUDIT_READ).
+    let login_watch = match logins::open() {
+        Ok(fd) => match logins::spawn(fd, stop.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("rapd: cannot start the login watcher: {e}");
+                return exit::FAILURE;
+            }
+        },
+        Err(e) => {
+            log::warn!("{e}: logins are not recorded in the audit trail");
+            audit::record(
+                Event::new("logins.watch")
+                    .target("kernel audit")
+                    .outcome(Outcome::Failure)
+                    .detail(serde_json::json!({ "error": e.to_string() })),
+            );
+            None
+        }
+    };
     let wd = start_watchdog(queue.clone(), stop.clone());
     notify("READY=1\nSTATUS=ingesting and forwarding");
     log::info!("rapd ready: {} instrument ports, queue {}", cfg.instruments.len(), cfg.queue.path.display());
@@ -361,7 +399,7 @@ fn start_and_serve(config_path: &Path) -> i32 {
     }
     let _ = up.join();
     let _ = ctl.join();
-    for h in [guard, watcher].into_iter().flatten() {
+    for h in [guard, watcher, login_watch].into_iter().flatten() {
         let _ = h.join();
     }
     if let Some(w) = wd {

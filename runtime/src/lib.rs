@@ -7,6 +7,7 @@
 //! of it on a local Unix socket. [`fips`] decides whether any of it may start.
 
 pub mod audit;
+pub mod certs;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -14,10 +15,14 @@ pub mod fips;
 pub mod firewall;
 pub mod ingest;
 pub mod logging;
+pub mod logins;
+pub mod peer;
 pub mod ports;
 pub mod queue;
+pub mod syslog_conf;
 pub mod tls;
 pub mod uplink;
+pub mod uplink_settings;
 
 /// Process exit codes of `rapd` (also documented in `docs/operations.md`).
 pub mod exit {

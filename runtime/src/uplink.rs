@@ -6,6 +6,8 @@
 //! off exponentially with jitter up to a cap, and `Retry-After` is honoured. The uplink
 //! never holds anything ingest needs: a dead data center only makes the queue grow.
 
+pub mod probe;
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
