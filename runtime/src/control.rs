@@ -192,7 +192,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(l)
 }
 
-/// Gives the socket to `group` (rapd must be a member), so that its members may connect.
+/// Makes sure the socket belongs to `group`, so that its members may connect: nothing to
+/// do when it was created with that group (rapd.service's primary group), else a chown
+/// (rapd must be a member and allowed the system call).
 pub fn set_group(path: &Path, group: &str) -> Result<(), ControlError> {
     let err = |m: String| ControlError::Io { path: path.into(), source: std::io::Error::other(m) };
     let c = std::ffi::CString::new(group).map_err(|_| err(format!("group `{group}` is not a name")))?;
@@ -203,6 +205,10 @@ pub fn set_group(path: &Path, group: &str) -> Result<(), ControlError> {
     let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
         return Err(err(format!("[control] group `{group}` does not exist")));
+    }
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(path).map(|m| m.gid() == gr.gr_gid).unwrap_or(false) {
+        return Ok(());
     }
     std::os::unix::fs::chown(path, None, Some(gr.gr_gid))
         .map_err(|e| err(format!("cannot give the socket to group `{group}` (is rapd a member?): {e}")))
