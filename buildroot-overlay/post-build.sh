@@ -24,7 +24,7 @@ fi
 
 # Modes of secrets and configuration.
 [ -d "$TARGET/etc/ssh/sshd_config.d" ] && chmod 0644 "$TARGET"/etc/ssh/sshd_config.d/*.conf
-chmod 0755 "$TARGET/usr/lib/rapbox/firstboot" "$TARGET/usr/lib/rapbox/sshkeys"
+chmod 0755 "$TARGET/usr/lib/rapbox/firstboot" "$TARGET/usr/lib/rapbox/sshkeys" "$TARGET/usr/lib/rapbox/technicians"
 
 # Units: enable ours and networkd, mask what a gateway does not need or that slows boot.
 enable() { # unit target
@@ -37,6 +37,7 @@ enable_lib() { # unit target
 }
 enable rapbox-firstboot.service sysinit.target
 enable rapd.service multi-user.target
+enable rapweb.service multi-user.target
 enable rapbox-sshkeys.service multi-user.target
 enable_lib systemd-networkd.service multi-user.target
 mkdir -p "$TARGET/etc/systemd/system/sockets.target.wants"

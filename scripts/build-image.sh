@@ -30,9 +30,10 @@ cargo build -j"$JOBS" --release -p rapimage
 args=(build --recipe image/recipe.toml --out "$OUT")
 if [ "${RAPBOX_IMAGE_STUB:-0}" = 1 ]; then
   cargo build -j"$JOBS" --release -p qemu-tests --bin rapbox-stub
-  args+=(--without-fips --binary rapd=target/release/rapbox-stub --binary rapctl=target/release/rapbox-stub)
+  args+=(--without-fips --binary rapd=target/release/rapbox-stub --binary rapctl=target/release/rapbox-stub
+         --binary rapweb=target/release/rapbox-stub)
 else
-  cargo build -j"$JOBS" --release -p rapbox --bin rapd --bin rapctl
+  cargo build -j"$JOBS" --release -p rapbox --bin rapd --bin rapctl -p rapweb --bin rapweb
   fips_dir=${RAPBOX_FIPS_DIR:-/var/cache/rapbox/fips}
   if [ ! -f "$fips_dir/fips.so" ]; then
     bash scripts/build-fips.sh

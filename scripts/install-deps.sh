@@ -15,8 +15,9 @@ PKGS=(
   syslog-ng-core syslog-ng-mod-http
   # network namespaces, sqlite inspection
   iproute2 sqlite3 procps iptables
-  # the data center's dashboard test renders the page in headless Chromium (with a font)
-  chromium fonts-dejavu-core
+  # headless Chromium (with a font) for the data center's dashboard test and, driven over
+  # WebDriver, the configuration pages' browser test; rapweb links libcrypt
+  chromium chromium-driver fonts-dejavu-core libcrypt-dev
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use rapimage::build::{self, BuildOptions};
-use rapimage::provision::{self, Identity};
+use rapimage::provision::{self, Extras, Identity, Technician};
 use rapimage::recipe::Recipe;
 
 #[derive(Parser)]
@@ -65,6 +65,14 @@ enum Cmd {
         /// Data-center batch endpoint, https://...
         #[arg(long)]
         url: String,
+        /// A technician account, NAME:HASH (repeatable): NAME is tech-<lower-case letters,
+        /// digits, dashes>, HASH a SHA-512 crypt hash (`mkpasswd -m sha-512 -R 65536`).
+        #[arg(long = "technician", value_name = "NAME:HASH")]
+        technicians: Vec<Technician>,
+        /// The name in the remote syslog collector's TLS certificate (its address is
+        /// `[network.uplink] syslog` in rapd.toml).
+        #[arg(long, value_name = "NAME")]
+        syslog_name: Option<String>,
     },
 }
 
@@ -101,8 +109,9 @@ fn run() -> Result<()> {
             let recipe = Recipe::load(&recipe)?;
             build::lock(&recipe, &rapimage::cmd::absolute(&cache)).context("lock failed")?;
         }
-        Cmd::Provision { image, manifest, template, ca, cert, key, url } => {
-            provision::provision(&image, &manifest, &template, &Identity { ca, cert, key, url })?;
+        Cmd::Provision { image, manifest, template, ca, cert, key, url, technicians, syslog_name } => {
+            let extras = Extras { technicians, syslog_name };
+            provision::provision_with(&image, &manifest, &template, &Identity { ca, cert, key, url }, &extras)?;
             println!("provisioned {}", image.display());
         }
     }

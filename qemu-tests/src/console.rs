@@ -134,6 +134,48 @@ impl Console {
         Ok(())
     }
 
+    /// Logs in as any account (a technician's shell prompt ends in `$ `, root's in `# `)
+    /// and sets the unique prompt; returns the text printed between the password and
+    /// the shell prompt (last-login line, messages). Panics with the console tail.
+    pub fn login_as(&mut self, user: &str, password: &str, timeout: Duration) -> String {
+        self.expect("rapbox login: ", timeout);
+        self.send(user);
+        self.expect("Password: ", Duration::from_secs(30));
+        self.send(password);
+        let shell = if user == "root" { "# " } else { "$ " };
+        let motd = self.expect(shell, Duration::from_secs(60));
+        self.send(SET_PROMPT);
+        self.expect(PROMPT, Duration::from_secs(30));
+        motd
+    }
+
+    /// Tries a login that must fail; returns what the console printed after the
+    /// password up to the next `rapbox login: ` prompt (e.g. "Login incorrect").
+    pub fn failed_login(&mut self, user: &str, password: &str, timeout: Duration) -> String {
+        self.expect("rapbox login: ", timeout);
+        self.send(user);
+        self.expect("Password: ", Duration::from_secs(30));
+        self.send(password);
+        let out = self.expect("rapbox login: ", Duration::from_secs(60));
+        // Put the prompt back for the next expect("rapbox login: ").
+        self.cursor -= "rapbox login: ".len();
+        out
+    }
+
+    /// Moves the cursor back before the last `needle` it passed, so that the next
+    /// expect finds it again (e.g. a login prompt already waited for).
+    pub fn cursor_back(&mut self, needle: &str) {
+        let g = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = g.text[..self.cursor].rfind(needle) {
+            self.cursor = pos;
+        }
+    }
+
+    /// Leaves the shell (the getty shows the banner and a new login prompt).
+    pub fn logout(&mut self) {
+        self.send("exit");
+    }
+
     /// Runs `cmd` in the logged-in shell; returns (output, exit status).
     pub fn run(&mut self, cmd: &str, timeout: Duration) -> (String, i32) {
         self.send(&format!("{cmd}; echo \"RAPQ-RC=$?\""));

@@ -75,6 +75,21 @@ impl DataCenter {
         Ok(DataCenter { dir, pki, backend, client, nginx: Some(nginx), port })
     }
 
+    /// Starts nginx again after `nginx.take().stop()` (an outage of the data center), on
+    /// the same port with the same configuration.
+    pub fn restart_nginx(&mut self) -> Result<(), HarnessError> {
+        let fd = FrontDoor::new(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            &self.pki.server.cert,
+            &self.pki.server.key,
+            &self.pki.ca.cert,
+            self.backend.addr().port(),
+            self.dir.join("nginx"),
+        );
+        self.nginx = Some(Nginx::start(&fd).map_err(setup("nginx"))?);
+        Ok(())
+    }
+
     /// The URL the box is provisioned with.
     pub fn url(&self) -> String {
         format!("https://{GUEST_DC_IP}/api/v1/batches")

@@ -8,6 +8,7 @@
 //! (KVM is used only when a probe boot of the kernel works; TCG otherwise).
 
 pub mod bridge;
+pub mod browser;
 pub mod console;
 pub mod datacenter;
 pub mod image;

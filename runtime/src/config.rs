@@ -46,6 +46,8 @@ pub struct Config {
     pub commands: CommandsConfig,
     /// Downloads and uploads on the data partition.
     pub transfers: TransfersConfig,
+    /// The local configuration pages (`rapweb`, docs/pages.md).
+    pub pages: PagesConfig,
 }
 
 /// Downloads (data center → instrument) and uploads (instrument → data center) kept on
@@ -98,6 +100,19 @@ pub struct AuditConfig {
     pub path: PathBuf,
 }
 
+/// The local configuration pages: HTTPS on the box addresses of the listed interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagesConfig {
+    pub enabled: bool,
+    pub port: u16,
+    /// Where the pages are reachable: (interface, box address) of each listed interface,
+    /// instrument ports (the lab side) by default; the uplink only when named explicitly
+    /// and statically addressed.
+    pub listen: Vec<(String, Ipv4Addr)>,
+    /// `rapweb`'s access and error logs (directory).
+    pub log_dir: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
     /// The data center's batch endpoint (https only).
@@ -140,6 +155,9 @@ pub struct FipsConfig {
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     pub socket: PathBuf,
+    /// The group that owns the socket (mode 0660), e.g. `rapctl` for technicians and the
+    /// configuration pages; None: rapd's own group.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +374,8 @@ struct Raw {
     commands: RawCommands,
     #[serde(default)]
     transfers: RawTransfers,
+    #[serde(default)]
+    pages: RawPages,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +449,16 @@ fn d_poll_s() -> u64 {
 }
 fn d_max_running() -> usize {
     4
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPages {
+    #[serde(default)]
+    enabled: bool,
+    port: Option<u16>,
+    interfaces: Option<Vec<String>>,
+    log_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -525,11 +555,12 @@ impl Default for RawFips {
 struct RawControl {
     #[serde(default = "d_socket")]
     socket: PathBuf,
+    group: Option<String>,
 }
 
 impl Default for RawControl {
     fn default() -> Self {
-        RawControl { socket: d_socket() }
+        RawControl { socket: d_socket(), group: None }
     }
 }
 
@@ -955,6 +986,8 @@ impl Config {
             }
         }
 
+        let pages = validate_pages(&raw.pages, &instruments, &network, &bad)?;
+
         Ok(Config {
             path: path.into(),
             queue: QueueConfig {
@@ -976,7 +1009,7 @@ impl Config {
                 backoff_max: Duration::from_millis(u.backoff_max_ms),
             },
             fips: FipsConfig { openssl_conf: raw.fips.openssl_conf },
-            control: ControlConfig { socket: raw.control.socket },
+            control: ControlConfig { socket: raw.control.socket, group: raw.control.group },
             ingest: IngestConfig {
                 max_connections_per_port: i.max_connections_per_port,
                 frame_timeout: Duration::from_millis(i.frame_timeout_ms),
@@ -1002,8 +1035,69 @@ impl Config {
                 retry_initial: Duration::from_millis(t.retry_initial_ms),
                 retry_max: Duration::from_millis(t.retry_max_ms),
             },
+            pages,
         })
     }
+}
+
+/// Validates `[pages]` against the ports and the uplink.
+fn validate_pages(
+    rp: &RawPages,
+    instruments: &[InstrumentConfig],
+    network: &NetworkConfig,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<PagesConfig, ConfigError> {
+    let port = rp.port.unwrap_or(443);
+    if port == 0 {
+        return Err(bad("pages.port", "port 0 is not a port".into()));
+    }
+    let log_dir = rp.log_dir.clone().unwrap_or_else(|| PathBuf::from("/var/log/rapweb"));
+    require_absolute(&log_dir, "pages.log_dir", bad)?;
+    let ports: Vec<(&str, &PortConfig)> =
+        instruments.iter().filter_map(|i| i.port.as_ref().map(|p| (p.interface.as_str(), p))).collect();
+    let names: Vec<String> = match &rp.interfaces {
+        Some(v) => v.clone(),
+        None => ports.iter().map(|(i, _)| (*i).to_owned()).collect(),
+    };
+    let mut listen = Vec::new();
+    for (n, name) in names.iter().enumerate() {
+        let key = format!("pages.interfaces[{n}]");
+        if listen.iter().any(|(i, _)| i == name) {
+            return Err(bad(&key, format!("`{name}` is listed twice")));
+        }
+        if let Some((_, p)) = ports.iter().find(|(i, _)| *i == name) {
+            if p.agent_port == port {
+                return Err(bad("pages.port", format!("{port} is the agent port of `{name}`")));
+            }
+            listen.push((name.clone(), p.box_address.addr));
+            continue;
+        }
+        match &network.uplink {
+            Some(u) if u.interface == *name => match u.addressing {
+                Addressing::Static { address, .. } => listen.push((name.clone(), address.addr)),
+                Addressing::Dhcp => {
+                    return Err(bad(
+                        &key,
+                        format!("the uplink `{name}` has its address from DHCP: the pages need a static address there"),
+                    ))
+                }
+            },
+            _ => {
+                let known: Vec<&str> = ports.iter().map(|(i, _)| *i).collect();
+                return Err(bad(
+                    &key,
+                    format!(
+                        "`{name}` is neither an instrument port ({}) nor the uplink",
+                        if known.is_empty() { "none configured".to_owned() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+    }
+    if rp.enabled && listen.is_empty() {
+        return Err(bad("pages.interfaces", "the pages are enabled but reachable nowhere: no instrument port".into()));
+    }
+    Ok(PagesConfig { enabled: rp.enabled, port, listen, log_dir })
 }
 
 fn require_absolute(p: &Path, key: &str, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::Verification;
+use crate::audit::{self, Event, Outcome, Verification};
+use crate::certs::CertInfo;
 use crate::fips::FipsState;
 use crate::ingest::PortStatus;
+use crate::peer::Peer;
 use crate::queue::QueueStats;
+use crate::uplink::probe::UplinkTest;
 use crate::uplink::UplinkStatus;
 
 /// A request on the control socket.
@@ -28,6 +31,32 @@ pub enum Request {
     AuditVerify,
     /// The last `n` audit records, oldest first (`rapctl audit log -n N`).
     AuditTail { n: usize },
+    /// Test the way to the data center step by step (`rapctl uplink test`); audited.
+    /// `web_user`: the person logged into the configuration pages (believed only from
+    /// the pages' server, see `peer`).
+    UplinkTest {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        web_user: Option<String>,
+    },
+    /// The provisioned CA and box certificates (`rapctl certs`).
+    Certificates,
+    /// Check a change of the uplink's settings against rapd's whole configuration
+    /// validation without applying it (`rapctl network check`, the pages' uplink form).
+    /// Answered `ok` with a summary, or not `ok` with the message naming the key.
+    CheckUplink {
+        settings: crate::uplink_settings::UplinkSettings,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        web_user: Option<String>,
+    },
+    /// A configuration-pages event (`web.login`, `web.logout`, …): accepted only from the
+    /// pages' server, recorded with the actor `web:<user>`.
+    WebEvent {
+        action: String,
+        user: String,
+        outcome: Outcome,
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
 }
 
 /// Most audit records one [`Request::AuditTail`] returns.
@@ -73,14 +102,32 @@ pub struct Response {
     /// The answer to [`Request::AuditTail`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_records: Option<Vec<serde_json::Value>>,
+    /// The answer to [`Request::UplinkTest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_test: Option<UplinkTest>,
+    /// The answer to [`Request::Certificates`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<Vec<CertInfo>>,
+    /// The answer to [`Request::CheckUplink`]: what the checked settings amount to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_check: Option<String>,
 }
 
 impl Response {
     fn error(message: String) -> Response {
-        Response { ok: false, error: Some(message), status: None, audit_verify: None, audit_records: None }
+        Response { ok: false, error: Some(message), ..Response::ok() }
     }
     fn ok() -> Response {
-        Response { ok: true, error: None, status: None, audit_verify: None, audit_records: None }
+        Response {
+            ok: true,
+            error: None,
+            status: None,
+            audit_verify: None,
+            audit_records: None,
+            uplink_test: None,
+            certificates: None,
+            uplink_check: None,
+        }
     }
 }
 
@@ -119,6 +166,18 @@ pub trait Source: Send + Sync {
     fn audit_tail(&self, _n: usize) -> Result<Vec<serde_json::Value>, String> {
         Err("this rapd keeps no audit log".into())
     }
+    /// Runs the uplink test (see `uplink::probe`).
+    fn uplink_test(&self) -> Result<UplinkTest, String> {
+        Err("this rapd has no uplink".into())
+    }
+    /// The provisioned certificates (see `certs`).
+    fn certificates(&self) -> Result<Vec<CertInfo>, String> {
+        Err("this rapd has no uplink".into())
+    }
+    /// rapd's configuration file (for checks of changed settings).
+    fn config_path(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Why the control socket could not be served or reached.
@@ -145,6 +204,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
     l.set_nonblocking(true).map_err(io)?;
     Ok(l)
+}
+
+/// Makes sure the socket belongs to `group`, so that its members may connect: nothing to
+/// do when it was created with that group (rapd.service's primary group), else a chown
+/// (rapd must be a member and allowed the system call).
+pub fn set_group(path: &Path, group: &str) -> Result<(), ControlError> {
+    let err = |m: String| ControlError::Io { path: path.into(), source: std::io::Error::other(m) };
+    let c = std::ffi::CString::new(group).map_err(|_| err(format!("group `{group}` is not a name")))?;
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r fills `gr` with pointers into `buf`; only gr_gid is read.
+    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return Err(err(format!("[control] group `{group}` does not exist")));
+    }
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(path).map(|m| m.gid() == gr.gr_gid).unwrap_or(false) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, None, Some(gr.gr_gid))
+        .map_err(|e| err(format!("cannot give the socket to group `{group}` (is rapd a member?): {e}")))
 }
 
 /// Serves requests until `stop` is set.
@@ -174,6 +255,7 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&s, 64 * 1024)).read_line(&mut line)?;
+    let peer = Peer::of(&s)?;
     let resp = match serde_json::from_str::<Request>(line.trim()) {
         Ok(Request::Status) => Response { status: Some(status(src)), ..Response::ok() },
         Ok(Request::AuditVerify) => match src.audit_verify() {
@@ -184,11 +266,113 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
             Ok(r) => Response { audit_records: Some(r), ..Response::ok() },
             Err(e) => Response::error(e),
         },
+        Ok(Request::UplinkTest { web_user }) => {
+            let actor = peer.actor(web_user.as_deref());
+            match src.uplink_test() {
+                Ok(t) => {
+                    let failed = t.steps.iter().find(|s| s.state == crate::uplink::probe::StepState::Failed);
+                    audit::record(
+                        Event::new("uplink.test")
+                            .actor(&actor)
+                            .target(&t.url)
+                            .outcome(if t.passed { Outcome::Success } else { Outcome::Failure })
+                            .detail(serde_json::json!({
+                                "pid": peer.pid,
+                                "failed_step": failed.map(|s| s.step.clone()),
+                                "error": failed.map(|s| s.detail.clone()),
+                            })),
+                    );
+                    Response { uplink_test: Some(t), ..Response::ok() }
+                }
+                Err(e) => Response::error(e),
+            }
+        }
+        Ok(Request::Certificates) => match src.certificates() {
+            Ok(c) => Response { certificates: Some(c), ..Response::ok() },
+            Err(e) => Response::error(e),
+        },
+        Ok(Request::CheckUplink { settings, web_user }) => match src.config_path() {
+            None => Response::error("this rapd has no configuration file to check against".into()),
+            Some(path) => {
+                let actor = peer.actor(web_user.as_deref());
+                let res = crate::uplink_settings::check(&path, &settings);
+                let ev = Event::new("config.check").actor(&actor).target(&path.display().to_string());
+                let ev = match &res {
+                    Ok(_) => ev.detail(serde_json::json!({ "settings": redacted(&settings) })),
+                    Err(e) => ev
+                        .outcome(Outcome::Failure)
+                        .detail(serde_json::json!({ "settings": redacted(&settings), "error": e.to_string() })),
+                };
+                audit::record(ev);
+                match res {
+                    Ok(c) => Response { uplink_check: Some(summary(&c)), ..Response::ok() },
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+        },
+        Ok(Request::WebEvent { action, user, outcome, detail }) => {
+            if !peer.is_web() {
+                Response::error(format!(
+                    "web_event is accepted only from the configuration pages' server (account {}), not from {}",
+                    crate::peer::WEB_ACCOUNT,
+                    peer.user
+                ))
+            } else if !action.starts_with("web.") || action.len() > 64 || !action.bytes().all(|c| c.is_ascii_graphic())
+            {
+                Response::error(format!("web_event: action `{action}` must be web.<verb>"))
+            } else {
+                // A failed login names what was typed, which may not be an account.
+                let actor =
+                    if crate::peer::valid_user(&user) { format!("web:{user}") } else { "web:invalid user name".into() };
+                match audit::record(Event::new(&action).actor(&actor).target("pages").outcome(outcome).detail(detail)) {
+                    Some(_) => Response::ok(),
+                    None => Response::error("the audit log could not record the event".into()),
+                }
+            }
+        }
         Err(e) => Response::error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
     (&s).write_all(&out)
+}
+
+/// The settings with a proxy password hidden, for the audit record.
+fn redacted(s: &crate::uplink_settings::UplinkSettings) -> serde_json::Value {
+    let mut s = s.clone();
+    s.proxy = s.proxy.map(|p| crate::uplink::redact(&p));
+    serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
+}
+
+/// What a checked configuration does on the uplink, in one line.
+fn summary(c: &crate::config::Config) -> String {
+    use crate::config::Addressing;
+    let addressing = match c.network.uplink.as_ref().map(|u| (&u.interface, u.addressing, &u.dns)) {
+        None => "addressing by the system (DHCP)".to_owned(),
+        Some((i, Addressing::Dhcp, dns)) => format!(
+            "{i} by DHCP, DNS {}",
+            if dns.is_empty() {
+                "from DHCP".to_owned()
+            } else {
+                dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        ),
+        Some((i, Addressing::Static { address, gateway }, dns)) => format!(
+            "{i} static {address}, gateway {}, DNS {}",
+            gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+            if dns.is_empty() {
+                "none".to_owned()
+            } else {
+                dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        ),
+    };
+    let proxy = c.uplink.proxy.as_ref().map(|p| crate::uplink::redact(&p.url)).unwrap_or_else(|| "direct".into());
+    format!(
+        "valid: {addressing}; data center {} {}",
+        c.uplink.url,
+        if proxy == "direct" { "direct".to_owned() } else { format!("through {proxy}") }
+    )
 }
 
 /// The whole status, as `rapctl status` shows it.
@@ -211,9 +395,14 @@ pub fn status(src: &dyn Source) -> Status {
 
 /// Sends one request and returns the response (used by rapctl and tests).
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    request_with_timeout(path, req, Duration::from_secs(10))
+}
+
+/// Like [`request`], waiting up to `timeout` for the answer (the uplink test takes longer).
+pub fn request_with_timeout(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
     let io = |source| ControlError::Io { path: path.into(), source };
     let s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line =
         serde_json::to_vec(req).map_err(|e| ControlError::Protocol { path: path.into(), message: e.to_string() })?;
     line.push(b'\n');

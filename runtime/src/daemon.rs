@@ -19,8 +19,9 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::agents::{Agents, RequestHandler};
 use crate::audit::{self, AuditLog, Event, Outcome, Verification};
+use crate::certs::{self, CertInfo};
 use crate::commands::{self, CommandLink, Dispatcher};
-use crate::config::Config;
+use crate::config::{Config, UplinkConfig};
 use crate::control::{self, Source};
 use crate::fips::{self, FipsState};
 use crate::firewall::{self, Firewall, FirewallError};
@@ -28,8 +29,9 @@ use crate::ingest::{self, Port, PortStatus};
 use crate::ports::{self, LogEvents, PortsError, SharedLinks};
 use crate::queue::{Queue, QueueStats};
 use crate::transfers::{self, Transfers};
+use crate::uplink::probe::{self, UplinkTest};
 use crate::uplink::{self, SharedStatus, UplinkStatus};
-use crate::{exit, logging};
+use crate::{exit, logging, logins};
 
 struct Daemon {
     fips: FipsState,
@@ -42,6 +44,9 @@ struct Daemon {
     commands: Dispatcher,
     transfers: Transfers,
     started: Instant,
+    /// For the uplink test and the certificates (the uplink thread has its own copy).
+    uplink_cfg: UplinkConfig,
+    config_path: std::path::PathBuf,
 }
 
 impl Source for Daemon {
@@ -90,6 +95,15 @@ impl Source for Daemon {
     }
     fn audit_tail(&self, n: usize) -> Result<Vec<serde_json::Value>, String> {
         self.audit.tail(n).map_err(|e| e.to_string())
+    }
+    fn uplink_test(&self) -> Result<UplinkTest, String> {
+        Ok(probe::run(&self.uplink_cfg))
+    }
+    fn certificates(&self) -> Result<Vec<CertInfo>, String> {
+        Ok(certs::inspect(&self.uplink_cfg))
+    }
+    fn config_path(&self) -> Option<std::path::PathBuf> {
+        Some(self.config_path.clone())
     }
 }
 
@@ -292,7 +306,9 @@ fn start_and_serve(config_path: &Path) -> i32 {
     };
     agents.register(Arc::new(transfers.clone()) as Arc<dyn RequestHandler>);
 
-    let control_listener = match control::bind(&cfg.control.socket) {
+    let control_listener = match control::bind(&cfg.control.socket).and_then(|l| {
+        cfg.control.group.as_deref().map_or(Ok(()), |g| control::set_group(&cfg.control.socket, g)).map(|()| l)
+    }) {
         Ok(l) => l,
         Err(e) => {
             log::error!("{e}");
@@ -338,6 +354,8 @@ fn start_and_serve(config_path: &Path) -> i32 {
         commands: dispatcher.clone(),
         transfers: transfers.clone(),
         started: Instant::now(),
+        uplink_cfg: cfg.uplink.clone(),
+        config_path: cfg.path.clone(),
     });
     dispatcher.register(
         rapwire::transfer::DOWNLOAD_KIND,
@@ -402,6 +420,26 @@ fn start_and_serve(config_path: &Path) -> i32 {
             }
         },
     };
+    // Console and SSH logins from the kernel audit stream (needs CAP_AUDIT_READ).
+    let login_watch = match logins::open() {
+        Ok(fd) => match logins::spawn(fd, stop.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("rapd: cannot start the login watcher: {e}");
+                return exit::FAILURE;
+            }
+        },
+        Err(e) => {
+            log::warn!("{e}: logins are not recorded in the audit trail");
+            audit::record(
+                Event::new("logins.watch")
+                    .target("kernel audit")
+                    .outcome(Outcome::Failure)
+                    .detail(serde_json::json!({ "error": e.to_string() })),
+            );
+            None
+        }
+    };
     let wd = start_watchdog(queue.clone(), stop.clone());
     notify("READY=1\nSTATUS=ingesting and forwarding");
     log::info!("rapd ready: {} instrument ports, queue {}", cfg.instruments.len(), cfg.queue.path.display());
@@ -433,7 +471,7 @@ fn start_and_serve(config_path: &Path) -> i32 {
     let _ = ctl.join();
     dispatch_thread.join();
     transfer_threads.join();
-    for h in [guard, watcher].into_iter().flatten() {
+    for h in [guard, watcher, login_watch].into_iter().flatten() {
         let _ = h.join();
     }
     if let Some(w) = wd {

@@ -9,6 +9,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod certs;
 pub mod commands;
 pub mod config;
 pub mod control;
@@ -17,11 +18,15 @@ pub mod fips;
 pub mod firewall;
 pub mod ingest;
 pub mod logging;
+pub mod logins;
+pub mod peer;
 pub mod ports;
 pub mod queue;
+pub mod syslog_conf;
 pub mod tls;
 pub mod transfers;
 pub mod uplink;
+pub mod uplink_settings;
 
 /// Process exit codes of `rapd` (also documented in `docs/operations.md`).
 pub mod exit {

@@ -14,6 +14,8 @@
 pub mod exchange;
 pub mod transfer;
 
+pub mod probe;
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};

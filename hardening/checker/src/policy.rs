@@ -56,6 +56,18 @@ pub struct Policy {
     pub banner: String,
 }
 
+impl Policy {
+    /// Whether the allow-list names `account`: exactly, or through an entry ending in `*`
+    /// (a prefix: `tech-*` allows the provisioned technicians, which need at least one
+    /// character after the prefix).
+    pub fn account_allowed(&self, account: &str) -> bool {
+        self.accounts.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => account.len() > prefix.len() && account.starts_with(prefix),
+            None => a == account,
+        })
+    }
+}
+
 /// Lines of a policy file without comments and blank lines, with their line numbers.
 fn lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
     text.lines().enumerate().filter_map(|(i, l)| {
@@ -212,6 +224,8 @@ mod tests {
     fn embedded_policy_parses() {
         let p = Policy::embedded();
         assert!(p.accounts.contains(&"root".to_string()));
+        assert!(p.account_allowed("tech-alice") && p.account_allowed("rapweb"));
+        assert!(!p.account_allowed("tech-") && !p.account_allowed("techalice") && !p.account_allowed("games"));
         assert!(p.suid.iter().any(|s| s.path == "/usr/sbin/unix_chkpwd" && s.mode == 0o2755));
         assert!(p.deny.iter().any(|d| d.control == 20 && d.kind == DenyKind::Applet && d.pattern == "telnetd"));
         assert!(p.banner.contains("U.S. Government (USG) Information System"));

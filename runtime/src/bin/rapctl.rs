@@ -1,17 +1,23 @@
 //! `rapctl`: the field technician's console tool. Talks to rapd over its control socket.
 //!
-//! Exit codes: 0 success, 1 rapd unreachable or answered an error, 2 usage error.
-//! `rapctl audit verify`: 0 the audit trail is intact, 1 it is broken (the first broken
-//! link is printed), 2 usage error, 3 it could not be checked (rapd unreachable, file
-//! unreadable). See `docs/audit.md`.
+//! Exit codes (docs/console.md): 0 success, 1 rapd unreachable or answered an error, 2
+//! usage error. Commands that check something use 1 for "checked and bad" and 3 for
+//! "could not check": `audit verify` (0 intact, 1 broken, 3 not checked), `uplink test`
+//! (0 every step passed, 1 a step failed, 3 not run), `certs` (0 both usable, 1 one
+//! missing, expired, not yet valid or not matching its key, 3 not read).
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use rapbox::audit::{self, Verification};
+use rapbox::certs::CertInfo;
 use rapbox::control::{self, Request, Response, Status};
+use rapbox::uplink::probe::UplinkTest;
 use serde_json::Value;
+
+#[path = "rapctl/views.rs"]
+mod views;
 
 /// rapbox console tool.
 #[derive(Parser)]
@@ -36,6 +42,93 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// Instrument ports: link, addresses, last report per instrument.
+    Ports {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The uplink to the data center.
+    Uplink {
+        #[command(subcommand)]
+        cmd: UplinkCmd,
+    },
+    /// The provisioned CA and box certificates: subject, issuer, expiry, days left.
+    #[command(alias = "certificates")]
+    Certs {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The system log of rapd (or of the whole box).
+    Logs {
+        /// How many lines.
+        #[arg(short = 'n', long = "lines", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        n: u64,
+        /// Every unit, not only rapd.
+        #[arg(long, conflicts_with = "unit")]
+        all: bool,
+        /// This systemd unit instead of rapd.service (e.g. rsyslog, rapweb, auditd).
+        #[arg(short = 'u', long)]
+        unit: Option<String>,
+        /// Only lines since then (journalctl --since syntax: "10 min ago", "2025-01-01 12:00").
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The uplink's network settings.
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
+    /// Write rsyslog's environment for the remote collector (run by rsyslog.service before it starts).
+    #[command(hide = true)]
+    SyslogConf {
+        #[arg(long, default_value = rapbox::config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long, default_value = rapbox::syslog_conf::LOGHOST_ENV)]
+        loghost: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Check changed uplink settings with rapd's own validation, without applying them
+    /// (exit 0 valid, 1 refused with the reason, 3 not checked).
+    Check {
+        /// `dhcp` or `static`.
+        #[arg(long)]
+        addressing: Option<String>,
+        /// With static addressing: a.b.c.d/prefix.
+        #[arg(long)]
+        address: Option<String>,
+        /// With static addressing: the gateway ("" removes it).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// DNS servers, comma-separated ("" uses DHCP's).
+        #[arg(long)]
+        dns: Option<String>,
+        /// http://[user:pass@]host:port (CONNECT), socks5://…, or "none" for direct.
+        #[arg(long)]
+        proxy: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UplinkCmd {
+    /// DNS, TCP, proxy, TLS handshake, mTLS acceptance, each step diagnosed (exit 0 passed, 1 failed, 3 not run).
+    Test {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -94,7 +187,7 @@ fn main() {
                 std::process::exit(1);
             }
             Err(e) => {
-                eprintln!("rapctl: cannot reach rapd: {e}\n  is rapd running? (systemctl status rapd)");
+                eprintln!("rapctl: {}", unreachable(&e));
                 std::process::exit(1);
             }
         },
@@ -121,6 +214,92 @@ fn main() {
                     std::process::exit(NOT_CHECKED);
                 }
             }
+        }
+        Cmd::Ports { json } => {
+            let st = status_or_exit(&args.socket);
+            if json {
+                let v = serde_json::json!({ "ports": st.ports, "links": st.links });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", views::ports(&st));
+            }
+        }
+        Cmd::Uplink { cmd: UplinkCmd::Test { json } } => {
+            let t = control::request_with_timeout(
+                &args.socket,
+                &Request::UplinkTest { web_user: None },
+                std::time::Duration::from_secs(120),
+            );
+            let t: Result<UplinkTest, String> = match t {
+                Ok(r) if r.ok => r.uplink_test.ok_or_else(|| "rapd answered without a test result".into()),
+                Ok(r) => Err(format!("rapd refused: {}", r.error.unwrap_or_default())),
+                Err(e) => Err(unreachable(&e)),
+            };
+            match t {
+                Ok(t) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&t).unwrap_or_default());
+                    } else {
+                        print!("{}", views::uplink_test(&t));
+                    }
+                    std::process::exit(if t.passed { 0 } else { 1 });
+                }
+                Err(e) => {
+                    eprintln!("rapctl: uplink test not run: {e}");
+                    std::process::exit(NOT_CHECKED);
+                }
+            }
+        }
+        Cmd::Certs { json } => {
+            let c: Result<Vec<CertInfo>, String> = match control::request(&args.socket, &Request::Certificates) {
+                Ok(r) if r.ok => r.certificates.ok_or_else(|| "rapd answered without certificates".into()),
+                Ok(r) => Err(format!("rapd refused: {}", r.error.unwrap_or_default())),
+                Err(e) => Err(unreachable(&e)),
+            };
+            match c {
+                Ok(c) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+                    } else {
+                        print!("{}", views::certs(&c));
+                    }
+                    std::process::exit(if c.iter().all(CertInfo::usable) { 0 } else { 1 });
+                }
+                Err(e) => {
+                    eprintln!("rapctl: certificates not read: {e}");
+                    std::process::exit(NOT_CHECKED);
+                }
+            }
+        }
+        Cmd::Network { cmd: NetworkCmd::Check { addressing, address, gateway, dns, proxy } } => {
+            let settings = rapbox::uplink_settings::UplinkSettings {
+                addressing,
+                address,
+                gateway,
+                dns: dns.map(|d| d.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect()),
+                proxy: proxy.map(|p| if p == "none" { String::new() } else { p }),
+            };
+            if settings == rapbox::uplink_settings::UplinkSettings::default() {
+                eprintln!("rapctl: network check: nothing to check: give at least one of --addressing, --address, --gateway, --dns, --proxy");
+                std::process::exit(2);
+            }
+            match control::request(&args.socket, &Request::CheckUplink { settings, web_user: None }) {
+                Ok(r) if r.ok => println!("{}", r.uplink_check.unwrap_or_default()),
+                Ok(r) => {
+                    println!("refused: {}", r.error.unwrap_or_default());
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!("rapctl: not checked: {}", unreachable(&e));
+                    std::process::exit(NOT_CHECKED);
+                }
+            }
+        }
+        Cmd::SyslogConf { config, loghost, out } => {
+            std::process::exit(views::syslog_conf(&config, &loghost, &out));
+        }
+        Cmd::Logs { n, all, unit, since, follow, json } => {
+            std::process::exit(views::logs(n, all, unit.as_deref(), since.as_deref(), follow, json));
         }
         Cmd::Audit { cmd: AuditCmd::Log { n, file, json } } => {
             let recs = match &file {
@@ -151,9 +330,45 @@ fn ask(socket: &std::path::Path, req: &Request) -> Result<Response, String> {
     match control::request(socket, req) {
         Ok(r) if r.ok => Ok(r),
         Ok(r) => Err(format!("rapd refused: {}", r.error.unwrap_or_default())),
-        Err(e) => Err(format!(
-            "cannot reach rapd: {e}\n  is rapd running? (systemctl status rapd; or check a file with --file PATH)"
-        )),
+        Err(e) => Err(format!("{}\n  (or check a file with --file PATH)", unreachable(&e))),
+    }
+}
+
+/// Why rapd could not be asked, with what to do about it.
+fn unreachable(e: &control::ControlError) -> String {
+    match e {
+        control::ControlError::Io { path, source } if source.kind() == std::io::ErrorKind::PermissionDenied => format!(
+            "not allowed to use rapd's control socket {}: technicians are members of the group rapctl \
+             (log in again after provisioning added you)",
+            path.display()
+        ),
+        control::ControlError::Io { path, source }
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            format!("cannot reach rapd at {}: {source}\n  is rapd running? (systemctl status rapd)", path.display())
+        }
+        e => format!("cannot reach rapd: {e}\n  is rapd running? (systemctl status rapd)"),
+    }
+}
+
+/// The status, or exit 1 with the reason.
+fn status_or_exit(socket: &std::path::Path) -> Status {
+    match control::request(socket, &Request::Status) {
+        Ok(r) if r.ok => match r.status {
+            Some(s) => s,
+            None => {
+                eprintln!("rapctl: rapd answered without a status");
+                std::process::exit(1);
+            }
+        },
+        Ok(r) => {
+            eprintln!("rapctl: rapd refused: {}", r.error.unwrap_or_default());
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("rapctl: {}", unreachable(&e));
+            std::process::exit(1);
+        }
     }
 }
 
@@ -192,11 +407,11 @@ fn record_line(r: &Value) -> String {
     o
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn ago(ms: Option<u64>) -> String {
+pub(crate) fn ago(ms: Option<u64>) -> String {
     match ms {
         None => "never".into(),
         Some(t) => format!("{} ago", dur(now_ms().saturating_sub(t) / 1000)),
@@ -219,11 +434,11 @@ fn bytes(b: u64) -> String {
     }
 }
 
-fn u(v: &Value, k: &str) -> u64 {
+pub(crate) fn u(v: &Value, k: &str) -> u64 {
     v.get(k).and_then(Value::as_u64).unwrap_or(0)
 }
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+pub(crate) fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
 }
 

@@ -173,6 +173,27 @@ fn ipv4(cfg: &Config, uplink: Option<&UplinkInterface>, ports: &[(usize, &Instru
         );
     }
     if let Some(u) = uplink {
+        if let Some(addr) = pages_on(cfg, &u.interface) {
+            d.rule(
+                "INPUT",
+                Rule {
+                    dst: Some(addr),
+                    iif: Some(&u.interface),
+                    proto: Some("tcp"),
+                    dport: Some(cfg.pages.port),
+                    matches: vec![
+                        "-m conntrack --ctstate NEW".into(),
+                        limit(fw.new_connections_per_minute, fw.new_connections_burst),
+                    ],
+                    comment: format!(
+                        "uplink {}: configuration pages https://{addr}:{} (opened by [pages] interfaces)",
+                        u.interface, cfg.pages.port
+                    ),
+                    target: "ACCEPT".into(),
+                    ..Rule::default()
+                },
+            );
+        }
         d.rule(
             "INPUT",
             Rule {
@@ -277,6 +298,26 @@ fn ipv4(cfg: &Config, uplink: Option<&UplinkInterface>, ports: &[(usize, &Instru
                 ..Rule::default()
             },
         );
+        if pages_on(cfg, &p.interface).is_some() {
+            d.rule(
+                &chain,
+                Rule {
+                    dst: Some(p.box_address.addr),
+                    proto: Some("tcp"),
+                    dport: Some(cfg.pages.port),
+                    matches: vec![
+                        "-m conntrack --ctstate NEW".into(),
+                        limit(fw.new_connections_per_minute, fw.new_connections_burst),
+                    ],
+                    comment: format!(
+                        "{}: configuration pages https://{}:{} (new connections rate-limited)",
+                        inst.serial, p.box_address.addr, cfg.pages.port
+                    ),
+                    target: "ACCEPT".into(),
+                    ..Rule::default()
+                },
+            );
+        }
         d.rule(
             &chain,
             Rule {
@@ -415,7 +456,13 @@ fn header(
             };
             d.note(&format!("uplink {}: {addressing}", u.interface));
             d.note(&format!("  out: {}", outbound_summary(cfg, u)));
-            d.note("  in: answers to connections the box opened; nothing else");
+            match pages_on(cfg, &u.interface) {
+                Some(a) => d.note(&format!(
+                    "  in: answers to connections the box opened; configuration pages https://{a}:{}",
+                    cfg.pages.port
+                )),
+                None => d.note("  in: answers to connections the box opened; nothing else"),
+            }
         }
     }
     for (n, inst, p) in ports {
@@ -441,6 +488,9 @@ fn header(
         if let Some(rd) = p.remote_desktop_port {
             d.note(&format!("  remote desktop {}:{rd}: closed until a remote session opens it", p.address));
         }
+        if let Some(a) = pages_on(cfg, &p.interface) {
+            d.note(&format!("  in: configuration pages https://{a}:{} from {} only", cfg.pages.port, p.address));
+        }
     }
     for inst in cfg.instruments.iter().filter(|i| i.port.is_none()) {
         d.note(&format!(
@@ -449,6 +499,14 @@ fn header(
         ));
     }
     d.note("");
+}
+
+/// The box address the configuration pages listen on at `interface`, if enabled there.
+fn pages_on(cfg: &Config, interface: &str) -> Option<Ipv4Addr> {
+    if !cfg.pages.enabled {
+        return None;
+    }
+    cfg.pages.listen.iter().find(|(i, _)| i == interface).map(|(_, a)| *a)
 }
 
 /// One destination the box itself may connect to on the uplink:

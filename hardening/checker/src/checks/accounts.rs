@@ -39,7 +39,7 @@ fn uid_zero(ctx: &Ctx) -> Verdict {
 
 fn allow_list(ctx: &Ctx) -> Verdict {
     let extra: Vec<String> =
-        ctx.passwd.iter().filter(|p| !ctx.policy.accounts.contains(&p.name)).map(|p| p.name.clone()).collect();
+        ctx.passwd.iter().filter(|p| !ctx.policy.account_allowed(&p.name)).map(|p| p.name.clone()).collect();
     let names: Vec<String> = ctx.passwd.iter().map(|p| p.name.clone()).collect();
     if extra.is_empty() {
         Verdict::pass(format!("accounts: {}", names.join(", ")))
