@@ -20,10 +20,11 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::audit::{self, AuditLog, Event, Outcome, Verification};
 use crate::config::Config;
 use crate::control::{self, Source};
+use crate::events::BoxEvents;
 use crate::fips::{self, FipsState};
 use crate::firewall::{self, Firewall, FirewallError};
 use crate::ingest::{self, Port, PortStatus};
-use crate::ports::{self, LogEvents, PortsError, SharedLinks};
+use crate::ports::{self, PortsError, SharedLinks};
 use crate::queue::{Queue, QueueStats};
 use crate::uplink::{self, SharedStatus, UplinkStatus};
 use crate::{exit, logging};
@@ -322,15 +323,29 @@ fn start_and_serve(config_path: &Path) -> i32 {
             }
         },
     };
-    let watcher = match link_status {
-        None => None,
-        Some(st) => match ports::spawn_watcher(links, st, Arc::new(LogEvents), stop.clone()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("rapd: cannot watch the links: {e}");
-                return exit::FAILURE;
+    // Link changes go upstream as box events (the state at start first).
+    let (watcher, event_sender) = match link_status {
+        None => (None, None),
+        Some(st) => {
+            let (events, sender) =
+                match BoxEvents::start(queue.clone(), &crate::events::seq_path(&cfg.queue.path), stop.clone()) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("rapd: cannot start the box events: {e}");
+                        return exit::FAILURE;
+                    }
+                };
+            for l in st.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                events.link(l, true);
             }
-        },
+            match ports::spawn_watcher(links, st, Arc::new(events), stop.clone()) {
+                Ok(h) => (Some(h), Some(sender)),
+                Err(e) => {
+                    eprintln!("rapd: cannot watch the links: {e}");
+                    return exit::FAILURE;
+                }
+            }
+        }
     };
     let wd = start_watchdog(queue.clone(), stop.clone());
     notify("READY=1\nSTATUS=ingesting and forwarding");
@@ -363,6 +378,9 @@ fn start_and_serve(config_path: &Path) -> i32 {
     let _ = ctl.join();
     for h in [guard, watcher].into_iter().flatten() {
         let _ = h.join();
+    }
+    if let Some(s) = event_sender {
+        s.join();
     }
     if let Some(w) = wd {
         let _ = w.join();

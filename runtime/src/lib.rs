@@ -10,6 +10,7 @@ pub mod audit;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod events;
 pub mod fips;
 pub mod firewall;
 pub mod ingest;
