@@ -31,6 +31,23 @@ pub struct VmConfig {
     pub memory_mib: u32,
 }
 
+/// What a test may add to a VM beyond [`VmConfig`] (see [`Vm::start_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct VmExtras {
+    /// The uplink as the tap device [`UPLINK_TAP`] in the namespace instead of QEMU's
+    /// user network (the test gives the other end its addresses, and the data center if
+    /// it needs one). The guest NIC gets the MAC [`UPLINK_TAP_MAC`], which the image's
+    /// networkd DHCP configuration does not match: rapd addresses it from its configuration.
+    pub uplink_tap: bool,
+    /// A QMP socket for [`Vm::qmp`] (e.g. `set_link` to pull a NIC's cable).
+    pub qmp: bool,
+}
+
+/// The uplink tap device of [`VmExtras::uplink_tap`].
+pub const UPLINK_TAP: &str = "uplink0";
+/// The guest MAC of the tap uplink.
+pub const UPLINK_TAP_MAC: &str = "52:54:00:00:00:11";
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A running VM; killed on drop.
@@ -39,6 +56,7 @@ pub struct Vm {
     pub console: Console,
     pub started: Instant,
     _bridge: Option<crate::bridge::UnixToTcp>,
+    qmp: Option<PathBuf>,
     _netns: Netns,
     _guard: MutexGuard<'static, ()>,
 }
@@ -85,6 +103,11 @@ fn kvm_probe(built: &Built) -> bool {
 impl Vm {
     /// Boots `built` as configured; the serial log is target/qemu-logs/<test>.log.
     pub fn start(test: &str, built: &Built, cfg: &VmConfig) -> Result<Vm, HarnessError> {
+        Vm::start_with(test, built, cfg, &VmExtras::default())
+    }
+
+    /// [`Vm::start`] with `extras`.
+    pub fn start_with(test: &str, built: &Built, cfg: &VmConfig, extras: &VmExtras) -> Result<Vm, HarnessError> {
         let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let netns = Netns::create(&test.chars().take(6).collect::<String>(), 2)?;
         let log = log_dir().join(format!("{test}.log"));
@@ -116,10 +139,26 @@ impl Vm {
             "-drive".into(),
             format!("file={},if=virtio,format=qcow2,cache=unsafe", cfg.disk.display()),
         ];
+        let mut qmp = None;
+        if extras.qmp {
+            let sock = crate::workspace().join(format!("target/qemu-tests/{test}-qmp.sock"));
+            let _ = std::fs::remove_file(&sock);
+            args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
+            qmp = Some(sock);
+        }
         // NICs without option ROMs (romfile=): no iPXE for the firmware to start.
         let mut netdev = "user,id=uplink,restrict=on,net=10.0.2.0/24".to_string();
+        let mut uplink_mac = "52:54:00:00:00:01";
         let mut bridge = None;
-        if let Some(port) = cfg.uplink_port {
+        if extras.uplink_tap {
+            if cfg.uplink_port.is_some() {
+                return Err(HarnessError::Setup("uplink_port needs the user-network uplink, not uplink_tap".into()));
+            }
+            netns.exec(&["ip", "tuntap", "add", "dev", UPLINK_TAP, "mode", "tap"])?;
+            netns.exec(&["ip", "link", "set", UPLINK_TAP, "up"])?;
+            netdev = format!("tap,id=uplink,ifname={UPLINK_TAP},script=no,downscript=no");
+            uplink_mac = UPLINK_TAP_MAC;
+        } else if let Some(port) = cfg.uplink_port {
             // The guest-forward command runs inside the namespace, where the host's
             // loopback is not reachable: it connects to a Unix socket (file system,
             // not network namespace) that the harness bridges to 127.0.0.1:port.
@@ -131,7 +170,7 @@ impl Vm {
             "-netdev".into(),
             netdev,
             "-device".into(),
-            "virtio-net-pci,netdev=uplink,mac=52:54:00:00:00:01,romfile=".into(),
+            format!("virtio-net-pci,netdev=uplink,mac={uplink_mac},romfile="),
         ]);
         for (i, tap) in netns.taps.iter().enumerate() {
             args.extend([
@@ -174,7 +213,7 @@ impl Vm {
         let out = child.stdout.take().ok_or_else(|| HarnessError::Setup("no qemu stdout".into()))?;
         let inp = child.stdin.take().ok_or_else(|| HarnessError::Setup("no qemu stdin".into()))?;
         let console = Console::new(out, inp, &log);
-        Ok(Vm { child, console, started: Instant::now(), _bridge: bridge, _netns: netns, _guard: guard })
+        Ok(Vm { child, console, started: Instant::now(), _bridge: bridge, qmp, _netns: netns, _guard: guard })
     }
 
     /// The network namespace QEMU runs in (its tap devices are the instrument ports).
@@ -185,6 +224,12 @@ impl Vm {
     /// QEMU's process id (`ip netns exec` execs QEMU in place).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Runs a QMP command (needs [`VmExtras::qmp`]); returns its `return` value.
+    pub fn qmp(&self, command: &str, arguments: serde_json::Value) -> Result<serde_json::Value, HarnessError> {
+        let sock = self.qmp.as_ref().ok_or_else(|| HarnessError::Setup("the VM was started without QMP".into()))?;
+        crate::qmp::execute(sock, command, arguments)
     }
 
     /// Hard power-off (kill -9 of QEMU).
