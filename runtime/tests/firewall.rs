@@ -376,6 +376,34 @@ fn lis_forward_only_when_enabled_and_only_to_its_host_and_port() {
     check("LIS forward on", &on);
 }
 
+/// New connections per port are limited: with 2/min and a burst of 20 (slow enough that no
+/// token comes back during the test), the 21st new connection in a row is dropped, and the
+/// other port, with its own limit, is not affected.
+#[test]
+fn new_connections_over_the_rate_limit_are_dropped() {
+    require_netns!();
+    let lab = Lab::new(true);
+    let (a, b) = (&lab.a, &lab.b);
+    let _svc = [
+        Service::start(&lab.boxns, SocketAddr::from((A_BOX, AGENT))),
+        Service::start(&lab.boxns, SocketAddr::from((B_BOX, AGENT))),
+    ];
+    let text = config_text(false, "new_connections_per_minute = 2\nnew_connections_burst = 20");
+    let rs = firewall::policy(&Config::parse(Path::new("/etc/rapbox/rapd.toml"), &text).unwrap());
+    assert!(rs.ipv4.contains("--limit 2/min --limit-burst 20"), "{}", rs.ipv4);
+    apply(&lab, &rs);
+    let burst: Vec<Got> = (0..20).map(|_| netns::tcp(a, None, sa(A_BOX, AGENT), PROBE_TIMEOUT)).collect();
+    assert!(burst.iter().all(|g| *g == Got::Answer(format!("{A_BOX}:{AGENT} sees {A}"))), "{burst:?}");
+    check(
+        "over the burst",
+        &[
+            probe("A's 21st new connection", a, sa(A_BOX, AGENT), Want::Silence),
+            probe("A's 22nd new connection", a, sa(A_BOX, AGENT), Want::Silence),
+            probe("B's first, on its own port", b, sa(B_BOX, AGENT), Want::Answer(B)),
+        ],
+    );
+}
+
 /// A DHCP uplink behind an HTTP CONNECT proxy, DNS and NTP servers from DHCP: the box
 /// reaches the proxy and DNS, not the data center directly nor anything else; the LIS
 /// forward leaves under whatever address the uplink has (MASQUERADE).
