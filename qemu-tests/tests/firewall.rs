@@ -362,6 +362,23 @@ fn firewall_and_ports_in_the_booted_image() {
         "rapd ready, firewall applied, first upload acknowledged {:.1} s after QEMU start",
         t_boot.elapsed().as_secs_f64()
     );
+    // ... by rapd as user rapd, inside the unit's sandbox.
+    let sandbox = vm.console.run_ok(
+        "ps -o user= -C rapd; systemctl show -p NoNewPrivileges -p ProtectKernelModules -p ProtectKernelTunables \
+         -p ProtectSystem -p CapabilityBoundingSet -p ReadWritePaths rapd.service",
+        timeout(20),
+    );
+    for want in [
+        "rapd\n",
+        "NoNewPrivileges=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=cap_net_bind_service cap_net_admin",
+        "ReadWritePaths=/data/rapd /proc/sys/net/ipv4/ip_forward",
+    ] {
+        assert!(sandbox.contains(want), "{want}: {sandbox}");
+    }
     assert_eq!(st["firewall"]["enabled"], true, "{st:#}");
     assert!(st["firewall"]["rule_count"].as_u64().unwrap_or(0) > 20, "{st:#}");
     assert_eq!(st["firewall"]["last_error"], Value::Null, "{st:#}");
