@@ -299,11 +299,11 @@ impl Channel {
                         Ok(bytes) => {
                             let len = bytes.len() as u64;
                             Reply {
-                                stream: Some(Stream {
+                                stream: Some(Box::new(Stream {
                                     reader: Box::new(std::io::Cursor::new(bytes)),
                                     len,
                                     headers: vec![("Content-Type", "application/octet-stream".into())],
-                                }),
+                                })),
                                 ..Reply::json(200, &Done { ok: true })
                             }
                         }
@@ -344,14 +344,14 @@ impl Channel {
                 let body = serde_json::to_vec(&crate::api::ErrorBody { error: e }).unwrap_or_default();
                 let len = body.len() as u64;
                 return Reply {
-                    stream: Some(Stream {
+                    stream: Some(Box::new(Stream {
                         reader: Box::new(std::io::Cursor::new(body)),
                         len,
                         headers: vec![
                             ("Content-Type", "application/json".into()),
                             ("Content-Range", format!("bytes */{total}")),
                         ],
-                    }),
+                    })),
                     ..Reply::json(416, &Done { ok: false })
                 };
             }
@@ -371,7 +371,7 @@ impl Channel {
             headers.push(("Content-Range", format!("bytes {start}-{}/{total}", start + len - 1)));
         }
         log::info!("box {}: download {sha} from byte {start} ({len} of {total} bytes)", who.box_id);
-        Reply { stream: Some(Stream { reader, len, headers }), ..Reply::json(status, &Done { ok: true }) }
+        Reply { stream: Some(Box::new(Stream { reader, len, headers })), ..Reply::json(status, &Done { ok: true }) }
     }
 
     fn chunk(&self, req: &mut Request, id: &str) -> Reply {

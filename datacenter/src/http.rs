@@ -337,7 +337,7 @@ pub(crate) struct Reply {
     pub(crate) content_type: &'static str,
     pub(crate) headers: Vec<(&'static str, &'static str)>,
     /// A body streamed from a reader instead of `body` (file content).
-    pub(crate) stream: Option<Stream>,
+    pub(crate) stream: Option<Box<Stream>>,
 }
 
 /// A streamed answer body, with its own headers.

@@ -95,14 +95,15 @@ impl DataCenter {
         format!("https://{GUEST_DC_IP}/api/v1/batches")
     }
 
-    /// Every instrument report (not the box's own records) stored for the box.
+    /// Every instrument report (not the box's own records: audit records, and box events
+    /// such as link changes, which carry the instrument's serial) stored for the box.
     pub fn instrument_reports(&self) -> Result<Vec<rapdc::api::Report>, HarnessError> {
         Ok(self
             .client
             .all_reports(Some(BOX_ID), None)
             .map_err(setup("dc reports"))?
             .into_iter()
-            .filter(|r| !r.instrument.is_empty())
+            .filter(|r| !r.instrument.is_empty() && r.kind.from_instrument())
             .collect())
     }
 }
@@ -113,4 +114,10 @@ impl Drop for DataCenter {
             n.stop();
         }
     }
+}
+
+/// How many of an instrument's records in the data center are its own reports (not the
+/// box's events about it).
+pub fn reports_of(i: &rapdc::api::InstrumentStats) -> u64 {
+    i.count.saturating_sub(i.kinds.get("box_event").copied().unwrap_or(0))
 }

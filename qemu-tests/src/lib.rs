@@ -14,6 +14,7 @@ pub mod datacenter;
 pub mod image;
 pub mod instruments;
 pub mod netns;
+pub mod qmp;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -31,6 +31,27 @@ pub struct VmConfig {
     pub memory_mib: u32,
 }
 
+/// What a test may add to a VM beyond [`VmConfig`] (see [`Vm::start_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct VmExtras {
+    /// The uplink as the tap device [`UPLINK_TAP`] in the namespace instead of QEMU's
+    /// user network (the test gives the other end its addresses, and the data center if
+    /// it needs one). The guest NIC gets the MAC [`UPLINK_TAP_MAC`], which the image's
+    /// networkd DHCP configuration does not match: rapd addresses it from its configuration.
+    pub uplink_tap: bool,
+    /// A QMP socket for [`Vm::qmp`] (e.g. `set_link` to pull a NIC's cable).
+    pub qmp: bool,
+    /// More guest-forwards of the user-network uplink: each `(guest_port, host_port)` makes
+    /// 10.0.2.100:guest_port in the guest reach 127.0.0.1:host_port on the host (e.g. the
+    /// remote syslog collector on 6514).
+    pub forwards: Vec<(u16, u16)>,
+}
+
+/// The uplink tap device of [`VmExtras::uplink_tap`].
+pub const UPLINK_TAP: &str = "uplink0";
+/// The guest MAC of the tap uplink.
+pub const UPLINK_TAP_MAC: &str = "52:54:00:00:00:11";
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A running VM; killed on drop.
@@ -40,6 +61,7 @@ pub struct Vm {
     pub started: Instant,
     _bridge: Option<crate::bridge::UnixToTcp>,
     _forwards: Vec<crate::bridge::UnixToTcp>,
+    qmp: Option<PathBuf>,
     _netns: Netns,
     _guard: MutexGuard<'static, ()>,
 }
@@ -86,13 +108,11 @@ fn kvm_probe(built: &Built) -> bool {
 impl Vm {
     /// Boots `built` as configured; the serial log is target/qemu-logs/<test>.log.
     pub fn start(test: &str, built: &Built, cfg: &VmConfig) -> Result<Vm, HarnessError> {
-        Vm::start_with(test, built, cfg, &[])
+        Vm::start_with(test, built, cfg, &VmExtras::default())
     }
 
-    /// Like [`Vm::start`], with more guest-forwards: each `(guest_port, host_port)` makes
-    /// 10.0.2.100:guest_port in the guest reach 127.0.0.1:host_port on the host (e.g. the
-    /// remote syslog collector on 6514).
-    pub fn start_with(test: &str, built: &Built, cfg: &VmConfig, forwards: &[(u16, u16)]) -> Result<Vm, HarnessError> {
+    /// [`Vm::start`] with `extras`.
+    pub fn start_with(test: &str, built: &Built, cfg: &VmConfig, extras: &VmExtras) -> Result<Vm, HarnessError> {
         let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let netns = Netns::create(&test.chars().take(6).collect::<String>(), 2)?;
         let log = log_dir().join(format!("{test}.log"));
@@ -124,10 +144,26 @@ impl Vm {
             "-drive".into(),
             format!("file={},if=virtio,format=qcow2,cache=unsafe", cfg.disk.display()),
         ];
+        let mut qmp = None;
+        if extras.qmp {
+            let sock = crate::workspace().join(format!("target/qemu-tests/{test}-qmp.sock"));
+            let _ = std::fs::remove_file(&sock);
+            args.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())]);
+            qmp = Some(sock);
+        }
         // NICs without option ROMs (romfile=): no iPXE for the firmware to start.
         let mut netdev = "user,id=uplink,restrict=on,net=10.0.2.0/24".to_string();
+        let mut uplink_mac = "52:54:00:00:00:01";
         let mut bridge = None;
-        if let Some(port) = cfg.uplink_port {
+        if extras.uplink_tap {
+            if cfg.uplink_port.is_some() {
+                return Err(HarnessError::Setup("uplink_port needs the user-network uplink, not uplink_tap".into()));
+            }
+            netns.exec(&["ip", "tuntap", "add", "dev", UPLINK_TAP, "mode", "tap"])?;
+            netns.exec(&["ip", "link", "set", UPLINK_TAP, "up"])?;
+            netdev = format!("tap,id=uplink,ifname={UPLINK_TAP},script=no,downscript=no");
+            uplink_mac = UPLINK_TAP_MAC;
+        } else if let Some(port) = cfg.uplink_port {
             // The guest-forward command runs inside the namespace, where the host's
             // loopback is not reachable: it connects to a Unix socket (file system,
             // not network namespace) that the harness bridges to 127.0.0.1:port.
@@ -135,8 +171,11 @@ impl Vm {
             bridge = Some(crate::bridge::UnixToTcp::start(&sock, port)?);
             netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:443-cmd:socat - UNIX-CONNECT:{}", sock.display()));
         }
+        if extras.uplink_tap && !extras.forwards.is_empty() {
+            return Err(HarnessError::Setup("guest-forwards need the user-network uplink, not uplink_tap".into()));
+        }
         let mut extra = Vec::new();
-        for (guest, host) in forwards {
+        for (guest, host) in &extras.forwards {
             let sock = crate::workspace().join(format!("target/qemu-tests/{test}-fwd{guest}.sock"));
             extra.push(crate::bridge::UnixToTcp::start(&sock, *host)?);
             netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:{guest}-cmd:socat - UNIX-CONNECT:{}", sock.display()));
@@ -145,7 +184,7 @@ impl Vm {
             "-netdev".into(),
             netdev,
             "-device".into(),
-            "virtio-net-pci,netdev=uplink,mac=52:54:00:00:00:01,romfile=".into(),
+            format!("virtio-net-pci,netdev=uplink,mac={uplink_mac},romfile="),
         ]);
         for (i, tap) in netns.taps.iter().enumerate() {
             args.extend([
@@ -194,6 +233,7 @@ impl Vm {
             started: Instant::now(),
             _bridge: bridge,
             _forwards: extra,
+            qmp,
             _netns: netns,
             _guard: guard,
         })
@@ -207,6 +247,12 @@ impl Vm {
     /// QEMU's process id (`ip netns exec` execs QEMU in place).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Runs a QMP command (needs [`VmExtras::qmp`]); returns its `return` value.
+    pub fn qmp(&self, command: &str, arguments: serde_json::Value) -> Result<serde_json::Value, HarnessError> {
+        let sock = self.qmp.as_ref().ok_or_else(|| HarnessError::Setup("the VM was started without QMP".into()))?;
+        crate::qmp::execute(sock, command, arguments)
     }
 
     /// Hard power-off (kill -9 of QEMU).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use qemu_tests::datacenter::{DataCenter, BOX_ID};
 use qemu_tests::image::{self, TEST_PASSWORD};
 use qemu_tests::timeout;
-use qemu_tests::vm::{Boot, Vm, VmConfig};
+use qemu_tests::vm::{Boot, Vm, VmConfig, VmExtras};
 use rapbox_testkit::peers::{TlsServer, TlsServerConfig};
 use rapbox_testkit::pki::Profile;
 
@@ -142,7 +142,13 @@ fn technician_console_audit_trail_and_syslog_over_tls() {
     .expect("rapimage provision");
     let cfg = VmConfig { boot: Boot::Direct, disk: raw.clone(), uplink_port: Some(dc.port), memory_mib: 1024 };
     let disk = image::overlay_of(&raw, NAME).expect("overlay");
-    let mut vm = Vm::start_with(NAME, &built, &VmConfig { disk, ..cfg }, &[(6514, syslog_port)]).expect("qemu");
+    let mut vm = Vm::start_with(
+        NAME,
+        &built,
+        &VmConfig { disk, ..cfg },
+        &VmExtras { forwards: vec![(6514, syslog_port)], ..VmExtras::default() },
+    )
+    .expect("qemu");
 
     // ---- the banner, then a technician's failed and good logins ----
     let before = vm.console.expect("rapbox login: ", timeout(240));

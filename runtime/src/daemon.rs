@@ -23,10 +23,11 @@ use crate::certs::{self, CertInfo};
 use crate::commands::{self, CommandLink, Dispatcher};
 use crate::config::{Config, UplinkConfig};
 use crate::control::{self, Source};
+use crate::events::BoxEvents;
 use crate::fips::{self, FipsState};
 use crate::firewall::{self, Firewall, FirewallError};
 use crate::ingest::{self, Port, PortStatus};
-use crate::ports::{self, LogEvents, PortsError, SharedLinks};
+use crate::ports::{self, PortsError, SharedLinks};
 use crate::queue::{Queue, QueueStats};
 use crate::transfers::{self, Transfers};
 use crate::uplink::probe::{self, UplinkTest};
@@ -410,15 +411,29 @@ fn start_and_serve(config_path: &Path) -> i32 {
             }
         },
     };
-    let watcher = match link_status {
-        None => None,
-        Some(st) => match ports::spawn_watcher(links, st, Arc::new(LogEvents), stop.clone()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("rapd: cannot watch the links: {e}");
-                return exit::FAILURE;
+    // Link changes go upstream as box events (the state at start first).
+    let (watcher, event_sender) = match link_status {
+        None => (None, None),
+        Some(st) => {
+            let (events, sender) =
+                match BoxEvents::start(queue.clone(), &crate::events::seq_path(&cfg.queue.path), stop.clone()) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("rapd: cannot start the box events: {e}");
+                        return exit::FAILURE;
+                    }
+                };
+            for l in st.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                events.link(l, true);
             }
-        },
+            match ports::spawn_watcher(links, st, Arc::new(events), stop.clone()) {
+                Ok(h) => (Some(h), Some(sender)),
+                Err(e) => {
+                    eprintln!("rapd: cannot watch the links: {e}");
+                    return exit::FAILURE;
+                }
+            }
+        }
     };
     // Console and SSH logins from the kernel audit stream (needs CAP_AUDIT_READ).
     let login_watch = match logins::open() {
@@ -473,6 +488,9 @@ fn start_and_serve(config_path: &Path) -> i32 {
     transfer_threads.join();
     for h in [guard, watcher, login_watch].into_iter().flatten() {
         let _ = h.join();
+    }
+    if let Some(s) = event_sender {
+        s.join();
     }
     if let Some(w) = wd {
         let _ = w.join();

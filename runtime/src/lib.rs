@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod events;
 pub mod fips;
 pub mod firewall;
 pub mod ingest;

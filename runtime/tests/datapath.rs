@@ -471,6 +471,10 @@ fn bad_inputs_get_their_error_code_and_never_affect_another_instrument() {
         raw::send_bytes(a.1, &f, Duration::from_secs(2)).unwrap()
     };
     assert_eq!(truncated_body.error_codes(), vec![ErrorCode::Malformed], "{truncated_body:?}");
+    // An id from the box's half of the id space (its own events about the instrument).
+    let reserved = raw::report_frame(&raw::status_report("INST-A", rapwire::BOX_ID_BASE + 1, b"x"));
+    let reserved = raw::send_bytes(a.1, &reserved, Duration::from_secs(2)).unwrap();
+    assert_eq!(reserved.error_codes(), vec![ErrorCode::Malformed], "{reserved:?}");
     let big = raw::send_oversized(a.1, 10 << 20, Duration::from_secs(2)).unwrap();
     assert_eq!(big.error_codes(), vec![ErrorCode::TooLarge]);
     assert!(big.closed, "an oversized frame closes the connection");

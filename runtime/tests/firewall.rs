@@ -15,98 +15,31 @@
 //! the reason printed otherwise.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rapbox::config::Config;
 use rapbox::control::{self, Request, Status};
 use rapbox::firewall::{self, live, Tools};
+use rapbox_testkit::netns::{self, check, ip, probe, sa, udp, Got, Ns, Probe, Proto, Service, Want, PROBE_TIMEOUT};
 
 // ---------------------------------------------------------------- namespaces
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root".into());
-    }
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!("`ip netns` unavailable: {}", String::from_utf8_lossy(&o.stderr).trim())),
-        Err(e) => Some(format!("`ip` unavailable: {e}")),
-    }
+/// A namespace for one role of one test (`rfw<pid>-<n>-<role>`).
+fn ns(role: &str) -> Ns {
+    Ns::new("rfw", role)
 }
 
 macro_rules! require_netns {
     () => {
-        if let Some(why) = skip_reason() {
+        if let Some(why) = netns::skip_reason() {
             eprintln!("SKIPPED: {why}");
             return;
         }
     };
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip(args: &str) {
-    run(Command::new("ip").args(args.split_whitespace()));
-}
-
-/// A network namespace, deleted on drop.
-struct Ns {
-    name: String,
-}
-
-impl Ns {
-    fn new(role: &str) -> Ns {
-        let name = format!("rfw{}-{}-{role}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
-        ip(&format!("netns add {name}"));
-        let ns = Ns { name };
-        ns.ip("link set lo up");
-        ns
-    }
-
-    /// `ip ARGS` inside the namespace.
-    fn ip(&self, args: &str) {
-        run(Command::new("ip").args(["netns", "exec", &self.name, "ip"]).args(args.split_whitespace()));
-    }
-
-    /// A shell command inside the namespace; its stdout.
-    fn sh(&self, cmd: &str) -> String {
-        run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", cmd]))
-    }
-
-    /// Runs `f` on a thread that has joined the namespace: sockets it opens and
-    /// processes it starts live there.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let fd = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        })
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
 }
 
 /// The box, two instruments and the uplink network.
@@ -134,7 +67,7 @@ impl Lab {
     /// The topology; with `address_box` the box side is up and addressed by the test
     /// (otherwise it is left down and bare, for rapd to set up).
     fn new(address_box: bool) -> Lab {
-        let lab = Lab { boxns: Ns::new("box"), a: Ns::new("a"), b: Ns::new("b"), up: Ns::new("up") };
+        let lab = Lab { boxns: ns("box"), a: ns("a"), b: ns("b"), up: ns("up") };
         let bx = &lab.boxns.name;
         for (inner, peer) in [("ia0", &lab.a), ("ib0", &lab.b), ("up0", &lab.up)] {
             ip(&format!("link add {inner} netns {bx} type veth peer name eth0 netns {}", peer.name));
@@ -224,177 +157,12 @@ fn apply(lab: &Lab, rs: &firewall::Ruleset) {
     lab.boxns.enter(|| live::apply(rs, &Tools::system())).expect("apply the policy");
 }
 
-// ---------------------------------------------------------------- traffic
-
-/// A TCP service that answers every connection with the peer's address and closes.
-struct Service {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Service {
-    fn start(ns: &Ns, addr: SocketAddr) -> Service {
-        let l = ns.enter(|| TcpListener::bind(addr)).unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name));
-        l.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((mut c, peer)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = writeln!(c, "{addr} sees {}", peer.ip());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Service { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A UDP echo service.
-fn udp_echo(ns: &Ns, addr: SocketAddr) -> Service {
-    let sock = ns.enter(|| UdpSocket::bind(addr)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while !s.load(Ordering::SeqCst) {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], peer);
-            }
-        }
-    });
-    Service { stop, thread: Some(thread) }
-}
-
-/// What a probe got back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    /// The service answered this line.
-    Answer(String),
-    /// A reset or an ICMP error: something answered.
-    Refused(String),
-    /// Nothing came back at all.
-    Silence,
-}
-
-const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// A TCP connection from namespace `ns` (from source address `from`, if given) to `to`.
-fn tcp(ns: &Ns, from: Option<Ipv4Addr>, to: SocketAddrV4) -> Got {
-    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
-    ns.enter(|| {
-        let fd: OwnedFd = socket::socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .unwrap();
-        if let Some(f) = from {
-            socket::bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(f, 0))).expect("bind the source");
-        }
-        match socket::connect(fd.as_raw_fd(), &SockaddrIn::from(to)) {
-            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
-            Err(e) => return Got::Refused(e.to_string()),
-        }
-        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLOUT)];
-        let ms = nix::poll::PollTimeout::try_from(PROBE_TIMEOUT.as_millis() as i32).unwrap();
-        if nix::poll::poll(&mut fds, ms).unwrap() == 0 {
-            return Got::Silence;
-        }
-        match socket::getsockopt(&fd, socket::sockopt::SocketError).unwrap() {
-            0 => {}
-            e => return Got::Refused(nix::errno::Errno::from_raw(e).to_string()),
-        }
-        let s = TcpStream::from(fd);
-        s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
-        let mut line = String::new();
-        match BufReader::new(s).read_line(&mut line) {
-            Ok(_) => Got::Answer(line.trim().to_owned()),
-            Err(e) => Got::Refused(format!("connected, then {e}")),
-        }
-    })
-}
-
-/// A UDP datagram from `ns` to an echo service: Some(reply) or None.
-fn udp(ns: &Ns, to: SocketAddrV4) -> Option<String> {
-    ns.enter(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
-        s.send_to(b"ping", to).ok()?;
-        let mut buf = [0u8; 64];
-        s.recv(&mut buf).ok().map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-}
-
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
-/// A probe and what it must get.
-struct Probe<'a> {
-    what: &'static str,
-    ns: &'a Ns,
-    from: Option<Ipv4Addr>,
-    to: SocketAddrV4,
-    want: Want,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Want {
-    /// The service answers and sees this source address.
-    Answer(Ipv4Addr),
-    /// Something answers (service or reset): the path exists.
-    Reached,
-    /// No answer at all.
-    Silence,
-}
-
-/// Runs the probes in parallel; fails listing every probe that did not get what it must.
-fn check(phase: &str, probes: &[Probe<'_>]) {
-    let results: Vec<Got> = std::thread::scope(|s| {
-        let hs: Vec<_> = probes.iter().map(|p| s.spawn(|| tcp(p.ns, p.from, p.to))).collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mut bad = Vec::new();
-    for (p, got) in probes.iter().zip(&results) {
-        let ok = match (p.want, got) {
-            (Want::Answer(src), Got::Answer(line)) => line.ends_with(&format!(" sees {src}")),
-            (Want::Reached, Got::Answer(_) | Got::Refused(_)) => true,
-            (Want::Silence, Got::Silence) => true,
-            _ => false,
-        };
-        if !ok {
-            bad.push(format!("  {} ({} -> {}): wanted {:?}, got {got:?}", p.what, p.ns.name, p.to, p.want));
-        }
-    }
-    assert!(bad.is_empty(), "{phase}:\n{}", bad.join("\n"));
-}
-
-fn probe<'a>(what: &'static str, ns: &'a Ns, to: SocketAddrV4, want: Want) -> Probe<'a> {
-    Probe { what, ns, from: None, to, want }
-}
-
 // ---------------------------------------------------------------- tests
 
 #[test]
 fn generated_policies_read_back_exactly_as_generated() {
     require_netns!();
-    let ns = Ns::new("canon");
+    let ns = ns("canon");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/firewall");
     let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -448,7 +216,7 @@ fn instruments_reach_only_their_own_agent_port() {
         Service::start(up, SocketAddr::from((UP, 443))),
         Service::start(up, SocketAddr::from((UP, 8080))),
     ];
-    let _echo = udp_echo(bx, "0.0.0.0:5353".parse().unwrap());
+    let _echo = Service::udp_echo(bx, "0.0.0.0:5353".parse().unwrap());
 
     let paths = |want_closed: Want| {
         vec![
@@ -470,7 +238,7 @@ fn instruments_reach_only_their_own_agent_port() {
     open.push(probe("box to another uplink port", bx, sa(UP, 8080), Want::Answer(UP_BOX)));
     open.push(probe("box to an instrument", bx, sa(A, 7000), Want::Answer(A_BOX)));
     check("without the policy every path exists", &open);
-    assert_eq!(udp(a, sa(A_BOX, 5353)).as_deref(), Some("ping"), "UDP without the policy");
+    assert_eq!(udp(a, None, sa(A_BOX, 5353), PROBE_TIMEOUT), Got::Answer("ping".into()), "UDP without the policy");
 
     apply(&lab, &ruleset(false));
     bx.sh("sysctl -qw net.ipv4.ip_forward=1"); // only the rules may stop forwarding
@@ -478,7 +246,7 @@ fn instruments_reach_only_their_own_agent_port() {
     closed.push(probe("A to its agent port", a, sa(A_BOX, AGENT), Want::Answer(A)));
     closed.push(probe("B to its agent port", b, sa(B_BOX, AGENT), Want::Answer(B)));
     check("with the policy", &closed);
-    assert_eq!(udp(a, sa(A_BOX, 5353)), None, "UDP from an instrument to the box");
+    assert_eq!(udp(a, None, sa(A_BOX, 5353), PROBE_TIMEOUT), Got::Silence, "UDP from an instrument to the box");
 
     // The box's own outbound traffic: the data center on 443, nothing else.
     check(
@@ -502,7 +270,7 @@ fn the_uplink_side_gets_no_answer() {
         Service::start(bx, "0.0.0.0:2222".parse().unwrap()),
         Service::start(&lab.a, SocketAddr::from((A, 7000))),
     ];
-    let _echo = udp_echo(bx, "0.0.0.0:5353".parse().unwrap());
+    let _echo = Service::udp_echo(bx, "0.0.0.0:5353".parse().unwrap());
     let probes = |w: Want| {
         vec![
             probe("uplink to the agent port on the uplink address", up, sa(UP_BOX, AGENT), w),
@@ -513,12 +281,16 @@ fn the_uplink_side_gets_no_answer() {
         ]
     };
     check("without the policy", &probes(Want::Reached));
-    assert_eq!(udp(up, sa(UP_BOX, 5353)).as_deref(), Some("ping"));
+    assert_eq!(udp(up, None, sa(UP_BOX, 5353), PROBE_TIMEOUT), Got::Answer("ping".into()));
 
     apply(&lab, &ruleset(true));
     check("with the policy (LIS forward on)", &probes(Want::Silence));
-    assert_eq!(udp(up, sa(UP_BOX, 5353)), None, "UDP from the uplink");
-    assert_eq!(udp(up, sa(A_BOX, 5353)), None, "UDP from the uplink to an instrument port address");
+    assert_eq!(udp(up, None, sa(UP_BOX, 5353), PROBE_TIMEOUT), Got::Silence, "UDP from the uplink");
+    assert_eq!(
+        udp(up, None, sa(A_BOX, 5353), PROBE_TIMEOUT),
+        Got::Silence,
+        "UDP from the uplink to an instrument port address"
+    );
 }
 
 #[test]
@@ -534,6 +306,7 @@ fn spoofed_sources_are_dropped() {
             Probe {
                 what: "A as 10.10.1.99 to its agent port",
                 ns: &lab.a,
+                proto: Proto::Tcp,
                 from: Some(A_SPOOF),
                 to: sa(A_BOX, AGENT),
                 want: w_agent,
@@ -541,6 +314,7 @@ fn spoofed_sources_are_dropped() {
             Probe {
                 what: "A as 10.10.1.99 through its LIS forward",
                 ns: &lab.a,
+                proto: Proto::Tcp,
                 from: Some(A_SPOOF),
                 to: sa(A_BOX, LIS_SIDE),
                 want: w_lis,
@@ -600,6 +374,82 @@ fn lis_forward_only_when_enabled_and_only_to_its_host_and_port() {
     on.push(probe("B through A's LIS port", b, sa(A_BOX, LIS_SIDE), Want::Silence));
     on.push(probe("B through the LIS port on its own box address", b, sa(B_BOX, LIS_SIDE), Want::Silence));
     check("LIS forward on", &on);
+}
+
+/// New connections per port are limited: with 2/min and a burst of 20 (slow enough that no
+/// token comes back during the test), the 21st new connection in a row is dropped, and the
+/// other port, with its own limit, is not affected.
+#[test]
+fn new_connections_over_the_rate_limit_are_dropped() {
+    require_netns!();
+    let lab = Lab::new(true);
+    let (a, b) = (&lab.a, &lab.b);
+    let _svc = [
+        Service::start(&lab.boxns, SocketAddr::from((A_BOX, AGENT))),
+        Service::start(&lab.boxns, SocketAddr::from((B_BOX, AGENT))),
+    ];
+    let text = config_text(false, "new_connections_per_minute = 2\nnew_connections_burst = 20");
+    let rs = firewall::policy(&Config::parse(Path::new("/etc/rapbox/rapd.toml"), &text).unwrap());
+    assert!(rs.ipv4.contains("--limit 2/min --limit-burst 20"), "{}", rs.ipv4);
+    apply(&lab, &rs);
+    let burst: Vec<Got> = (0..20).map(|_| netns::tcp(a, None, sa(A_BOX, AGENT), PROBE_TIMEOUT)).collect();
+    assert!(burst.iter().all(|g| *g == Got::Answer(format!("{A_BOX}:{AGENT} sees {A}"))), "{burst:?}");
+    check(
+        "over the burst",
+        &[
+            probe("A's 21st new connection", a, sa(A_BOX, AGENT), Want::Silence),
+            probe("A's 22nd new connection", a, sa(A_BOX, AGENT), Want::Silence),
+            probe("B's first, on its own port", b, sa(B_BOX, AGENT), Want::Answer(B)),
+        ],
+    );
+}
+
+/// A DHCP uplink behind an HTTP CONNECT proxy, DNS and NTP servers from DHCP: the box
+/// reaches the proxy and DNS, not the data center directly nor anything else; the LIS
+/// forward leaves under whatever address the uplink has (MASQUERADE).
+#[test]
+fn a_dhcp_uplink_behind_a_proxy_reaches_only_the_proxy() {
+    require_netns!();
+    // The box side addressed by the test, as the OS's DHCP client would.
+    let lab = Lab::new(true);
+    let (bx, a, up) = (&lab.boxns, &lab.a, &lab.up);
+    let text = config_text(true, "")
+        .replace(
+            "addressing = \"static\"\naddress = \"192.0.2.10/24\"\ngateway = \"192.0.2.1\"\ndns = [\"192.0.2.53\"]\nntp = [\"192.0.2.123\"]\n",
+            "addressing = \"dhcp\"\n",
+        )
+        .replace("key = \"/data/certs/box.key\"\n", "key = \"/data/certs/box.key\"\nproxy = \"http://192.0.2.1:3128\"\n");
+    assert!(text.contains("addressing = \"dhcp\"") && text.contains("proxy = "), "{text}");
+    let rs = firewall::policy(&Config::parse(Path::new("/etc/rapbox/rapd.toml"), &text).unwrap());
+    assert!(rs.ipv4.contains(" -j MASQUERADE"), "{}", rs.ipv4);
+    let _svc = [
+        Service::start(up, SocketAddr::from((UP, 3128))),
+        Service::start(up, SocketAddr::from((UP, 443))),
+        Service::start(up, SocketAddr::from((UP, 8080))),
+        Service::start(up, SocketAddr::from((LIS, LIS_PORT))),
+        Service::udp_echo(up, SocketAddr::from((UP, 53))),
+        Service::udp_echo(up, SocketAddr::from((UP, 5353))),
+    ];
+    let t = PROBE_TIMEOUT;
+    assert_eq!(udp(bx, None, sa(UP, 5353), t), Got::Answer("ping".into()), "UDP without the policy");
+    check("without the policy", &[probe("box to the data center directly", bx, sa(UP, 443), Want::Answer(UP_BOX))]);
+    apply(&lab, &rs);
+    check(
+        "with the policy",
+        &[
+            probe("box to its proxy", bx, sa(UP, 3128), Want::Answer(UP_BOX)),
+            probe("box to the data center directly", bx, sa(UP, 443), Want::Silence),
+            probe("box to another uplink port", bx, sa(UP, 8080), Want::Silence),
+            probe("A through its LIS port", a, sa(A_BOX, LIS_SIDE), Want::Answer(UP_BOX)),
+        ],
+    );
+    assert_eq!(udp(bx, None, sa(UP, 53), t), Got::Answer("ping".into()), "DNS to a server from DHCP");
+    // OUTPUT drops the box's own datagram: the send itself fails, nothing leaves the box.
+    let got = udp(bx, None, sa(UP, 5353), t);
+    assert!(
+        matches!(&got, Got::Refused(e) if e.contains("Operation not permitted")),
+        "other UDP from the box: {got:?}"
+    );
 }
 
 // ---------------------------------------------------------------- rapd in the box
@@ -795,6 +645,37 @@ fn rapd_sets_up_the_ports_applies_the_policy_and_restores_drift() {
     // Stopping rapd leaves the rules in place.
     assert!(rapd.terminate().success(), "{}", rapd.log_text());
     assert!(live_diff(&lab, &rs).is_empty());
+
+    // The link events wait in the queue for the data center (unreachable here): the state
+    // of each link at start, then A's down and up, as box events under A's serial.
+    let (queue, writer) =
+        rapbox::queue::Queue::open(&dir.join("data/queue.db"), 1 << 30, Duration::from_secs(3600)).unwrap();
+    let rows = queue.next_batch(&Default::default(), 10_000, 64 << 20).unwrap();
+    let events: Vec<(String, serde_json::Value)> = rows
+        .iter()
+        .filter(|r| r.kind == rapwire::Kind::BoxEvent)
+        .map(|r| {
+            assert!(r.msg_id >= rapwire::BOX_ID_BASE, "{}", r.msg_id);
+            (r.instrument.to_string(), serde_json::from_slice(&r.payload).unwrap())
+        })
+        .collect();
+    let a_links: Vec<(&str, bool)> = events
+        .iter()
+        .filter(|(i, p)| i == "INST-A" && p["interface"] == "ia0")
+        .map(|(_, p)| (p["link"].as_str().unwrap(), p["at_start"].as_bool().unwrap()))
+        .collect();
+    let down = a_links.iter().position(|e| *e == ("down", false)).unwrap_or_else(|| panic!("{a_links:?}"));
+    assert!(a_links[down..].contains(&("up", false)), "{a_links:?}");
+    assert!(a_links.iter().any(|e| e.1), "A's link at start: {a_links:?}");
+    for (serial, dev) in [("INST-B", "ib0"), ("", "up0")] {
+        assert!(
+            events.iter().any(|(i, p)| i == serial && p["interface"] == dev && p["at_start"] == true),
+            "{dev} at start: {events:?}"
+        );
+    }
+    queue.shutdown();
+    drop(queue);
+    writer.join();
 
     // A configuration naming an interface that does not exist is refused with the key named;
     // the rules in place stay, and so do the addresses.

@@ -9,9 +9,12 @@
 //!   free ports.
 //! * [`TestDir`] / [`test_dir!`]: `target/test-runs/<test>/`, kept when a test fails.
 //! * [`echo`]: a loopback echo server, the far end of proxy tests.
+//! * [`netns`]: network namespaces, TCP/UDP services in them, and probes that tell an
+//!   answer, a refusal and silence apart (the firewall tests, host and QEMU).
 
 mod dir;
 pub mod echo;
+pub mod netns;
 pub mod peers;
 pub mod pki;
 pub mod ports;

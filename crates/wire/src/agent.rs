@@ -174,6 +174,8 @@ pub enum DecodeError {
     Truncated(&'static str),
     #[error("unknown message kind {0}")]
     Kind(u8),
+    #[error("message id {0} is reserved for the box's own records (an instrument's ids are below 2^63)")]
+    ReservedId(u64),
     #[error("kind {0} may not be sent by an instrument")]
     KindNotAllowed(&'static str),
     #[error("priority {0} out of range 0..=3")]
@@ -307,6 +309,9 @@ pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
     let frame = match t {
         ty::REPORT => {
             let msg_id = r.be_u64().ok_or(DecodeError::Truncated("message id"))?;
+            if msg_id >= crate::BOX_ID_BASE {
+                return Err(DecodeError::ReservedId(msg_id));
+            }
             let timestamp_ms = r.be_i64().ok_or(DecodeError::Truncated("timestamp"))?;
             let k = r.u8().ok_or(DecodeError::Truncated("kind"))?;
             let kind = Kind::from_u8(k).ok_or(DecodeError::Kind(k))?;
@@ -472,6 +477,10 @@ mod tests {
         let mut body = body_of(&out).to_vec();
         body[18] = 6; // audit: the box's own kind
         assert_eq!(decode(&body), Err(DecodeError::KindNotAllowed("audit")));
+        let mut body = body_of(&out).to_vec();
+        body[2] = 0x80; // msg_id 2^63 + 42: the box's own id range
+        assert_eq!(decode(&body), Err(DecodeError::ReservedId(crate::BOX_ID_BASE + 42)));
+        assert_eq!(DecodeError::ReservedId(0).code(), ErrorCode::Malformed);
         let mut body = body_of(&out).to_vec();
         body[19] = 4;
         assert_eq!(decode(&body), Err(DecodeError::Priority(4)));

@@ -81,6 +81,13 @@ impl Kind {
     }
 }
 
+/// The lowest message id the box uses for its own records about an instrument (link
+/// events under the instrument's serial): the upper half of the id space. An instrument
+/// chooses its ids below this; the agent protocol refuses the rest, so the box's records
+/// never collide with an instrument's in the `(instrument, msg_id)` key of the queue and
+/// of the data center.
+pub const BOX_ID_BASE: u64 = 1 << 63;
+
 /// Highest priority (leaves first).
 pub const PRIORITY_URGENT: u8 = 0;
 /// Lowest priority value accepted.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
-use qemu_tests::datacenter::{DataCenter, BOX_ID};
+use qemu_tests::datacenter::{reports_of, DataCenter, BOX_ID};
 use qemu_tests::image::{self, PortSpec, TEST_PASSWORD};
 use qemu_tests::instruments::SimRun;
 use qemu_tests::timeout;
@@ -205,7 +205,7 @@ fn run(a: &Args, stop: &AtomicBool, qemu_pid: &AtomicU32) -> Result<(), String> 
         let at_dc = dc.client.stats().ok();
         let mut l = label;
         for r in runs {
-            let n = at_dc.as_ref().and_then(|d| d.for_instrument(BOX_ID, &r.serial)).map(|i| i.count).unwrap_or(0);
+            let n = at_dc.as_ref().and_then(|d| d.for_instrument(BOX_ID, &r.serial)).map(reports_of).unwrap_or(0);
             l += &format!("  | {} {} / {} / {}", r.serial, r.stats.sent(), r.stats.acked(), n);
         }
         println!("{l}");
@@ -241,7 +241,7 @@ fn run(a: &Args, stop: &AtomicBool, qemu_pid: &AtomicU32) -> Result<(), String> 
                 .client
                 .stats()
                 .ok()
-                .map(|d| runs.iter().filter_map(|r| d.for_instrument(BOX_ID, &r.serial)).map(|i| i.count).sum())
+                .map(|d| runs.iter().filter_map(|r| d.for_instrument(BOX_ID, &r.serial)).map(reports_of).sum())
                 .unwrap_or(0);
             if at_dc >= acked && runs.iter().all(|r| r.is_finished()) {
                 break;

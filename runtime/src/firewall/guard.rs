@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -155,7 +155,8 @@ impl Firewall {
         if changes.is_empty() {
             return changes;
         }
-        let repaired = live::restore_all(&self.rules, &self.tools);
+        let family = |f: &str| changes.iter().any(|c| c.starts_with(f));
+        let repaired = live::repair(&self.rules, &self.tools, family("ipv4 "), family("ipv6 "));
         let mut st = status();
         match repaired {
             Ok(()) => {
@@ -175,14 +176,18 @@ impl Firewall {
         changes
     }
 
-    /// Runs [`Firewall::check`] every `interval` until `stop` is set.
+    /// Runs [`Firewall::check`] every `interval` (from the start of one check to the
+    /// start of the next, so a change is seen at most `interval` plus one reading after it
+    /// was made) until `stop` is set.
     pub fn spawn_guard(self, interval: Duration, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new().name("firewall-guard".into()).stack_size(256 * 1024).spawn(move || {
+            let mut started = Instant::now();
             while !stop.load(Ordering::SeqCst) {
-                crate::uplink::sleep_unless_stopped(&stop, interval);
+                crate::uplink::sleep_unless_stopped(&stop, interval.saturating_sub(started.elapsed()));
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
+                started = Instant::now();
                 self.check();
             }
         })

@@ -73,13 +73,28 @@ pub fn apply(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {
     restore_all(rs, tools)
 }
 
-/// [`apply`] without the interface check: what a drift repair does (a rule naming an
-/// interface that is gone, e.g. an unplugged USB adapter, is valid and harmless).
+/// [`apply`] without the interface check: both documents tested, then restored, then
+/// forwarding set.
 pub fn restore_all(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {
     restore(&tools.restore6, &rs.ipv6, true)?;
     restore(&tools.restore4, &rs.ipv4, true)?;
     restore(&tools.restore6, &rs.ipv6, false)?;
     restore(&tools.restore4, &rs.ipv4, false)?;
+    set_forwarding(tools, rs.forwarding)
+}
+
+/// What a drift repair does: restores, each in one transaction, the families that
+/// drifted (`v4`, `v6`) without `--test` — these documents were tested and applied when
+/// rapd started, and a restore is atomic either way — then sets IPv4 forwarding. No
+/// interface check: a rule naming an interface that is gone (an unplugged USB adapter)
+/// is valid and harmless.
+pub fn repair(rs: &Ruleset, tools: &Tools, v4: bool, v6: bool) -> Result<(), FirewallError> {
+    if v6 {
+        restore(&tools.restore6, &rs.ipv6, false)?;
+    }
+    if v4 {
+        restore(&tools.restore4, &rs.ipv4, false)?;
+    }
     set_forwarding(tools, rs.forwarding)
 }
 

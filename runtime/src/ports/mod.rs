@@ -1,7 +1,8 @@
 //! Instrument ports and the uplink link: rapd brings the configured links up, gives
 //! each instrument port exactly its box address (and a static uplink its address and
 //! default route), then watches carrier and reports each port's link up or down — in
-//! the log, in the status, and to the [`LinkEvents`] hook (the upstream event later).
+//! the log, in the status, and to the [`LinkEvents`] hook (rapd's is
+//! `events::BoxEvents`: each change goes upstream as a box event).
 //!
 //! All of it goes through rtnetlink ([`netlink`]); rapd never runs `ip`. When no
 //! interface is configured, nothing here runs.
@@ -92,8 +93,8 @@ pub struct LinkStatus {
 /// Shared link status, read by the control interface.
 pub type SharedLinks = Arc<Mutex<Vec<LinkStatus>>>;
 
-/// The upstream-event hook for link changes. The event module will implement it;
-/// until then [`LogEvents`] logs each change.
+/// The upstream-event hook for link changes: `events::BoxEvents` sends each change to
+/// the data center (and logs it with [`LogEvents`]); [`LogEvents`] alone only logs.
 pub trait LinkEvents: Send + Sync {
     fn link_changed(&self, link: &LinkStatus);
 }
