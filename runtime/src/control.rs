@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::audit::Verification;
 use crate::fips::FipsState;
 use crate::ingest::PortStatus;
 use crate::queue::QueueStats;
+use crate::reconfig::{ApplyArgs, ApplyReport, ShowReport};
 use crate::uplink::UplinkStatus;
 
 /// A request on the control socket.
@@ -28,6 +29,11 @@ pub enum Request {
     AuditVerify,
     /// The last `n` audit records, oldest first (`rapctl audit log -n N`).
     AuditTail { n: usize },
+    /// The configuration in force, the trial of an applied one, recent events (`rapctl config show`).
+    ConfigShow,
+    /// Validate and apply (or with `dry_run` only validate) a document or keys
+    /// (`rapctl config apply|check`; see `crate::reconfig`).
+    ConfigApply(ApplyArgs),
 }
 
 /// Most audit records one [`Request::AuditTail`] returns.
@@ -67,14 +73,28 @@ pub struct Response {
     /// The answer to [`Request::AuditTail`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_records: Option<Vec<serde_json::Value>>,
+    /// The answer to [`Request::ConfigShow`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_show: Option<ShowReport>,
+    /// The answer to [`Request::ConfigApply`] (a refusal is `ok` with outcome `refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_apply: Option<ApplyReport>,
 }
 
 impl Response {
     fn error(message: String) -> Response {
-        Response { ok: false, error: Some(message), status: None, audit_verify: None, audit_records: None }
+        Response { ok: false, error: Some(message), ..Response::ok() }
     }
     fn ok() -> Response {
-        Response { ok: true, error: None, status: None, audit_verify: None, audit_records: None }
+        Response {
+            ok: true,
+            error: None,
+            status: None,
+            audit_verify: None,
+            audit_records: None,
+            config_show: None,
+            config_apply: None,
+        }
     }
 }
 
@@ -105,6 +125,14 @@ pub trait Source: Send + Sync {
     fn audit_tail(&self, _n: usize) -> Result<Vec<serde_json::Value>, String> {
         Err("this rapd keeps no audit log".into())
     }
+    /// The configuration in force and its trial.
+    fn config_show(&self) -> Result<ShowReport, String> {
+        Err("this rapd cannot be reconfigured".into())
+    }
+    /// Applies a configuration for `actor` (who is on the other end of the socket).
+    fn config_apply(&self, _args: &ApplyArgs, _actor: &str) -> Result<ApplyReport, String> {
+        Err("this rapd cannot be reconfigured".into())
+    }
 }
 
 /// Why the control socket could not be served or reached.
@@ -133,17 +161,27 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(l)
 }
 
-/// Serves requests until `stop` is set.
+/// Serves requests until `stop` is set; then waits (up to 10 s) for the answers still
+/// being made, so that a request that stops rapd (a configuration that needs a restart)
+/// is still answered.
 pub fn serve(listener: UnixListener, src: Arc<dyn Source>, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((s, _)) => {
                 let src = src.clone();
-                let _ = std::thread::Builder::new().name("control".into()).stack_size(256 * 1024).spawn(move || {
-                    if let Err(e) = handle(s, &*src) {
-                        log::debug!("control: {e}");
-                    }
-                });
+                active.fetch_add(1, Ordering::SeqCst);
+                let a = active.clone();
+                let spawned =
+                    std::thread::Builder::new().name("control".into()).stack_size(256 * 1024).spawn(move || {
+                        if let Err(e) = handle(s, &*src) {
+                            log::debug!("control: {e}");
+                        }
+                        a.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => {
@@ -151,6 +189,24 @@ pub fn serve(listener: UnixListener, src: Arc<dyn Source>, stop: Arc<AtomicBool>
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while active.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Who is on the other end of the socket: `local:<user>` (from the kernel's peer credentials).
+fn peer_actor(s: &UnixStream) -> String {
+    match nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(c) => {
+            let uid = nix::unistd::Uid::from_raw(c.uid());
+            match nix::unistd::User::from_uid(uid) {
+                Ok(Some(u)) => format!("local:{}", u.name),
+                _ => format!("local:uid {}", c.uid()),
+            }
+        }
+        Err(e) => format!("local:unknown ({e})"),
     }
 }
 
@@ -168,6 +224,14 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
         },
         Ok(Request::AuditTail { n }) => match src.audit_tail(n.min(MAX_AUDIT_TAIL)) {
             Ok(r) => Response { audit_records: Some(r), ..Response::ok() },
+            Err(e) => Response::error(e),
+        },
+        Ok(Request::ConfigShow) => match src.config_show() {
+            Ok(r) => Response { config_show: Some(r), ..Response::ok() },
+            Err(e) => Response::error(e),
+        },
+        Ok(Request::ConfigApply(args)) => match src.config_apply(&args, &peer_actor(&s)) {
+            Ok(r) => Response { config_apply: Some(r), ..Response::ok() },
             Err(e) => Response::error(e),
         },
         Err(e) => Response::error(format!("bad request: {e}")),
@@ -194,9 +258,15 @@ fn status(src: &dyn Source) -> Status {
 
 /// Sends one request and returns the response (used by rapctl and tests).
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    request_timeout(path, req, Duration::from_secs(10))
+}
+
+/// [`request`], waiting up to `timeout` for the answer (an apply may wait for the
+/// uplink's batch in flight).
+pub fn request_timeout(path: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
     let io = |source| ControlError::Io { path: path.into(), source };
     let s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line =
         serde_json::to_vec(req).map_err(|e| ControlError::Protocol { path: path.into(), message: e.to_string() })?;
     line.push(b'\n');

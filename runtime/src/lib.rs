@@ -5,6 +5,7 @@
 //! center — and every resource has one owner: only the queue touches the database,
 //! only the uplink talks to the data center. [`control`] answers questions about all
 //! of it on a local Unix socket. [`fips`] decides whether any of it may start.
+//! [`reconfig`] applies a new configuration while rapd runs.
 
 pub mod audit;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod ingest;
 pub mod logging;
 pub mod ports;
 pub mod queue;
+pub mod reconfig;
 pub mod tls;
 pub mod uplink;
 
@@ -33,4 +35,7 @@ pub mod exit {
     pub const QUEUE: i32 = 4;
     /// An instrument port or the control socket cannot be bound.
     pub const LISTEN: i32 = 5;
+    /// Stopped cleanly to start again with a new configuration (systemd's `Restart=always`
+    /// starts it; without systemd rapd executes itself again instead of exiting).
+    pub const RESTART: i32 = 6;
 }
