@@ -7,6 +7,12 @@
 #       # development image: rapbox-stub stands in for rapd/rapctl, no FIPS provider
 #
 # Extra arguments are passed to `rapimage build` (e.g. --binary rapd=PATH).
+#
+# RAPBOX_RELOCK=auto (what scripts/test.sh and scripts/demo.sh set): when the Debian
+# mirrors no longer serve a pinned version and the package cache does not hold it,
+# refresh image/recipe.lock with `rapimage lock` (loudly) and build again, so that a
+# fresh machine can still build and test the recipe after a Debian point or security
+# release. Without it such a build fails with the message naming the package.
 # Release images must then pass the offline hardening check (RAPBOX_HARDENING_GATE=0
 # skips it).
 set -euo pipefail
@@ -32,14 +38,36 @@ else
     bash scripts/build-fips.sh
   fi
 fi
+# rapimage build, with stderr also kept so that a vanished pin can be recognised.
+build() {
+  local errlog rc
+  errlog=$(mktemp)
+  set +e
+  { target/release/rapimage "$@" 2>&1 1>&3 | tee "$errlog" >&2; } 3>&1
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ] && [ "${RAPBOX_RELOCK:-}" = auto ] && grep -q 'the mirrors no longer serve this pinned version' "$errlog"; then
+    rm -f "$errlog"
+    echo "build-image.sh: WARNING: a pinned package is gone from the Debian mirrors; refreshing image/recipe.lock" >&2
+    echo "build-image.sh: (rapimage lock) and building the recipe against the versions served now" >&2
+    target/release/rapimage lock --recipe image/recipe.toml
+    git --no-pager diff --stat -- image/recipe.lock 2>/dev/null || true
+    target/release/rapimage "$@"
+    return
+  fi
+  rm -f "$errlog"
+  return "$rc"
+}
+
 if [ "${RAPBOX_IMAGE_STUB:-0}" = 1 ] || [ "${RAPBOX_HARDENING_GATE:-1}" = 0 ]; then
-  exec target/release/rapimage "${args[@]}" "$@"
+  build "${args[@]}" "$@"
+  exit
 fi
 
 # Release images are gated on the offline hardening check of the very tree that
 # went into root-a (hardening/checker, docs/hardening.md): a failing control fails
 # the build. Reports land beside manifest.json.
-target/release/rapimage "${args[@]}" --keep-root "$@"
+build "${args[@]}" --keep-root "$@"
 cargo build -q -j"$JOBS" -p raphard
 cache=$RAPBOX_DEB_CACHE
 check=(check --root "$OUT/work/root" --esp "$OUT/work/esp" --cmdline "$OUT/boot/cmdline-a"

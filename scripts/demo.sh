@@ -24,6 +24,6 @@ fi
 
 bash scripts/install-deps.sh
 # FIPS provider (if missing), release rapd/rapctl, then the image into build/image.
-bash scripts/build-image.sh
+RAPBOX_RELOCK=${RAPBOX_RELOCK:-auto} bash scripts/build-image.sh
 cargo build -j"$JOBS" --release --locked -p rapsim -p qemu-tests --bin rapbox-demo
 exec target/release/rapbox-demo "$@"

@@ -25,7 +25,7 @@ cargo build --release --locked -j "$JOBS" -p rapbox
 
 if [ -x scripts/build-image.sh ] && [ "${RAPBOX_SKIP_IMAGE:-0}" != 1 ]; then
   step "firmware image"
-  bash scripts/build-image.sh
+  RAPBOX_RELOCK=${RAPBOX_RELOCK:-auto} bash scripts/build-image.sh
 fi
 
 step "tests"
