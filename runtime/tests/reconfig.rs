@@ -216,6 +216,29 @@ fn bad_configurations_are_refused_with_the_key_named_and_nothing_changes() {
     let (code, _, err) = rapctl(&spec, &["config", "apply", "uplink..proxy=x"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a key path"), "{err}");
+    // Valid, but a part cannot be moved to it (an agent address that is not the box's): the
+    // parts already moved (the uplink, restarted for the new proxy) are moved back, the
+    // files are restored, and the answer names the instrument.
+    let proxy = rapbox_testkit::peers::Tinyproxy::start(&w.dir.subdir("tinyproxy").unwrap(), &Default::default())
+        .expect("tinyproxy");
+    let r = apply(
+        &spec,
+        keys(json!({
+            "uplink.proxy": proxy.url(),
+            "instrument[2]": {"serial": "INST-C", "model": "test", "listen": "192.0.2.99:7300"},
+        })),
+    );
+    assert_eq!(r.outcome, ApplyOutcome::Failed, "{r:?}");
+    assert_eq!(r.errors[0].key.as_deref(), Some("instrument[2].listen"), "{r:?}");
+    assert!(r.errors[0].message.contains("instrument INST-C: cannot listen on 192.0.2.99:7300"), "{r:?}");
+    assert!(r.message.starts_with("failed; the configuration in force was put back: "), "{}", r.message);
+    let st = rapd.status();
+    assert!(st.uplink["proxy"].is_null(), "the uplink is back on its own configuration: {:?}", st.uplink);
+    let sent = st.uplink["batches_sent"].as_u64().unwrap();
+    rapd.wait_status("the uplink delivering", Duration::from_secs(30), |s| {
+        s.uplink["batches_sent"].as_u64().unwrap() > sent
+    });
+
     // A valid check changes nothing either, and says what an apply would do.
     let (code, out, err) = rapctl(&spec, &["config", "check", "log.level=debug", "uplink.io_timeout_ms=6000"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -227,7 +250,7 @@ fn bad_configurations_are_refused_with_the_key_named_and_nothing_changes() {
     // Nothing changed: the file, the trial, the running parts; ingest went on throughout.
     assert_eq!(config_file(&spec), before_text);
     assert!(!spec.dir.join("rapd.toml.pending").exists());
-    assert!(!spec.dir.join("rapd.toml.previous").exists(), "a refusal writes no file");
+    assert!(!spec.dir.join("rapd.toml.previous").exists(), "a refusal writes no file, a failed apply leaves none");
     let sh = show(&spec);
     assert!(sh.trial.is_none());
     let after = rapd.status();
@@ -241,8 +264,13 @@ fn bad_configurations_are_refused_with_the_key_named_and_nothing_changes() {
     wait_drained(&rapd);
     assert_exactly_once(&w, &acked);
 
-    // Every refused apply is audited (checks are not: they change nothing), with the key.
-    let recs = config_records(&spec);
+    // Every refused apply is audited (checks are not: they change nothing), with the key;
+    // so is the one that failed.
+    let mut recs = config_records(&spec);
+    let failed = recs.pop().unwrap();
+    assert_eq!(failed["action"], "config.apply_failed", "{failed}");
+    assert_eq!(failed["outcome"], "failure");
+    assert_eq!(failed["detail"]["key"], "instrument[2].listen", "{failed}");
     assert_eq!(actions(&recs), vec!["config.refused"; cases.len() + 2], "{recs:#?}");
     for r in &recs {
         assert_eq!(r["outcome"], "denied");

@@ -592,6 +592,7 @@ impl Reconfigurer {
             recorded: false,
         };
         let earlier = st.trial.as_ref().map(|(p, _, _)| p.clone());
+        let earlier_previous = self.files.read_previous().ok().flatten();
         let written = (|| {
             if st.trial.is_none() {
                 files::write_atomic(&self.files.previous, st.text.as_bytes())?;
@@ -604,10 +605,15 @@ impl Reconfigurer {
             files::write_atomic(&self.files.current, text.as_bytes())
         })();
         let restore_files = |st: &State| {
-            let r = files::write_atomic(&self.files.current, st.text.as_bytes()).and_then(|()| match &earlier {
-                Some(p) => self.files.write_pending(p),
-                None => self.files.clear_pending(),
-            });
+            let r = files::write_atomic(&self.files.current, st.text.as_bytes())
+                .and_then(|()| match &earlier {
+                    Some(p) => self.files.write_pending(p),
+                    None => self.files.clear_pending(),
+                })
+                .and_then(|()| match &earlier_previous {
+                    Some(t) => files::write_atomic(&self.files.previous, t.as_bytes()),
+                    None => files::remove_durably(&self.files.previous),
+                });
             if let Err(e) = r {
                 log::error!("reconfig: cannot restore the configuration files: {e}");
             }
@@ -664,6 +670,12 @@ impl Reconfigurer {
         let from = st.current.clone();
         if let Err(f) = self.live.transition(&from, &new, &plan, &id) {
             let live::Failed { error: e, undo: back } = *f;
+            let key = match &e {
+                live::LiveError::Listen(l) => {
+                    new.instruments.iter().position(|i| i.serial == l.serial).map(|n| format!("instrument[{n}].listen"))
+                }
+                other => other.key(),
+            };
             restore_files(&st);
             let mut msg = e.to_string();
             if let Some(b) = &back {
@@ -674,7 +686,7 @@ impl Reconfigurer {
                     .actor(actor)
                     .target(&target)
                     .outcome(Outcome::Failure)
-                    .detail(serde_json::json!({ "id": id, "error": msg, "key": e.key(), "proposal": what })),
+                    .detail(serde_json::json!({ "id": id, "error": msg, "key": key, "proposal": what })),
             );
             self.remember("apply_failed", Some(&id), actor, &msg);
             if back.is_some() {
@@ -683,7 +695,7 @@ impl Reconfigurer {
             return ApplyReport {
                 outcome: ApplyOutcome::Failed,
                 id: Some(id),
-                errors: vec![Problem { key: e.key(), message: msg.clone() }],
+                errors: vec![Problem { key, message: msg.clone() }],
                 message: format!("failed; the configuration in force was put back: {msg}"),
                 ..base
             };
