@@ -4,6 +4,11 @@
 //! SIGTERM — every acknowledged message is already on disk by then. The firewall rules
 //! stay in place when rapd stops or refuses a new configuration.
 //!
+//! The links, the firewall, the instrument ports and the uplink are owned by
+//! `reconfig::live::Live`, so that `reconfig` can move them to a new configuration while
+//! rapd runs; what a crash in the middle of that left is settled before the configuration
+//! is read.
+//!
 //! The audit log opens right after the FIPS gate (its hashes come from the FIPS provider)
 //! and before anything it records: rapd's start and stop, the gate's result, the
 //! configuration loaded and the firewall's events. Its records reach the queue once the
@@ -295,11 +300,14 @@ fn start_and_serve(config_path: &Path) -> i32 {
     reconfig::mark_ready();
     log::info!("rapd ready: {} instrument ports, queue {}", cfg.instruments.len(), cfg.queue.path.display());
 
-    // Wait for SIGTERM/SIGINT (SIGHUP is logged: configuration reload is a restart).
+    // Wait for SIGTERM/SIGINT (SIGHUP is logged: configurations are applied through `reconfig`;
+    // a SIGTERM that `reconfig` sent itself stops rapd to start again).
     let why = loop {
         match sigs.wait() {
             Ok(Signal::SIGHUP) => {
-                log::info!("SIGHUP ignored: restart rapd to apply a new configuration")
+                log::info!(
+                    "SIGHUP ignored: a new configuration is applied with `rapctl config apply` (docs/configuration.md)"
+                )
             }
             Ok(s) => {
                 if let Some(why) = reconfig::restart_requested() {
