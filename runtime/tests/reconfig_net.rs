@@ -13,7 +13,9 @@
 //! (address, rules, listener) while instrument A streams without losing its connection,
 //! and the data center confirms it; an uplink address on a subnet without the data center
 //! is rolled back within `reconfig.rollback_after_s` (address, route and rules back, the
-//! uplink delivering again); every outcome is audited; no acknowledged report is lost.
+//! uplink delivering again), and so is DHCP where no DHCP server answers (rapd's static
+//! address and route taken off, then put back); every outcome is audited; no acknowledged
+//! report is lost.
 //! Needs root and `ip netns`; skipped with the reason printed otherwise.
 
 use std::fs::File;
@@ -382,6 +384,25 @@ agent_port = 7300
         s.uplink["batches_sent"].as_u64().unwrap() > sent
     });
 
+    // 4. DHCP on an uplink where no DHCP server answers: rapd takes its static address and
+    //    default route off; nothing is delivered; rolled back to the static address.
+    let sent = rapd.status().unwrap().uplink["batches_sent"].as_u64().unwrap();
+    let r = rapd.apply(keys(json!({
+        "network.uplink.addressing": "dhcp",
+        "network.uplink.address": null,
+        "network.uplink.gateway": null,
+    })));
+    assert_eq!(r.outcome, ApplyOutcome::Applied, "{r:?}\n{}", rapd.log_text());
+    assert!(!addresses(&bx).contains("192.0.2.10"), "the static address is off: {}", addresses(&bx));
+    assert_eq!(bx.sh("ip -4 route show default").trim(), "", "the static default route is off");
+    wait("the rollback", 8 + 20, &|| rapd.show().trial.is_none());
+    assert!(addresses(&bx).contains("192.0.2.10/24"), "{}", addresses(&bx));
+    assert!(bx.sh("ip -4 route show default").contains("via 192.0.2.1 dev up0"));
+    assert_eq!(live_diff(&bx, &cfg1), Vec::<String>::new());
+    rapd.wait_status("the uplink delivering again", Duration::from_secs(30), |s| {
+        s.uplink["batches_sent"].as_u64().unwrap() > sent
+    });
+
     // A never lost its connection; everything acknowledged is in the data center once.
     stop_a.store(true, Ordering::SeqCst);
     let sum_a = run_a.join().unwrap().expect("instrument A");
@@ -405,7 +426,18 @@ agent_port = 7300
         .filter(|r| r["action"].as_str().is_some_and(|a| a.starts_with("config.") && a != "config.loaded"))
         .collect();
     let acts: Vec<&str> = recs.iter().map(|r| r["action"].as_str().unwrap()).collect();
-    assert_eq!(acts, ["config.refused", "config.applied", "config.confirmed", "config.applied", "config.rolled_back"]);
+    assert_eq!(
+        acts,
+        [
+            "config.refused",
+            "config.applied",
+            "config.confirmed",
+            "config.applied",
+            "config.rolled_back",
+            "config.applied",
+            "config.rolled_back"
+        ]
+    );
     assert_eq!(recs[0]["detail"]["errors"][0]["key"], "instrument[1].interface");
     assert_eq!(recs[4]["detail"]["reason"], "the data center acknowledged no batch within 8 s");
     drop(nginx);
