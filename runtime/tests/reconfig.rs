@@ -326,6 +326,9 @@ fn proxy_changes_are_applied_live_and_traffic_flows_through_the_new_proxy() {
     assert!(shown.contains("***@") && !shown.contains("pr0xy-pass"), "{shown}");
     assert!(config_file(&spec).contains(&format!("proxy = \"{}\"", tiny.url())));
     let sent_via_tiny = st.uplink["batches_sent"].as_u64().unwrap();
+    let (code, out, _) = rapctl(&spec, &["config", "show"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("proxy = \"http://***@127.0.0.1:") && !out.contains("pr0xy-pass"), "{out}");
 
     // Through dante: the keys form over the socket; confirmed by the data center.
     let r = apply(&spec, keys(json!({"uplink.proxy": dante.url()})));

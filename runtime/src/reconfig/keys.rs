@@ -474,6 +474,23 @@ fn unset(root: &mut Table, p: &KeyPath) -> Result<(), KeyError> {
     }
 }
 
+/// The document with the credentials of `uplink.proxy` hidden (layout and comments kept).
+pub fn redact_proxy(text: &str) -> String {
+    let Ok(mut doc) = text.parse::<DocumentMut>() else { return text.to_owned() };
+    let Some(Item::Value(Value::String(p))) = doc.get_mut("uplink").and_then(|u| u.get_mut("proxy")) else {
+        return text.to_owned();
+    };
+    let shown = crate::uplink::redact(p.value());
+    if shown == *p.value() {
+        return text.to_owned();
+    }
+    let decor = p.decor().clone();
+    let mut v = toml_edit::Formatted::new(shown);
+    *v.decor_mut() = decor;
+    *p = v;
+    doc.to_string()
+}
+
 /// Flattens a document into `key path → value` (leaves only; scalar arrays whole), for
 /// naming what a change set or a new document changes.
 pub fn flatten(text: &str) -> Result<Vec<(String, toml::Value)>, String> {
@@ -669,6 +686,15 @@ listen = "10.10.3.1:7300"
         let m = json!({"uplink..url": 1});
         assert!(from_json(m.as_object().unwrap()).unwrap_err().to_string().contains("not a key path"));
         assert_eq!(apply(DOC, &[]).unwrap_err().to_string(), "key `(none)`: no key to change");
+    }
+
+    #[test]
+    fn proxy_credentials_are_hidden() {
+        let out = applied(json!({"uplink.proxy": "http://rapbox:s3cret@10.0.0.9:3128"}));
+        let shown = redact_proxy(&out);
+        assert!(shown.contains("proxy = \"http://***@10.0.0.9:3128/\""), "{shown}");
+        assert!(!shown.contains("s3cret"));
+        assert_eq!(redact_proxy(DOC), DOC);
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub struct ShowReport {
     /// The file it really is (symbolic links resolved).
     pub file: PathBuf,
     pub sha256: String,
-    /// The document in force.
+    /// The document in force, proxy credentials hidden (`***`), as `rapctl status` hides them.
     pub document: String,
     /// The configuration a rollback returns to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -484,7 +484,7 @@ impl Reconfigurer {
             path: self.path.clone(),
             file: self.files.current.clone(),
             sha256: sha,
-            document,
+            document: keys::redact_proxy(&document),
             previous: self.files.previous.exists().then(|| self.files.previous.clone()),
             trial,
             restart_sections: RESTART_SECTIONS.iter().map(|s| s.to_string()).collect(),
