@@ -214,8 +214,27 @@ pub struct HistoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub actor: String,
+    /// Who applied the configuration the event is about (for `confirmed`, `rolled_back`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_by: Option<String>,
     pub message: String,
 }
+
+/// How a trial ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrialEnd {
+    /// The data center acknowledged a batch (or an exchange) this long after the apply.
+    Confirmed { after_ms: u64 },
+    /// The previous configuration was applied again.
+    RolledBack { reason: String },
+    /// Another configuration was applied during the trial (and is on trial now).
+    Superseded { by: String },
+    /// The trial ended otherwise (an apply cut short by a crash, a hand edit, ...).
+    Ended { reason: String },
+}
+
+/// Told how a trial ended.
+pub type TrialWaiter = Box<dyn FnOnce(&TrialEnd) + Send>;
 
 /// The answer to `config_show`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +367,10 @@ pub struct Reconfigurer {
     history: Mutex<VecDeque<HistoryEntry>>,
     /// A snapshot for `config_show`, so that it never waits for an apply.
     show: Mutex<Option<Trial>>,
+    /// Who waits for the end of a trial, by apply id.
+    waiters: Mutex<Vec<(String, TrialWaiter)>>,
+    /// Recent ends of trials: (apply id, who applied it, how it ended).
+    ends: Mutex<VecDeque<(String, String, TrialEnd)>>,
 }
 
 impl Reconfigurer {
@@ -388,6 +411,8 @@ impl Reconfigurer {
             state: Mutex::new(State { current: cfg, text, trial, baseline: 0 }),
             history: Mutex::new(VecDeque::new()),
             show: Mutex::new(None),
+            waiters: Mutex::new(Vec::new()),
+            ends: Mutex::new(VecDeque::new()),
         });
         r.refresh_show(&lock(&r.state));
         r
@@ -398,6 +423,10 @@ impl Reconfigurer {
     }
 
     fn remember(&self, event: &str, id: Option<&str>, actor: &str, message: &str) {
+        self.remember_for(event, id, actor, None, message);
+    }
+
+    fn remember_for(&self, event: &str, id: Option<&str>, actor: &str, applied_by: Option<&str>, message: &str) {
         let mut h = lock(&self.history);
         if h.len() == HISTORY {
             h.pop_front();
@@ -407,8 +436,53 @@ impl Reconfigurer {
             event: event.into(),
             id: id.map(str::to_owned),
             actor: actor.into(),
+            applied_by: applied_by.map(str::to_owned),
             message: message.into(),
         });
+    }
+
+    /// Records how the trial of `id` (applied by `applied_by`) ended and tells its waiters.
+    fn end_trial(&self, id: &str, applied_by: &str, end: TrialEnd) {
+        {
+            let mut e = lock(&self.ends);
+            if e.len() == HISTORY {
+                e.pop_front();
+            }
+            e.push_back((id.to_owned(), applied_by.to_owned(), end.clone()));
+        }
+        let mine: Vec<TrialWaiter> = {
+            let mut w = lock(&self.waiters);
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *w).into_iter().partition(|(i, _)| i == id);
+            *w = rest;
+            mine.into_iter().map(|(_, f)| f).collect()
+        };
+        for f in mine {
+            f(&end);
+        }
+    }
+
+    /// Calls `f` when the trial of the apply `id` ends (at once when it has ended already;
+    /// with [`TrialEnd::Ended`] when rapd knows of no such trial).
+    pub fn when_trial_ends(&self, id: &str, f: TrialWaiter) {
+        let st = lock(&self.state);
+        if st.trial.as_ref().is_some_and(|(p, _, _)| p.id == id) {
+            lock(&self.waiters).push((id.to_owned(), f));
+            return;
+        }
+        drop(st);
+        let end = lock(&self.ends).iter().rev().find(|(i, _, _)| i == id).map(|(_, _, e)| e.clone());
+        f(&end.unwrap_or_else(|| TrialEnd::Ended { reason: format!("rapd knows of no trial of configuration {id}") }));
+    }
+
+    /// The apply that `applied_by` made most recently and what became of it: its id and, when
+    /// its trial is over, how it ended (`None`: still on trial). `None` when rapd knows none.
+    pub fn apply_of(&self, applied_by: &str) -> Option<(String, Option<TrialEnd>)> {
+        let st = lock(&self.state);
+        if let Some((p, _, _)) = st.trial.as_ref().filter(|(p, _, _)| p.actor == applied_by) {
+            return Some((p.id.clone(), None));
+        }
+        drop(st);
+        lock(&self.ends).iter().rev().find(|(_, a, _)| a == applied_by).map(|(i, _, e)| (i.clone(), Some(e.clone())))
     }
 
     /// Records what recovery found at start (after the audit log is open).
@@ -418,7 +492,7 @@ impl Reconfigurer {
             Recovered::Nothing => return,
             Recovered::Unconfirmed(p) => {
                 let m = format!("on trial after a restart, {} s left", p.remaining().as_secs());
-                self.remember("trial_resumed", Some(&p.id), &p.actor, &m);
+                self.remember_for("trial_resumed", Some(&p.id), "rapd", Some(&p.actor), &m);
                 log::info!("reconfig: configuration {}: {m}", p.id);
                 return;
             }
@@ -431,7 +505,8 @@ impl Reconfigurer {
             ),
             Recovered::RolledBack(p) => {
                 let m = format!("rolled back: {}", p.reason.as_deref().unwrap_or("the trial ended"));
-                self.remember("rolled_back", Some(&p.id), "rapd", &m);
+                self.remember_for("rolled_back", Some(&p.id), "rapd", Some(&p.actor), &m);
+                self.end_trial(&p.id, &p.actor, TrialEnd::RolledBack { reason: m.clone() });
                 if p.recorded {
                     return;
                 }
@@ -456,7 +531,8 @@ impl Reconfigurer {
             }
         };
         if event != "config.rolled_back" {
-            self.remember(event.trim_start_matches("config."), Some(&p.id), &p.actor, &message);
+            self.remember_for(event.trim_start_matches("config."), Some(&p.id), "rapd", Some(&p.actor), &message);
+            self.end_trial(&p.id, &p.actor, TrialEnd::Ended { reason: message.clone() });
         }
         audit::record(Event::new(event).target(&target).outcome(outcome).detail(serde_json::json!({
             "id": p.id,
@@ -707,6 +783,9 @@ impl Reconfigurer {
         self.remember("applied", Some(&id), actor, &m);
         st.current = new;
         st.text = text;
+        if let Some(e) = &earlier {
+            self.end_trial(&e.id, &e.actor, TrialEnd::Superseded { by: id.clone() });
+        }
         if args.rollback {
             st.trial = Some((pending, known_good_cfg, known_good_text));
             st.baseline = self.live.batches_acknowledged();
@@ -752,9 +831,11 @@ impl Reconfigurer {
                     .target(&self.files.current.display().to_string())
                     .detail(serde_json::json!({ "id": p.id, "applied_by": p.actor, "after_ms": after })),
             );
-            self.remember("confirmed", Some(&p.id), "rapd", &m);
+            self.remember_for("confirmed", Some(&p.id), "rapd", Some(&p.actor), &m);
             st.trial = None;
             self.refresh_show(&st);
+            drop(st);
+            self.end_trial(&p.id, &p.actor, TrialEnd::Confirmed { after_ms: after });
             return;
         }
         if p.remaining().is_zero() {
@@ -770,8 +851,7 @@ impl Reconfigurer {
         log::error!("reconfig: configuration {}: {reason}; rolling back", p.id);
         let plan = plan::plan(&st.current, &prev_cfg);
         let rb = Pending { state: PendingState::RollingBack, reason: Some(reason.into()), recorded: true, ..p.clone() };
-        let record = |how: &str, error: Option<String>| {
-            let ok = error.is_none();
+        let record = |ok: bool, how: &str, note: Option<String>| {
             audit::record(
                 Event::new(if ok { "config.rolled_back" } else { "config.rollback_failed" })
                     .target(&target)
@@ -781,7 +861,7 @@ impl Reconfigurer {
                         "applied_by": p.actor,
                         "reason": reason,
                         "how": how,
-                        "error": error,
+                        "note": note,
                         "restored_sha256": p.previous_sha256,
                     })),
             );
@@ -791,16 +871,18 @@ impl Reconfigurer {
         {
             let msg = format!("cannot write the previous configuration back: {e}");
             log::error!("reconfig: {msg}");
-            record("none", Some(msg.clone()));
-            self.remember("rollback_failed", Some(&p.id), "rapd", &msg);
+            record(false, "none", Some(msg.clone()));
+            self.remember_for("rollback_failed", Some(&p.id), "rapd", Some(&p.actor), &msg);
             st.trial = Some((p, prev_cfg, prev_text));
             return;
         }
         let m = format!("rolled back: {reason}");
+        let end = TrialEnd::RolledBack { reason: m.clone() };
         if !plan.restart.is_empty() {
-            record("restart", None);
-            self.remember("rolled_back", Some(&p.id), "rapd", &m);
+            record(true, "restart", None);
+            self.remember_for("rolled_back", Some(&p.id), "rapd", Some(&p.actor), &m);
             self.refresh_show(st);
+            self.end_trial(&p.id, &p.actor, end);
             request_restart(&format!("rollback of configuration {}", p.id));
             return;
         }
@@ -809,24 +891,24 @@ impl Reconfigurer {
                 if let Err(e) = self.files.clear_pending() {
                     log::error!("reconfig: {e}");
                 }
-                record("live", None);
+                record(true, "live", None);
                 log::warn!("reconfig: configuration {} {m}", p.id);
-                self.remember("rolled_back", Some(&p.id), "rapd", &m);
+                self.remember_for("rolled_back", Some(&p.id), "rapd", Some(&p.actor), &m);
                 st.current = prev_cfg;
                 st.text = prev_text;
+                self.refresh_show(st);
+                self.end_trial(&p.id, &p.actor, end);
             }
             Err(f) => {
-                let e = f.error;
                 // The file is the previous one: a start sets everything up from it.
-                record(
-                    "restart",
-                    Some(format!("live rollback failed ({e}); restarting with the previous configuration")),
-                );
-                self.remember("rolled_back", Some(&p.id), "rapd", &format!("{m} (through a restart: {e})"));
+                let note = format!("the live rollback failed ({}): through a restart", f.error);
+                record(true, "restart", Some(note.clone()));
+                self.remember_for("rolled_back", Some(&p.id), "rapd", Some(&p.actor), &format!("{m} ({note})"));
+                self.refresh_show(st);
+                self.end_trial(&p.id, &p.actor, end);
                 request_restart(&format!("rollback of configuration {}", p.id));
             }
         }
-        self.refresh_show(st);
     }
 }
 
