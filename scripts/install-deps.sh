@@ -15,6 +15,8 @@ PKGS=(
   syslog-ng-core syslog-ng-mod-http
   # network namespaces, sqlite inspection
   iproute2 sqlite3 procps iptables
+  # the data center's dashboard test renders the page in headless Chromium (with a font)
+  chromium fonts-dejavu-core
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }

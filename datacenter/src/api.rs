@@ -14,6 +14,10 @@
 //! | `POST /admin/fault` | [`FaultSpec`] | [`Done`] |
 //! | `POST /admin/reset` | | [`Done`] |
 //! | `GET /admin/requests` | | [`RequestCounts`] |
+//! | `GET /api/v1/alerts?state=&box=&instrument=&rule=&since_id=&limit=` | | [`AlertPage`] |
+//! | `GET /api/v1/triggers` | | [`TriggerStatus`] |
+//! | `POST /admin/evaluate` | | [`TriggerStatus`] |
+//! | `GET /dashboard` (staff, through the front door's staff listener) | | HTML |
 //!
 //! Every error is [`ErrorBody`].
 
@@ -21,6 +25,9 @@ use std::collections::BTreeMap;
 
 use rapwire::Kind;
 use serde::{Deserialize, Serialize};
+
+pub mod alerts;
+pub use alerts::*;
 
 /// Path of the batch upload.
 pub const BATCHES_PATH: &str = "/api/v1/batches";

@@ -12,8 +12,8 @@ use rapwire::batch::{self, BatchAck};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    self, ErrorBody, FaultSpec, Health, Report, ReportPage, ReportQuery, RequestCounts, Stats, CLIENT_SUBJECT_HEADER,
-    CLIENT_VERIFY_HEADER, MAX_REPORT_LIMIT,
+    self, Alert, AlertPage, AlertQuery, ErrorBody, FaultSpec, Health, Report, ReportPage, ReportQuery, RequestCounts,
+    Stats, TriggerStatus, CLIENT_SUBJECT_HEADER, CLIENT_VERIFY_HEADER, MAX_ALERT_LIMIT, MAX_REPORT_LIMIT,
 };
 
 /// Why a call failed.
@@ -201,6 +201,66 @@ impl Client {
             }
             q.since_id = page.last_id;
             out.extend(page.reports);
+        }
+    }
+
+    /// `GET /api/v1/alerts` with every parameter.
+    pub fn query_alerts(&self, q: &AlertQuery) -> Result<AlertPage, ClientError> {
+        let url = self.url(api::ALERTS_PATH);
+        let mut req = self.agent.get(&url).query("since_id", &q.since_id.to_string());
+        if let Some(s) = q.state {
+            req = req.query("state", s.name());
+        }
+        for (k, v) in [("box", &q.box_id), ("instrument", &q.instrument), ("rule", &q.rule)] {
+            if let Some(v) = v {
+                req = req.query(k, v);
+            }
+        }
+        if let Some(l) = q.limit {
+            req = req.query("limit", &l.to_string());
+        }
+        Client::finish(&url, req.call())
+    }
+
+    /// Every alert `q` selects (its `since_id` and `limit` aside), paging through the API.
+    pub fn alerts(&self, q: &AlertQuery) -> Result<Vec<Alert>, ClientError> {
+        let mut q = AlertQuery { since_id: 0, limit: Some(MAX_ALERT_LIMIT), ..q.clone() };
+        let mut out = Vec::new();
+        loop {
+            let page = self.query_alerts(&q)?;
+            if page.alerts.is_empty() {
+                return Ok(out);
+            }
+            q.since_id = page.last_id;
+            out.extend(page.alerts);
+        }
+    }
+
+    /// Every open alert.
+    pub fn open_alerts(&self) -> Result<Vec<Alert>, ClientError> {
+        self.alerts(&AlertQuery::open())
+    }
+
+    /// `GET /api/v1/triggers`.
+    pub fn triggers(&self) -> Result<TriggerStatus, ClientError> {
+        self.get(api::TRIGGERS_PATH)
+    }
+
+    /// `POST /admin/evaluate`: evaluates every stored report and runs a clock tick now.
+    pub fn evaluate(&self) -> Result<TriggerStatus, ClientError> {
+        let url = self.url(api::EVALUATE_PATH);
+        Client::finish(&url, self.agent.post(&url).call())
+    }
+
+    /// Polls `/api/v1/triggers` until every stored report is evaluated (or `timeout`).
+    pub fn wait_evaluated(&self, timeout: Duration) -> Result<TriggerStatus, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.triggers()?;
+            if s.evaluated_report_id >= s.stored_report_id || Instant::now() >= deadline {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -15,7 +15,13 @@
 //!   with `X-Client-Verify: $ssl_client_verify` and `X-Client-Subject: $ssl_client_s_dn`
 //!   (headers of the same names sent by the client are replaced, never passed on);
 //! * answers 404 for everything else: `/admin/*`, `/healthz` and the operator query API
-//!   (`/api/v1/reports`, `/api/v1/stats`) are never exposed to boxes.
+//!   (`/api/v1/reports`, `/api/v1/stats`, `/api/v1/alerts`, `/api/v1/triggers`) are never
+//!   exposed to boxes;
+//! * optionally a second server, the staff listener ([`StaffListener`]): HTTPS with the
+//!   same certificate and TLS settings, no client certificate, HTTP Basic authentication
+//!   against a password file (`user:{crypt hash}` lines, e.g. from `openssl passwd -6`),
+//!   serving only the dashboard (`/dashboard`) with the authenticated user name in
+//!   `X-Staff-User`; boxes' listener never forwards that header.
 //!
 //! The TLS settings are plain fields so that tests can configure a server badly on purpose
 //! ([`FrontDoor::tls11_only`], [`FrontDoor::chacha20_only`]); the defaults are FIPS-approved
@@ -29,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::api::{REPORTS_PATH, STATS_PATH};
+use crate::api::{ALERTS_PATH, DASHBOARD_PATH, REPORTS_PATH, STAFF_USER_HEADER, STATS_PATH, TRIGGERS_PATH};
 
 /// Default `ssl_protocols`.
 pub const FIPS_TLS_PROTOCOLS: &str = "TLSv1.2 TLSv1.3";
@@ -43,6 +49,17 @@ pub const FIPS_TLS13_CIPHERSUITES: &str = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GC
 pub const FIPS_ECDH_CURVES: &str = "prime256v1:secp384r1";
 /// Name of the rendered file inside the prefix directory.
 pub const CONFIG_FILE: &str = "nginx.conf";
+
+/// The staff listener: the dashboard over HTTPS for people, authenticated with a user name
+/// and password (HTTP Basic, checked by nginx against `passwords`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffListener {
+    /// Address nginx listens on for staff.
+    pub listen: SocketAddr,
+    /// nginx `auth_basic_user_file`: `user:hash` lines, hashes in crypt(3) form
+    /// (`openssl passwd -6` gives SHA-512 crypt).
+    pub passwords: PathBuf,
+}
 
 /// Everything the front door needs. Paths should be absolute: nginx resolves relative ones
 /// against the prefix (`-p`).
@@ -79,6 +96,8 @@ pub struct FrontDoor {
     pub error_log: PathBuf,
     /// Error log level (`info` shows TLS handshake failures).
     pub error_log_level: String,
+    /// The staff listener serving the dashboard (`None`: no dashboard through nginx).
+    pub staff: Option<StaffListener>,
 }
 
 /// Why the front door could not be written or started.
@@ -152,6 +171,7 @@ impl FrontDoor {
             verify_depth: 2,
             upstream_keepalive: 16,
             error_log_level: "info".to_owned(),
+            staff: None,
         }
     }
 
@@ -167,6 +187,10 @@ impl FrontDoor {
         );
         fd.access_log = "/var/log/rapdc/access.log".into();
         fd.error_log = "/var/log/rapdc/error.log".into();
+        fd.staff = Some(StaffListener {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            passwords: "/etc/rapdc/staff.htpasswd".into(),
+        });
         fd
     }
 
@@ -206,7 +230,8 @@ impl FrontDoor {
             ("access_log", &self.access_log),
             ("error_log", &self.error_log),
         ];
-        for (field, p) in paths {
+        let staff = self.staff.as_ref().map(|st| ("staff.passwords", st.passwords.as_path()));
+        for (field, p) in paths.into_iter().chain(staff) {
             let bad = |why| FrontDoorError::BadValue { field, value: p.display().to_string(), why };
             let s = p.to_str().ok_or_else(|| bad("not UTF-8"))?;
             if !p.is_absolute() {
@@ -379,6 +404,7 @@ http {{
             proxy_set_header Host $host;
             proxy_set_header X-Client-Verify $ssl_client_verify;
             proxy_set_header X-Client-Subject $ssl_client_s_dn;
+            proxy_set_header {staff_header} "";
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_connect_timeout 5s;
             proxy_send_timeout 120s;
@@ -392,19 +418,91 @@ http {{
         location = {stats} {{
             return 404 '{{"error":"not found"}}';
         }}
+        location = {alerts} {{
+            return 404 '{{"error":"not found"}}';
+        }}
+        location = {triggers} {{
+            return 404 '{{"error":"not found"}}';
+        }}
 
         # Everything else, /admin/ and /healthz included.
         location / {{
             return 404 '{{"error":"not found"}}';
         }}
     }}
-}}
 "#,
         curves = fd.ecdh_curves.trim(),
         reports = REPORTS_PATH,
         stats = STATS_PATH,
+        alerts = ALERTS_PATH,
+        triggers = TRIGGERS_PATH,
+        staff_header = STAFF_USER_HEADER,
     );
+    if let Some(staff) = &fd.staff {
+        render_staff(&mut s, fd, staff);
+    }
+    s.push_str("}\n");
     s
+}
+
+/// The staff listener's server block.
+fn render_staff(s: &mut String, fd: &FrontDoor, staff: &StaffListener) {
+    let _ = write!(
+        s,
+        r#"
+    # Staff: the dashboard over HTTPS, HTTP Basic authentication, no client certificate.
+    server {{
+        listen {listen} ssl;
+
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols {protocols};
+        ssl_ciphers {ciphers};
+        ssl_prefer_server_ciphers on;
+"#,
+        listen = staff.listen,
+        cert = qpath(&fd.server_cert),
+        key = qpath(&fd.server_key),
+        protocols = fd.tls_protocols.trim(),
+        ciphers = quote(fd.tls_ciphers.trim()),
+    );
+    if let Some(suites) = &fd.tls13_ciphersuites {
+        let _ = writeln!(s, "        ssl_conf_command Ciphersuites {};", quote(suites.trim()));
+    }
+    let _ = write!(
+        s,
+        r#"        ssl_ecdh_curve {curves};
+        ssl_session_tickets off;
+
+        auth_basic "rapdc staff";
+        auth_basic_user_file {passwords};
+
+        location = {dashboard} {{
+            proxy_pass http://rapdc_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header {staff_header} $remote_user;
+            proxy_set_header Authorization "";
+            proxy_set_header X-Client-Verify "";
+            proxy_set_header X-Client-Subject "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_connect_timeout 5s;
+            proxy_read_timeout 30s;
+        }}
+        location = / {{
+            return 302 {dashboard};
+        }}
+        location / {{
+            return 404 '{{"error":"not found"}}';
+        }}
+    }}
+"#,
+        curves = fd.ecdh_curves.trim(),
+        passwords = qpath(&staff.passwords),
+        dashboard = DASHBOARD_PATH,
+        staff_header = STAFF_USER_HEADER,
+    );
 }
 
 /// The nginx binary: `PATH` first, then the usual sbin directories.
@@ -566,6 +664,28 @@ mod tests {
         assert!(c.contains("user root;") && c.contains("worker_processes 1;"));
         assert!(!c.to_ascii_uppercase().contains("CHACHA"));
         assert!(!c.lines().any(|l| l.contains("location") && l.contains("admin")), "admin must not be routed");
+    }
+
+    #[test]
+    fn staff_listener_serves_only_the_dashboard_with_basic_auth() {
+        let c = render(&FrontDoor::example());
+        let (boxes, staff) = c.split_once("# Staff:").expect("staff server block");
+        assert!(boxes.contains("proxy_set_header X-Staff-User \"\";"), "boxes cannot pose as staff");
+        assert!(boxes.contains("location = /api/v1/alerts {") && boxes.contains("location = /api/v1/triggers {"));
+        assert!(!boxes.contains("/dashboard"));
+        assert!(staff.contains("listen 0.0.0.0:8443 ssl;"));
+        assert!(staff.contains("auth_basic_user_file \"/etc/rapdc/staff.htpasswd\";"));
+        assert!(staff.contains("proxy_set_header X-Staff-User $remote_user;"));
+        assert!(staff.contains("proxy_set_header X-Client-Verify \"\";"));
+        assert!(!staff.contains("ssl_verify_client"));
+        assert!(staff.contains(&format!("ssl_ciphers \"{FIPS_TLS12_CIPHERS}\";")));
+        let proxied: Vec<&str> = staff.lines().filter(|l| l.contains("location") && !l.contains("return")).collect();
+        assert_eq!(proxied, ["        location = /dashboard {", "        location = / {", "        location / {"]);
+        let mut fd = FrontDoor::example();
+        fd.staff = None;
+        assert!(!render(&fd).contains("# Staff:"));
+        fd.staff = Some(StaffListener { listen: fd.listen_addr, passwords: "relative.htpasswd".into() });
+        assert!(matches!(fd.validate(), Err(FrontDoorError::BadValue { field: "staff.passwords", .. })));
     }
 
     #[test]

@@ -10,34 +10,47 @@
 //!   the syslog-ng reference of the benchmark) requires the same identity;
 //! * `POST /api/v1/batches` is the box's endpoint: it requires the identity the front door
 //!   vouches for ([`crate::identity`]), else 403.
-//! * The query API (`/api/v1/reports`, `/api/v1/stats`), `/healthz` and `/admin/*` are for
-//!   tests and operators on this machine: the front door does not expose them (it answers
-//!   404), and the listener is loopback only.
+//! * The query API (`/api/v1/reports`, `/api/v1/stats`, `/api/v1/alerts`,
+//!   `/api/v1/triggers`), `/healthz` and `/admin/*` are for tests and operators on this
+//!   machine: the front door does not expose them (it answers 404), and the listener is
+//!   loopback only.
+//! * `GET /dashboard` is the staff dashboard (HTML, [`crate::dashboard`]): it requires the
+//!   `X-Staff-User` header that only the front door's staff listener sets, after HTTP Basic
+//!   authentication against its password file; else 403.
 //!
-//! Every answer is JSON; every error is `{"error": "..."}` ([`crate::api::ErrorBody`]).
+//! A trigger thread evaluates the rules ([`crate::triggers`]) on the reports of every stored
+//! batch, and runs a clock tick every `tick_interval`.
+//!
+//! Every answer but the dashboard is JSON; every error is `{"error": "..."}`
+//! ([`crate::api::ErrorBody`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rapwire::batch::{self, BatchAck};
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::api::{
-    self, Done, ErrorBody, FaultSpec, Health, LinesAck, ReportQuery, RequestCounts, ADMIN_PREFIX,
-    CLIENT_SUBJECT_HEADER, CLIENT_VERIFY_HEADER,
+    self, AlertQuery, AlertState, Done, ErrorBody, FaultSpec, Health, LinesAck, ReportQuery, RequestCounts,
+    ADMIN_PREFIX, CLIENT_SUBJECT_HEADER, CLIENT_VERIFY_HEADER, STAFF_USER_HEADER,
 };
 use crate::identity;
+use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
+use crate::triggers::Engine;
 
 /// Default limit on a (compressed) batch body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Default number of worker threads.
 pub const DEFAULT_WORKERS: usize = 4;
+/// Default interval of the trigger engine's clock tick.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(5);
 /// Limit on an admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 /// Distinct paths counted by name; further ones are counted under [`OTHER_PATHS`].
@@ -54,12 +67,22 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest batch body accepted (larger: 413).
     pub max_body_bytes: usize,
+    /// Trigger rules (none by default).
+    pub rules: RuleSet,
+    /// How often the trigger engine's clock tick runs (absence, count clearing).
+    pub tick_interval: Duration,
 }
 
 impl ServerConfig {
     /// Defaults for everything but the address.
     pub fn new(listen: SocketAddr) -> Self {
-        ServerConfig { listen, workers: DEFAULT_WORKERS, max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+        ServerConfig {
+            listen,
+            workers: DEFAULT_WORKERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            rules: RuleSet::default(),
+            tick_interval: DEFAULT_TICK,
+        }
     }
 }
 
@@ -80,6 +103,9 @@ pub enum ServerError {
     /// No worker thread could be started.
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The trigger engine could not reconcile its stored state with the rules.
+    #[error("trigger engine: {0}")]
+    Triggers(#[source] StoreError),
 }
 
 /// A running backend. Dropping it stops it.
@@ -88,6 +114,7 @@ pub struct Server {
     http: Arc<tiny_http::Server>,
     state: Arc<State>,
     workers: Vec<JoinHandle<()>>,
+    triggers: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -100,6 +127,8 @@ impl Server {
             .map_err(|e| ServerError::Bind { addr: config.listen, reason: e.to_string() })?;
         let addr = http.server_addr().to_ip().unwrap_or(config.listen);
         let http = Arc::new(http);
+        let engine = Engine::new(config.rules, store.clock());
+        engine.prepare(&store).map_err(ServerError::Triggers)?;
         let state = Arc::new(State {
             store,
             max_body: config.max_body_bytes,
@@ -107,8 +136,18 @@ impl Server {
             requests: Mutex::new(BTreeMap::new()),
             lines: Mutex::new(BTreeMap::new()),
             stopping: AtomicBool::new(false),
+            engine,
+            wake: Mutex::new(true),
+            wake_cv: Condvar::new(),
         });
-        let mut server = Server { addr, http, state, workers: Vec::new() };
+        let mut server = Server { addr, http, state, workers: Vec::new(), triggers: None };
+        let (state, tick) = (server.state.clone(), config.tick_interval.max(Duration::from_millis(10)));
+        server.triggers = Some(
+            std::thread::Builder::new()
+                .name("rapdc-triggers".into())
+                .spawn(move || trigger_loop(&state, tick))
+                .map_err(ServerError::Thread)?,
+        );
         for i in 0..config.workers.max(1) {
             let (http, state) = (server.http.clone(), server.state.clone());
             let handle = std::thread::Builder::new()
@@ -141,6 +180,11 @@ impl Server {
         &self.state.store
     }
 
+    /// The trigger engine.
+    pub fn engine(&self) -> &Engine {
+        &self.state.engine
+    }
+
     /// Blocks until every worker has ended (they end only through [`Server::shutdown`] or
     /// a panic).
     pub fn wait(mut self) {
@@ -161,6 +205,13 @@ impl Server {
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+        {
+            let _wake = lock(&self.state.wake);
+            self.state.wake_cv.notify_all();
+        }
+        if let Some(t) = self.triggers.take() {
+            let _ = t.join();
         }
     }
 }
@@ -186,6 +237,54 @@ struct State {
     requests: Mutex<BTreeMap<String, u64>>,
     lines: Mutex<BTreeMap<String, u64>>,
     stopping: AtomicBool,
+    engine: Engine,
+    /// Set when reports were stored that the trigger thread has not evaluated yet.
+    wake: Mutex<bool>,
+    wake_cv: Condvar,
+}
+
+impl State {
+    /// Wakes the trigger thread: new reports are stored.
+    fn wake_triggers(&self) {
+        *lock(&self.wake) = true;
+        self.wake_cv.notify_one();
+    }
+}
+
+/// The trigger thread: evaluates when woken, and runs a clock tick every `tick`.
+fn trigger_loop(state: &State, tick: Duration) {
+    let mut next_tick = Instant::now();
+    loop {
+        let woken = {
+            let mut pending = lock(&state.wake);
+            loop {
+                if state.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let wait = next_tick.saturating_duration_since(Instant::now());
+                if *pending || wait.is_zero() {
+                    break;
+                }
+                pending = state.wake_cv.wait_timeout(pending, wait).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            std::mem::take(&mut *pending)
+        };
+        let result = if Instant::now() >= next_tick {
+            next_tick = Instant::now() + tick;
+            state.engine.tick(&state.store)
+        } else if woken {
+            state.engine.evaluate(&state.store)
+        } else {
+            continue;
+        };
+        match result {
+            Ok(p) if p.raised + p.cleared > 0 => {
+                log::debug!("triggers: {} reports, {} raised, {} cleared", p.reports, p.raised, p.cleared)
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("trigger evaluation failed (retried on the next tick): {e}"),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,13 +312,32 @@ struct Reply {
     body: Vec<u8>,
     retry_after_s: Option<u64>,
     allow: Option<&'static str>,
+    content_type: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
 }
 
 impl Reply {
     fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         // Serializing our own plain structs cannot fail.
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-        Reply { status, body, retry_after_s: None, allow: None }
+        Reply { status, body, retry_after_s: None, allow: None, content_type: "application/json", headers: Vec::new() }
+    }
+
+    /// A page of the dashboard: no scripts, no framing, not cached.
+    fn html(body: String) -> Reply {
+        Reply {
+            status: 200,
+            body: body.into_bytes(),
+            retry_after_s: None,
+            allow: None,
+            content_type: "text/html; charset=utf-8",
+            headers: vec![
+                ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Cache-Control", "no-store"),
+                ("Referrer-Policy", "no-referrer"),
+            ],
+        }
     }
 
     fn error(status: u16, message: impl Into<String>) -> Reply {
@@ -245,8 +363,13 @@ fn handle(mut req: Request, state: &State) {
     let reply = route(&mut req, state, path, query);
     log::debug!("{} {} -> {}", req.method(), url, reply.status);
     let mut resp = Response::from_data(reply.body).with_status_code(reply.status);
-    if let Some(h) = header("Content-Type", "application/json") {
+    if let Some(h) = header("Content-Type", reply.content_type) {
         resp.add_header(h);
+    }
+    for (k, v) in reply.headers {
+        if let Some(h) = header(k, v) {
+            resp.add_header(h);
+        }
     }
     if let Some(h) = reply.retry_after_s.and_then(|s| header("Retry-After", &s.to_string())) {
         resp.add_header(h);
@@ -272,8 +395,14 @@ fn count_request(state: &State, path: &str) {
 
 fn route(req: &mut Request, state: &State, path: &str, query: &str) -> Reply {
     let allow = match path {
-        api::BATCHES_PATH | api::LINES_PATH | api::FAULT_PATH | api::RESET_PATH => "POST",
-        api::REPORTS_PATH | api::STATS_PATH | api::HEALTH_PATH | api::REQUESTS_PATH => "GET",
+        api::BATCHES_PATH | api::LINES_PATH | api::FAULT_PATH | api::RESET_PATH | api::EVALUATE_PATH => "POST",
+        api::REPORTS_PATH
+        | api::STATS_PATH
+        | api::HEALTH_PATH
+        | api::REQUESTS_PATH
+        | api::ALERTS_PATH
+        | api::TRIGGERS_PATH
+        | api::DASHBOARD_PATH => "GET",
         _ => return Reply::error(404, format!("no such path: {path}")),
     };
     let method_ok = match req.method() {
@@ -307,6 +436,16 @@ fn route(req: &mut Request, state: &State, path: &str, query: &str) -> Reply {
             log::info!("store reset");
             Reply::json(200, &Done { ok: true })
         }
+        api::ALERTS_PATH => match parse_alert_query(query) {
+            Ok(q) => state.store.alerts(&q).map_or_else(Reply::from, |p| Reply::json(200, &p)),
+            Err(e) => Reply::error(400, e),
+        },
+        api::TRIGGERS_PATH => state.engine.status(&state.store).map_or_else(Reply::from, |s| Reply::json(200, &s)),
+        api::EVALUATE_PATH => match state.engine.tick(&state.store) {
+            Ok(_) => state.engine.status(&state.store).map_or_else(Reply::from, |s| Reply::json(200, &s)),
+            Err(e) => e.into(),
+        },
+        api::DASHBOARD_PATH => dashboard(req, state),
         api::REQUESTS_PATH => {
             let by_path = lock(&state.requests).clone();
             let outside_admin = by_path.iter().filter(|(p, _)| !p.starts_with(ADMIN_PREFIX)).map(|(_, n)| n).sum();
@@ -412,6 +551,9 @@ fn post_batch(req: &mut Request, state: &State) -> Reply {
     }
     match state.store.ingest(&who.box_id, &batch) {
         Ok(done) => {
+            if !done.repeated && done.ack.accepted > 0 {
+                state.wake_triggers();
+            }
             let BatchAck { batch_id, accepted, duplicates } = done.ack;
             log::info!(
                 "box {}: batch {batch_id:016x}{}: {accepted} accepted, {duplicates} duplicates, dropped_total {}",
@@ -472,6 +614,51 @@ fn arm_fault(req: &mut Request, state: &State) -> Reply {
     Reply::json(200, &Done { ok: true })
 }
 
+/// `GET /dashboard`: only for a staff user the front door authenticated.
+fn dashboard(req: &Request, state: &State) -> Reply {
+    let user = match single_header(req, STAFF_USER_HEADER) {
+        Ok(Some(u)) if !u.trim().is_empty() => u.trim().to_owned(),
+        Ok(_) => {
+            return Reply::error(
+                403,
+                format!("no {STAFF_USER_HEADER} header: the dashboard is served through the staff listener"),
+            )
+        }
+        Err(e) => return Reply::error(403, e),
+    };
+    match crate::dashboard::render(&state.store, &state.engine, &user) {
+        Ok(page) => Reply::html(page),
+        Err(e) => e.into(),
+    }
+}
+
+fn parse_alert_query(query: &str) -> Result<AlertQuery, String> {
+    let mut q = AlertQuery::default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "state" => {
+                q.state = match &*v {
+                    "open" => Some(AlertState::Open),
+                    "cleared" => Some(AlertState::Cleared),
+                    "all" => None,
+                    _ => return Err(format!("state {v:?} is not open, cleared or all")),
+                }
+            }
+            "box" => q.box_id = Some(v.into_owned()),
+            "instrument" => q.instrument = Some(v.into_owned()),
+            "rule" => q.rule = Some(v.into_owned()),
+            "since_id" => q.since_id = v.parse().map_err(|_| format!("since_id {v:?} is not a number"))?,
+            "limit" => q.limit = Some(v.parse().map_err(|_| format!("limit {v:?} is not a number"))?),
+            other => {
+                return Err(format!(
+                    "unknown query parameter {other:?} (state, box, instrument, rule, since_id, limit)"
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
 fn parse_report_query(query: &str) -> Result<ReportQuery, String> {
     let mut q = ReportQuery::default();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -505,6 +692,27 @@ mod tests {
         assert_eq!(parse_report_query("").unwrap(), ReportQuery::default());
         assert!(parse_report_query("since_id=x").unwrap_err().contains("since_id"));
         assert!(parse_report_query("boxx=1").unwrap_err().contains("boxx"));
+    }
+
+    #[test]
+    fn alert_query_parsing() {
+        let q = parse_alert_query("state=open&box=b&instrument=A%201&rule=r&since_id=3&limit=7").unwrap();
+        assert_eq!(
+            q,
+            AlertQuery {
+                state: Some(AlertState::Open),
+                box_id: Some("b".into()),
+                instrument: Some("A 1".into()),
+                rule: Some("r".into()),
+                since_id: 3,
+                limit: Some(7)
+            }
+        );
+        assert_eq!(parse_alert_query("state=all").unwrap().state, None);
+        assert_eq!(parse_alert_query("state=cleared").unwrap().state, Some(AlertState::Cleared));
+        assert!(parse_alert_query("state=closed").unwrap_err().contains("closed"));
+        assert!(parse_alert_query("limit=x").unwrap_err().contains("limit"));
+        assert!(parse_alert_query("severity=high").unwrap_err().contains("severity"));
     }
 
     #[test]

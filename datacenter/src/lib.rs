@@ -3,7 +3,8 @@
 //! Boxes reach it through an nginx front door that terminates mutual TLS and passes the
 //! verified certificate subject to a synchronous backend on loopback, which stores the
 //! reports of every batch exactly once in SQLite and acknowledges each batch idempotently.
-//! Tests use it as the box's peer; commands, triggers and a dashboard grow here later.
+//! Trigger rules are evaluated on the stored reports and raise alerts; staff see boxes,
+//! instruments and alerts on a dashboard served through the front door's staff listener.
 //!
 //! ```text
 //! box ──HTTPS, mTLS──▶ nginx (frontdoor) ──HTTP, X-Client-Subject──▶ backend (http) ──▶ store (SQLite)
@@ -17,16 +18,26 @@
 //! * [`store`]: the only code that touches the database;
 //! * [`http`]: the backend: routing, the batch endpoint, query and admin endpoints;
 //! * [`frontdoor`]: the nginx configuration and a runner for tests;
-//! * [`client`]: a blocking client of the backend.
+//! * [`client`]: a blocking client of the backend;
+//! * [`clock`]: server time, injectable for tests;
+//! * [`fields`]: values inside report payloads;
+//! * [`rules`]: the trigger rule files, loaded and validated;
+//! * [`triggers`]: the engine that evaluates rules on stored reports and raises alerts;
+//! * [`dashboard`]: the staff dashboard page.
 //!
 //! The batch format and its acknowledgement are `rapwire::batch`, shared with the box.
 
 pub mod api;
 pub mod client;
+pub mod clock;
+pub mod dashboard;
+pub mod fields;
 pub mod frontdoor;
 pub mod http;
 pub mod identity;
+pub mod rules;
 pub mod store;
+pub mod triggers;
 
 pub use client::Client;
 pub use frontdoor::FrontDoor;

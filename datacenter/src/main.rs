@@ -1,9 +1,11 @@
 //! `rapdc`: runs the reference data center's backend, or renders its nginx front door.
 //!
 //! ```text
-//! rapdc serve --listen 127.0.0.1:8080 --db /var/lib/rapdc/dc.sqlite
+//! rapdc serve --listen 127.0.0.1:8080 --db /var/lib/rapdc/dc.sqlite [--rules /etc/rapdc/rules]
+//! rapdc check-rules /etc/rapdc/rules
 //! rapdc nginx-conf --listen 0.0.0.0:443 --server-cert C --server-key K --client-ca CA \
-//!                  --backend-port 8080 --prefix /var/lib/rapdc/nginx
+//!                  --backend-port 8080 --prefix /var/lib/rapdc/nginx \
+//!                  [--staff-listen 0.0.0.0:8443 --staff-passwords /etc/rapdc/staff.htpasswd]
 //! ```
 //!
 //! Exit codes: 0 success, 1 runtime error (printed on stderr), 2 bad command line.
@@ -15,8 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use rapdc::frontdoor::StaffListener;
 use rapdc::frontdoor::{self, FrontDoor};
 use rapdc::http::{Server, ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_WORKERS};
+use rapdc::rules::{self, RuleSet};
 use rapdc::store::Store;
 
 #[derive(Debug, Parser)]
@@ -45,6 +49,18 @@ enum Cmd {
         /// Largest compressed batch body accepted (larger: 413).
         #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
         max_body_bytes: usize,
+        /// Trigger rules: a TOML file or a directory of them; repeatable.
+        #[arg(long, value_name = "PATH")]
+        rules: Vec<PathBuf>,
+        /// Seconds between the trigger engine's clock ticks (absence checks).
+        #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+        tick: f64,
+    },
+    /// Loads and validates trigger rules, prints them and exits (1 with the first error).
+    CheckRules {
+        /// A TOML file or a directory of them; repeatable.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
     },
     /// Writes the nginx front door config to PREFIX/nginx.conf and prints how to run it.
     NginxConf {
@@ -75,6 +91,12 @@ enum Cmd {
         /// Print the config on stdout instead of writing it.
         #[arg(long)]
         print: bool,
+        /// Address of the staff listener (HTTPS, Basic authentication) serving the dashboard.
+        #[arg(long, requires = "staff_passwords")]
+        staff_listen: Option<SocketAddr>,
+        /// Password file of the staff listener (`user:{SHA-512 crypt}` lines, `openssl passwd -6`).
+        #[arg(long, requires = "staff_listen")]
+        staff_passwords: Option<PathBuf>,
     },
 }
 
@@ -89,14 +111,29 @@ fn main() {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Serve { listen, db, workers, max_body_bytes } => {
+        Cmd::Serve { listen, db, workers, max_body_bytes, rules, tick } => {
+            let rules = RuleSet::load(&rules)?;
+            let tick_interval = std::time::Duration::try_from_secs_f64(tick)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .with_context(|| format!("--tick {tick}: not a positive number of seconds"))?;
+            log::info!("{} trigger rules loaded: {:?}", rules.len(), rules::count_by_kind(&rules));
             let store = Store::open(&db).with_context(|| format!("opening store {}", db.display()))?;
-            let server = Server::start(ServerConfig { listen, workers, max_body_bytes }, store)?;
+            let config = ServerConfig { workers, max_body_bytes, rules, tick_interval, ..ServerConfig::new(listen) };
+            let server = Server::start(config, store)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "rapdc listening on {}", server.url())?;
             out.flush()?;
             drop(out);
             server.wait();
+            Ok(())
+        }
+        Cmd::CheckRules { paths } => {
+            let set = RuleSet::load(&paths)?;
+            for r in set.rules() {
+                println!("{} ({}, {}): {}", r.name, r.condition.kind_name(), r.severity.name(), r.condition.describe());
+            }
+            println!("{} rules OK", set.len());
             Ok(())
         }
         Cmd::NginxConf {
@@ -109,6 +146,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             access_log,
             error_log,
             print,
+            staff_listen,
+            staff_passwords,
         } => {
             let abs = |p: PathBuf| std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()));
             let mut fd = FrontDoor::new(
@@ -124,6 +163,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             if let Some(p) = error_log {
                 fd.error_log = abs(p)?;
+            }
+            if let (Some(listen), Some(passwords)) = (staff_listen, staff_passwords) {
+                fd.staff = Some(StaffListener { listen, passwords: abs(passwords)? });
             }
             if print {
                 fd.validate()?;

@@ -19,14 +19,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rapwire::batch::{Batch, BatchAck};
 use rapwire::Kind;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::api::{BoxStats, InstrumentStats, Report, ReportPage, ReportQuery, Stats};
+use crate::clock::{self, Clock};
+
+mod triggers;
+mod views;
+pub use triggers::{NewAlert, Source, TriggerProgress, TriggerTx};
+pub use views::CommandRow;
 
 /// Schema version written to `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -120,6 +125,14 @@ pub enum StoreError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// A stored alert cannot be read back.
+    #[error("stored alert {id} is unreadable: {why}")]
+    BadAlert {
+        /// Alert id.
+        id: u64,
+        /// What is wrong.
+        why: String,
+    },
     /// A stored row holds a value no writer of this store produces.
     #[error("stored report {id} has unknown kind {kind}")]
     UnknownKind {
@@ -154,6 +167,7 @@ pub struct Ingested {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Store {
@@ -204,12 +218,24 @@ impl Store {
             tx.pragma_update(None, "user_version", 2).map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
-        Ok(Store { path: path.to_owned(), conn: Mutex::new(conn) })
+        triggers::migrate(path, &mut conn)?;
+        Ok(Store { path: path.to_owned(), conn: Mutex::new(conn), clock: clock::system() })
+    }
+
+    /// The same store with `clock` as its time source (for tests: a [`crate::clock::ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The store's time source.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
     }
 
     /// Stores plain lines for `box_id` in one durable transaction; returns how many.
     pub fn store_lines(&self, box_id: &str, lines: &[&[u8]]) -> Result<u64, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).op("begin lines transaction")?;
         {
@@ -238,7 +264,7 @@ impl Store {
     /// Stores a batch from `box_id` (the certificate CN) in one transaction and returns the
     /// acknowledgement, durable when this returns.
     pub fn ingest(&self, box_id: &str, batch: &Batch) -> Result<Ingested, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).op("begin batch transaction")?;
         let batch_key = batch.batch_id as i64;
@@ -369,38 +395,17 @@ impl Store {
         // The unary `+` keeps SQLite on the primary key (arrival order) instead of the
         // unique index, so paging costs what the page holds.
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, box, instrument, msg_id, timestamp_ms, kind, priority, payload, received_ms, batch_id, deliveries
-                 FROM reports
+            .prepare_cached(&format!(
+                "SELECT {REPORT_COLUMNS} FROM reports
                  WHERE id > ?1 AND (?2 IS NULL OR +box = ?2) AND (?3 IS NULL OR +instrument = ?3)
-                 ORDER BY id LIMIT ?4",
-            )
+                 ORDER BY id LIMIT ?4"
+            ))
             .op("prepare report query")?;
         let since = i64::try_from(q.since_id).unwrap_or(i64::MAX);
         let mut rows = stmt.query(params![since, q.box_id, q.instrument, q.effective_limit()]).op("query reports")?;
         let mut reports = Vec::new();
         while let Some(r) = rows.next().op("read report")? {
-            let id = r.get::<_, i64>(0).op("read report")? as u64;
-            let kind_raw: i64 = r.get(5).op("read report")?;
-            let kind = u8::try_from(kind_raw)
-                .ok()
-                .and_then(Kind::from_u8)
-                .ok_or(StoreError::UnknownKind { id, kind: kind_raw })?;
-            let payload: Vec<u8> = r.get(7).op("read report")?;
-            reports.push(Report {
-                id,
-                box_id: r.get(1).op("read report")?,
-                instrument: r.get(2).op("read report")?,
-                msg_id: r.get::<_, i64>(3).op("read report")? as u64,
-                timestamp_ms: r.get(4).op("read report")?,
-                kind,
-                priority: r.get(6).op("read report")?,
-                payload: String::from_utf8(payload)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                received_ms: r.get(8).op("read report")?,
-                batch_id: r.get::<_, i64>(9).op("read report")? as u64,
-                deliveries: r.get::<_, i64>(10).op("read report")? as u64,
-            });
+            reports.push(report_from_row(r)?);
         }
         let last_id = reports.last().map_or(q.since_id, |r| r.id);
         Ok(ReportPage { reports, last_id })
@@ -478,13 +483,35 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).op("begin reset")?;
         tx.execute_batch("DELETE FROM reports; DELETE FROM batches; DELETE FROM boxes; DELETE FROM instrument_kinds;")
             .op("reset")?;
+        triggers::reset(&tx)?;
         tx.commit().op("commit reset")
     }
 }
 
-/// Server time in milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+/// The columns [`report_from_row`] reads, in its order.
+const REPORT_COLUMNS: &str =
+    "id, box, instrument, msg_id, timestamp_ms, kind, priority, payload, received_ms, batch_id, deliveries";
+
+/// A report from a row of [`REPORT_COLUMNS`].
+fn report_from_row(r: &rusqlite::Row<'_>) -> Result<Report, StoreError> {
+    let id = r.get::<_, i64>(0).op("read report")? as u64;
+    let kind_raw: i64 = r.get(5).op("read report")?;
+    let kind =
+        u8::try_from(kind_raw).ok().and_then(Kind::from_u8).ok_or(StoreError::UnknownKind { id, kind: kind_raw })?;
+    let payload: Vec<u8> = r.get(7).op("read report")?;
+    Ok(Report {
+        id,
+        box_id: r.get(1).op("read report")?,
+        instrument: r.get(2).op("read report")?,
+        msg_id: r.get::<_, i64>(3).op("read report")? as u64,
+        timestamp_ms: r.get(4).op("read report")?,
+        kind,
+        priority: r.get(6).op("read report")?,
+        payload: String::from_utf8(payload).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        received_ms: r.get(8).op("read report")?,
+        batch_id: r.get::<_, i64>(9).op("read report")? as u64,
+        deliveries: r.get::<_, i64>(10).op("read report")? as u64,
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,11 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> HarnessError + '
 impl DataCenter {
     /// PKI, backend and nginx under target/qemu-tests/<test>-dc/.
     pub fn start(test: &str) -> Result<DataCenter, HarnessError> {
+        DataCenter::start_with(test, |_| {})
+    }
+
+    /// [`DataCenter::start`] with the backend's configuration adjusted (trigger rules).
+    pub fn start_with(test: &str, tweak: impl FnOnce(&mut ServerConfig)) -> Result<DataCenter, HarnessError> {
         let dir = crate::workspace().join(format!("target/qemu-tests/{test}-dc"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|source| HarnessError::Io { path: dir.clone(), source })?;
@@ -48,8 +53,9 @@ impl DataCenter {
             Pki::generate(&dir.join("pki"), &PkiSpec::new(&["dc.rapbox.test"], &[IpAddr::V4(GUEST_DC_IP)], BOX_ID))
                 .map_err(setup("test PKI"))?;
         let store = Store::open(&dir.join("dc.db")).map_err(setup("dc store"))?;
-        let backend =
-            Server::start(ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))), store).map_err(setup("backend"))?;
+        let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        tweak(&mut config);
+        let backend = Server::start(config, store).map_err(setup("backend"))?;
         let client = Client::for_addr(backend.addr());
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -80,6 +80,11 @@ pub struct Instrument {
     pub stall_timeout: Option<Duration>,
     /// Live counters, shared with whoever holds a clone of the `Arc`.
     pub stats: Arc<Stats>,
+    /// Readings held at a value in every report (`("reagent_A", "8%")`), for scripted
+    /// streams; keys are [`crate::READINGS`].
+    pub holds: Vec<(String, String)>,
+    /// Every alarm is this one of [`crate::ALARMS`] (`None`: a random one each time).
+    pub alarm_name: Option<String>,
 }
 
 impl Instrument {
@@ -104,6 +109,8 @@ impl Instrument {
             drain_timeout: Duration::from_secs(10),
             stall_timeout: Some(Duration::from_secs(120)),
             stats: Arc::new(Stats::default()),
+            holds: Vec::new(),
+            alarm_name: None,
         }
     }
 
@@ -143,7 +150,23 @@ impl Instrument {
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return bad("backoff_min must be > 0 and <= backoff_max".into());
         }
+        if let Some((k, _)) = self.holds.iter().find(|(k, _)| !crate::READINGS.contains(&k.as_str())) {
+            return bad(format!("holds: {k:?} is not a reading ({})", crate::READINGS.join(", ")));
+        }
+        if let Some(a) = self.alarm_name.as_deref().filter(|a| !crate::ALARMS.iter().any(|(n, _)| n == a)) {
+            let names: Vec<&str> = crate::ALARMS.iter().map(|(n, _)| *n).collect();
+            return bad(format!("alarm_name {a:?} is not one of {}", names.join(", ")));
+        }
         Ok(())
+    }
+
+    fn status_text(&self) -> StatusText {
+        let mut text = StatusText::new(&self.serial);
+        for (k, v) in &self.holds {
+            text.hold(k, v);
+        }
+        text.fix_alarm(self.alarm_name.as_deref());
+        text
     }
 
     /// Runs the agent on this thread until `count` messages are acked or rejected, or
@@ -283,7 +306,7 @@ impl<'a> Engine<'a> {
                 backoff_min: cfg.backoff_min,
                 backoff_max: cfg.backoff_max,
             }),
-            text: StatusText::new(&cfg.serial),
+            text: cfg.status_text(),
             generated: 0,
             started: now,
             stop_seen: None,

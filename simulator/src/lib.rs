@@ -27,7 +27,7 @@ pub use idset::IdSet;
 pub use instrument::{
     now_ms, Instrument, RunningInstrument, Summary, DEFAULT_PAYLOAD, DEFAULT_WINDOW, STATUS_PRIORITY,
 };
-pub use payload::StatusText;
+pub use payload::{StatusText, ALARMS, READINGS};
 pub use stats::{Rejection, Stats, StatsSnapshot};
 
 /// Why a simulated instrument (or a raw helper) failed.

@@ -5,6 +5,46 @@
 //! fall a percent every few hundred reports, counters tick. The generator imitates
 //! that, so that compression and storage figures measured with the simulator resemble
 //! what real instruments produce (neither random bytes nor a constant string).
+//!
+//! An alarm carries its name and its error code (`alarm=CLOT_DETECTED;code=E412;...;err=E412`),
+//! as analysers report them. For scripted streams (the data center's trigger tests) a
+//! reading can be held at a value ([`StatusText::hold`]: reagent at 8%, temperature out of
+//! range) and the alarm fixed to one kind ([`StatusText::fix_alarm`]).
+
+use std::collections::BTreeMap;
+
+/// The alarms a simulated instrument raises: name and error code.
+pub const ALARMS: [(&str, &str); 5] = [
+    ("TEMP_HIGH", "E101"),
+    ("REAGENT_LOW", "E205"),
+    ("DOOR_OPEN", "E310"),
+    ("CLOT_DETECTED", "E412"),
+    ("PRESSURE_LOW", "E518"),
+];
+
+/// The readings of a status report, in the order rendered (what [`StatusText::hold`] accepts).
+pub const READINGS: [&str; 20] = [
+    "temp",
+    "incubator",
+    "cuvette_temp",
+    "reagent_A",
+    "reagent_B",
+    "reagent_C",
+    "reagent_D",
+    "wash",
+    "waste",
+    "door",
+    "lid",
+    "err",
+    "state",
+    "tests_done",
+    "queue",
+    "lamp_h",
+    "pressure",
+    "fan",
+    "probe",
+    "fw",
+];
 
 /// A deterministic generator of `key=value;...` status payloads.
 #[derive(Debug, Clone)]
@@ -24,6 +64,8 @@ pub struct StatusText {
     modules: [f64; 8],
     door_open: u32,
     started: std::time::Instant,
+    held: BTreeMap<String, String>,
+    alarm: Option<usize>,
 }
 
 impl StatusText {
@@ -49,6 +91,8 @@ impl StatusText {
             modules: [36.8; 8],
             door_open: 0,
             started: std::time::Instant::now(),
+            held: BTreeMap::new(),
+            alarm: None,
         };
         for i in 0..g.reagent.len() {
             g.reagent[i] = 40 + (g.next_u64() % 60) as u32;
@@ -84,21 +128,55 @@ impl StatusText {
         (v + d).clamp(lo, hi)
     }
 
+    /// Holds a reading at `value` (rendered as given, unit included: `"8%"`, `"38.9"`) in
+    /// every following report until [`StatusText::release`]. Returns false, holding nothing,
+    /// for a key that is not one of [`READINGS`].
+    pub fn hold(&mut self, key: &str, value: &str) -> bool {
+        if !READINGS.contains(&key) {
+            return false;
+        }
+        self.held.insert(key.to_owned(), value.to_owned());
+        true
+    }
+
+    /// Lets a held reading follow the simulation again.
+    pub fn release(&mut self, key: &str) {
+        self.held.remove(key);
+    }
+
+    /// Makes every following alarm the one named (one of [`ALARMS`]); `None` goes back to
+    /// a random one. Returns false, changing nothing, for an unknown name.
+    pub fn fix_alarm(&mut self, name: Option<&str>) -> bool {
+        match name {
+            None => self.alarm = None,
+            Some(n) => match ALARMS.iter().position(|(a, _)| *a == n) {
+                Some(i) => self.alarm = Some(i),
+                None => return false,
+            },
+        }
+        true
+    }
+
     /// Advances the simulated instrument by one report and renders it, padded or cut
     /// to exactly `size` bytes. `alarm` renders an alarm text instead of routine status.
     pub fn next(&mut self, alarm: bool, size: usize) -> Vec<u8> {
         self.advance();
         let mut s = String::with_capacity(size + 64);
+        let mut err = "0";
         if alarm {
-            let which = ["TEMP_HIGH", "REAGENT_LOW", "DOOR_OPEN", "CLOT_DETECTED", "PRESSURE_LOW"];
-            let code = which[(self.next_u64() % which.len() as u64) as usize];
-            s.push_str(&format!("alarm={code};severity=high;"));
+            let i = match self.alarm {
+                Some(i) => i,
+                None => (self.next_u64() % ALARMS.len() as u64) as usize,
+            };
+            let (name, code) = ALARMS[i];
+            err = code;
+            s.push_str(&format!("alarm={name};code={code};severity=high;"));
         }
         let state = if self.door_open > 0 { "PAUSED" } else { "RUNNING" };
         let door = if self.door_open > 0 { "open" } else { "closed" };
-        s.push_str(&format!(
+        let mut status = format!(
             "temp={:.1};incubator={:.1};cuvette_temp={:.1};reagent_A={}%;reagent_B={}%;reagent_C={}%;\
-             reagent_D={}%;wash={}%;waste={}%;door={door};lid=closed;err=0;state={state};tests_done={};\
+             reagent_D={}%;wash={}%;waste={}%;door={door};lid=closed;err={err};state={state};tests_done={};\
              queue={};lamp_h={};pressure={:.1}kPa;fan={}rpm;probe=ok;fw=4.2.1;uptime={}",
             self.temp,
             self.incubator,
@@ -115,7 +193,18 @@ impl StatusText {
             self.pressure,
             self.fan,
             self.started.elapsed().as_secs(),
-        ));
+        );
+        if !self.held.is_empty() {
+            status = status
+                .split(';')
+                .map(|kv| match kv.split_once('=').and_then(|(k, _)| self.held.get_key_value(k)) {
+                    Some((k, v)) => format!("{k}={v}"),
+                    None => kv.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(";");
+        }
+        s.push_str(&status);
         let mut i = 0usize;
         while s.len() < size {
             let m = i % self.modules.len();
@@ -199,6 +288,28 @@ mod tests {
         assert!(p.contains(";reagent_A=") && p.contains(";err=0;"), "{p}");
         let a = String::from_utf8(g.next(true, 200)).unwrap();
         assert!(a.starts_with("alarm="), "{a}");
+        let (name, code) = ALARMS.iter().find(|(n, _)| a.starts_with(&format!("alarm={n};"))).unwrap();
+        assert!(a.contains(&format!(";code={code};")) && a.contains(&format!(";err={code};")), "{name}: {a}");
+    }
+
+    #[test]
+    fn held_readings_and_fixed_alarms() {
+        let mut g = StatusText::new("DXI-0003");
+        assert!(g.hold("reagent_A", "8%"));
+        assert!(g.hold("temp", "38.9"));
+        assert!(!g.hold("nonsense", "1"), "only readings the instrument reports");
+        assert!(g.fix_alarm(Some("CLOT_DETECTED")));
+        assert!(!g.fix_alarm(Some("MELTDOWN")));
+        for _ in 0..50 {
+            let p = String::from_utf8(g.next(false, 300)).unwrap();
+            assert!(p.starts_with("temp=38.9;") && p.contains(";reagent_A=8%;"), "{p}");
+            let a = String::from_utf8(g.next(true, 300)).unwrap();
+            assert!(a.starts_with("alarm=CLOT_DETECTED;code=E412;severity=high;temp=38.9;"), "{a}");
+        }
+        g.release("temp");
+        g.fix_alarm(None);
+        let p = String::from_utf8(g.next(false, 300)).unwrap();
+        assert!(!p.contains("temp=38.9;") && p.contains(";reagent_A=8%;"), "{p}");
     }
 
     #[test]

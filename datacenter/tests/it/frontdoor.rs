@@ -14,45 +14,57 @@ use crate::pki::{Ca, Files};
 use crate::{encode, records, Backend};
 
 /// Backend, nginx and the PKI of one test.
-struct Rig {
-    backend: Backend,
-    nginx: Nginx,
-    ca: Ca,
-    box1: Files,
-    dir: tempfile::TempDir,
+pub(crate) struct Rig {
+    pub(crate) backend: Backend,
+    pub(crate) nginx: Nginx,
+    pub(crate) ca: Ca,
+    pub(crate) box1: Files,
+    pub(crate) dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts a backend and nginx with `configure` applied to the default front door, or
 /// `None` (after printing why) when nginx is not installed.
 fn rig(configure: impl FnOnce(FrontDoor) -> FrontDoor) -> Option<Rig> {
+    rig_with(Backend::start, |fd, _| configure(fd))
+}
+
+/// [`rig`] with a backend of the caller's and a front door configured knowing the test's
+/// directory.
+pub(crate) fn rig_with(
+    backend: impl FnOnce() -> Backend,
+    configure: impl FnOnce(FrontDoor, &std::path::Path) -> FrontDoor,
+) -> Option<Rig> {
     if frontdoor::nginx_binary().is_none() {
-        eprintln!("SKIPPED: no nginx binary (install nginx-light) - the front door is not tested");
+        crate::missing("nginx (install nginx-light): the front door is not tested");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "box-ca");
     let server = ca.server(dir.path());
     let box1 = ca.client(dir.path(), "box-0001");
-    let backend = Backend::start();
+    let backend = backend();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let fd = configure(FrontDoor::new(
-        listen,
-        &server.cert,
-        &server.key,
-        &ca.cert_file,
-        backend.server.addr().port(),
-        dir.path().join("nginx"),
-    ));
+    let fd = configure(
+        FrontDoor::new(
+            listen,
+            &server.cert,
+            &server.key,
+            &ca.cert_file,
+            backend.server.addr().port(),
+            dir.path().join("nginx"),
+        ),
+        dir.path(),
+    );
     let nginx = Nginx::start(&fd).unwrap_or_else(|e| panic!("{e}"));
     Some(Rig { backend, nginx, ca, box1, dir })
 }
 
 /// A TLS client: trusts `ca`, presents `cert` when given, `tweak` sets versions/ciphers.
-fn connect(
+pub(crate) fn connect(
     addr: SocketAddr,
     ca: &Ca,
     cert: Option<&Files>,
@@ -70,13 +82,13 @@ fn connect(
     b.build().connect("localhost", tcp).map_err(|e| format!("handshake: {e}"))
 }
 
-struct Answer {
-    status: u16,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 /// One HTTP/1.1 exchange with `Connection: close`.
-fn exchange(
+pub(crate) fn exchange(
     mut s: SslStream<TcpStream>,
     method: &str,
     path: &str,
@@ -110,7 +122,12 @@ fn exchange(
     Ok(Answer { status, body: body.to_owned() })
 }
 
-fn post_batch(rig: &Rig, cert: Option<&Files>, extra: &[(&str, &str)], body: &[u8]) -> Result<Answer, String> {
+pub(crate) fn post_batch(
+    rig: &Rig,
+    cert: Option<&Files>,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Answer, String> {
     let s = connect(rig.nginx.addr(), &rig.ca, cert, |_| {})?;
     let mut headers = vec![("Content-Type", CONTENT_TYPE)];
     headers.extend_from_slice(extra);

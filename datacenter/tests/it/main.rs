@@ -2,12 +2,21 @@
 //! * `backend`: the backend over real HTTP on an ephemeral loopback port;
 //! * `frontdoor`: real nginx with the rendered config in front of a backend, mutual TLS
 //!   with a throwaway PKI (skipped, with a printed reason, when nginx is not installed);
+//! * `triggers`: rules on scripted and simulated report streams through the backend, and a
+//!   real batch through the nginx front door raising an alert;
+//! * `dashboard`: the staff dashboard through the front door's staff listener, in headless
+//!   Chromium (screenshot in `target/screenshots/`);
 //! * `throughput`: ignored measurements (`-- --ignored --nocapture`).
+//!
+//! A real peer that is not installed (nginx, chromium) skips its tests with a printed
+//! reason, except under CI (`CI` set), where it fails them: CI installs every peer.
 
 mod backend;
+mod dashboard;
 mod frontdoor;
 mod pki;
 mod throughput;
+mod triggers;
 
 use rapdc::{Client, Server, ServerConfig, Store};
 use rapwire::batch::{Encoder, Record};
@@ -26,14 +35,27 @@ impl Backend {
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Backend {
+        Backend::start_full(|s| s, tweak)
+    }
+
+    /// A backend whose store and configuration the caller adjusts (a clock, rules).
+    pub fn start_full(store: impl FnOnce(Store) -> Store, tweak: impl FnOnce(&mut ServerConfig)) -> Backend {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("dc.sqlite")).unwrap();
+        let store = store(Store::open(&dir.path().join("dc.sqlite")).unwrap());
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         tweak(&mut config);
         let server = Server::start(config, store).unwrap();
         let client = Client::new(server.url());
         Backend { server, client, dir }
     }
+}
+
+/// Reports that a real peer is missing: a skip locally, a failure under CI.
+pub fn missing(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("missing under CI: {what}");
+    }
+    eprintln!("SKIPPED: no {what}");
 }
 
 pub const BOX1: &str = "CN=box-0001,O=rapbox";

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use rapwire::agent::ErrorCode;
+use rapwire::agent::{ErrorCode, Report};
 use rapwire::Kind;
 
 use crate::fakebox::{Behaviour, FakeBox};
@@ -179,6 +179,8 @@ fn rejects_impossible_configurations() {
         Instrument { payload_size: 70_000, ..Instrument::new(addr, "A") },
         Instrument::new(addr, "has space"),
         Instrument::new(addr, ""),
+        Instrument { holds: vec![("tempp".into(), "1".into())], ..Instrument::new(addr, "A") },
+        Instrument { alarm_name: Some("MELTDOWN".into()), ..Instrument::new(addr, "A") },
     ];
     for i in bad {
         assert!(matches!(i.run(), Err(SimError::Config { .. })));
@@ -201,4 +203,26 @@ fn throughput_against_a_fake_box() {
         std::hint::black_box(g.next(false, 200));
     }
     println!("payload generation: {:.2} us/msg", t.elapsed().as_secs_f64() * 2.0);
+}
+
+#[test]
+fn held_readings_and_a_fixed_alarm_are_sent() {
+    let fake = FakeBox::start("DXI-0006", Behaviour::AckAll { hold: 1 });
+    let i = Instrument {
+        alarm_every: 4,
+        holds: vec![("reagent_A".into(), "8%".into()), ("temp".into(), "38.9".into())],
+        alarm_name: Some("CLOT_DETECTED".into()),
+        ..inst(&fake, 20)
+    };
+    assert_eq!(i.run().expect("run").stats.acked, 20);
+    let seen = fake.seen.lock().unwrap();
+    let reports: Vec<&Report> = seen.per_conn.iter().flatten().collect();
+    assert_eq!(reports.len(), 20);
+    for r in reports {
+        let p = String::from_utf8_lossy(&r.payload);
+        assert!(p.contains("temp=38.9;") && p.contains(";reagent_A=8%;"), "{p}");
+        if r.kind == Kind::Alarm {
+            assert!(p.starts_with("alarm=CLOT_DETECTED;code=E412;"), "{p}");
+        }
+    }
 }
