@@ -159,6 +159,7 @@ fn bad_configuration_refused_and_one_that_breaks_the_uplink_rolled_back() {
             "config.applied",
             "config.rolled_back",
             "config.applied",
+            "config.trial_resumed",
             "config.rolled_back"
         ],
         "{out}"

@@ -462,6 +462,7 @@ fn configurations_that_break_the_uplink_are_rolled_back_in_time() {
             "config.applied",
             "config.rolled_back",
             "config.applied",
+            "config.trial_resumed",
             "config.rolled_back",
             "config.applied",
             "config.rolled_back"
@@ -471,8 +472,9 @@ fn configurations_that_break_the_uplink_are_rolled_back_in_time() {
     assert_eq!(recs[1]["detail"]["how"], "live");
     assert_eq!(recs[1]["actor"], "rapd");
     assert_eq!(recs[2]["detail"]["how"], "restart");
-    assert_eq!(recs[3]["detail"]["how"], "restart");
-    assert!(recs[5]["detail"]["reason"].as_str().unwrap().contains("rapd could not start with it"), "{}", recs[5]);
+    assert_eq!(recs[3]["detail"]["id"], recs[2]["detail"]["id"]);
+    assert_eq!(recs[4]["detail"]["how"], "restart");
+    assert!(recs[6]["detail"]["reason"].as_str().unwrap().contains("rapd could not start with it"), "{}", recs[6]);
     // rapd's own records of the restarts.
     let all = control::request(&spec.socket(), &Request::AuditTail { n: 10_000 }).unwrap().audit_records.unwrap();
     let restarts = all

@@ -14,8 +14,9 @@
 //! and the data center confirms it; an uplink address on a subnet without the data center
 //! is rolled back within `reconfig.rollback_after_s` (address, route and rules back, the
 //! uplink delivering again), and so is DHCP where no DHCP server answers (rapd's static
-//! address and route taken off, then put back); every outcome is audited; no acknowledged
-//! report is lost.
+//! address and route taken off, then put back); a `kill -9` while the links move leaves
+//! exactly the configuration in force's address and rules after the restart, and its trial
+//! goes on; every outcome is audited; no acknowledged report is lost.
 //! Needs root and `ip netns`; skipped with the reason printed otherwise.
 
 use std::fs::File;
@@ -289,17 +290,19 @@ agent_port = 7300
     let cfg_path = dir.join("rapd.toml");
     std::fs::write(&cfg_path, &config).unwrap();
     let parse = |t: &str| Config::parse(&cfg_path, t).unwrap();
-    let log = dir.join("rapd.log");
-    let out = File::create(&log).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &bx.name, env!("CARGO_BIN_EXE_rapd"), "--config"])
-        .arg(&cfg_path)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("start rapd");
-    let mut rapd = Rapd { child: Some(child), log, socket };
+    let spawn = |log: PathBuf| {
+        let out = File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &bx.name, env!("CARGO_BIN_EXE_rapd"), "--config"])
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start rapd");
+        Rapd { child: Some(child), log, socket: socket.clone() }
+    };
+    let mut rapd = spawn(dir.join("rapd.log"));
     rapd.wait_status("the links up and a first upload", Duration::from_secs(30), |s| {
         link(s, "ia0") == "up" && link(s, "up0") == "up" && s.uplink["last_success_ms"].is_u64()
     });
@@ -417,7 +420,47 @@ agent_port = 7300
         assert_eq!(at_dc, ids, "{serial}: exactly the acknowledged reports, once each");
     }
 
-    // Audited: refused, applied + confirmed, applied + rolled back.
+    // 5. kill -9 in the middle of moving the links: the start sets everything up from the file
+    //    it finds, takes off what the other configuration left, and the trial goes on.
+    let broken = json!({"network.uplink.address": "198.51.100.10/24", "network.uplink.gateway": "198.51.100.1"});
+    let moves = |r: &Rapd| r.log_text().matches(": links moved").count();
+    let before = moves(&rapd);
+    let sock = rapd.socket.clone();
+    let req = std::thread::spawn(move || {
+        control::request_timeout(&sock, &Request::ConfigApply(keys(broken)), Duration::from_secs(30))
+    });
+    let t = Instant::now();
+    while moves(&rapd) == before {
+        assert!(t.elapsed() < Duration::from_secs(30), "no apply under way:\n{}", rapd.log_text());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if let Some(mut c) = rapd.child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = req.join();
+    let killed_at = rapd.log_text().lines().rev().find(|l| l.contains("reconfig: apply")).unwrap_or("").to_owned();
+    let file = std::fs::read_to_string(&cfg_path).unwrap();
+    let in_force = parse(&file);
+    let mut rapd = spawn(dir.join("rapd-2.log"));
+    rapd.wait_status("rapd after the kill", Duration::from_secs(30), |s| link(s, "up0") == "up");
+    let want = match &in_force.network.uplink.as_ref().unwrap().addressing {
+        rapbox::config::Addressing::Static { address, .. } => address.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let addrs = addresses(&bx);
+    let up0: Vec<&str> = addrs.lines().filter(|l| l.starts_with("up0")).collect();
+    assert_eq!(up0.len(), 1, "{addrs}");
+    let on_up0: Vec<&str> = up0[0].split_whitespace().skip(2).collect();
+    assert_eq!(on_up0, [want.as_str()], "exactly the address of the configuration in force ({killed_at})");
+    assert_eq!(live_diff(&bx, &in_force), Vec::<String>::new(), "the rules of the configuration in force");
+    println!("killed after `{killed_at}`: {want} in force after the restart");
+    // The broken one (in force: the file was written before the links moved) is rolled back.
+    wait("the end of the trial", 8 + 30, &|| rapd.show().trial.is_none());
+    assert!(addresses(&bx).contains("192.0.2.10/24") && !addresses(&bx).contains("198.51.100.10"));
+    assert_eq!(live_diff(&bx, &cfg1), Vec::<String>::new());
+
+    // Audited: refused, applied + confirmed, applied + rolled back (twice), resumed + rolled back.
     let recs: Vec<Value> = control::request(&rapd.socket, &Request::AuditTail { n: 10_000 })
         .unwrap()
         .audit_records
@@ -435,6 +478,8 @@ agent_port = 7300
             "config.applied",
             "config.rolled_back",
             "config.applied",
+            "config.rolled_back",
+            "config.trial_resumed",
             "config.rolled_back"
         ]
     );

@@ -227,6 +227,12 @@ impl Live {
         Ok(live)
     }
 
+    /// Takes off the addresses (and default route) that `other` gave the links and `current`
+    /// does not: after a crash in the middle of an apply, what the other configuration left.
+    pub fn release_stale(&self, other: &Config, current: &Config) -> Result<(), LiveError> {
+        release(&ports::plan(other), &ports::plan(current)).map_err(LiveError::from)
+    }
+
     /// Stops every part (the firewall rules and the addresses stay in place).
     pub fn stop(&self) {
         let ports = std::mem::take(&mut *lock(&self.ports));

@@ -21,7 +21,7 @@
 //! starts afresh), and the same way if rapd cannot even start with the new one. Every
 //! outcome is an audit record (`config.applied`, `config.refused`, `config.apply_failed`,
 //! `config.confirmed`, `config.rolled_back`, `config.rollback_failed`,
-//! `config.interrupted`, `config.superseded`) and is answered to whoever asked. See
+//! `config.trial_resumed`, `config.interrupted`, `config.superseded`) and is answered to whoever asked. See
 //! `docs/configuration.md`.
 
 pub mod files;
@@ -404,6 +404,20 @@ impl Reconfigurer {
                 }
             }
         }
+        // A crash in the middle of an apply may have left addresses of the other configuration.
+        let others: Vec<&String> = match recovered {
+            Recovered::Unconfirmed(p) => vec![&p.previous_document],
+            Recovered::Interrupted(p) | Recovered::RolledBack(p) => vec![&p.new_document],
+            Recovered::Superseded(p) => vec![&p.previous_document, &p.new_document],
+            Recovered::Nothing | Recovered::Unreadable(_) => Vec::new(),
+        };
+        for t in others {
+            if let Ok(o) = Config::parse(&cfg.path, t) {
+                if let Err(e) = live.release_stale(&o, &cfg) {
+                    log::error!("reconfig: addresses left by an interrupted apply: {e}");
+                }
+            }
+        }
         let r = Arc::new(Reconfigurer {
             path: cfg.path.clone(),
             files,
@@ -494,6 +508,13 @@ impl Reconfigurer {
                 let m = format!("on trial after a restart, {} s left", p.remaining().as_secs());
                 self.remember_for("trial_resumed", Some(&p.id), "rapd", Some(&p.actor), &m);
                 log::info!("reconfig: configuration {}: {m}", p.id);
+                audit::record(Event::new("config.trial_resumed").target(&target).detail(serde_json::json!({
+                    "id": p.id,
+                    "applied_by": p.actor,
+                    "remaining_s": p.remaining().as_secs(),
+                    "restart": p.restart,
+                    "sha256": p.new_sha256,
+                })));
                 return;
             }
             Recovered::Interrupted(p) => (
