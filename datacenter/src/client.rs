@@ -280,6 +280,125 @@ impl Client {
         self.get(api::REQUESTS_PATH)
     }
 
+    /// `POST /admin/commands`: queues a command for a box; returns it as queued.
+    pub fn queue_command(
+        &self,
+        q: &crate::commands::QueueCommand,
+    ) -> Result<crate::commands::CommandRecord, ClientError> {
+        self.post_json(crate::channel::ADMIN_COMMANDS_PATH, q)
+    }
+
+    /// `GET /admin/commands?id=`: one command with its results.
+    pub fn command(&self, id: &str) -> Result<crate::commands::CommandRecord, ClientError> {
+        let url = self.url(crate::channel::ADMIN_COMMANDS_PATH);
+        let list: crate::commands::CommandList = Client::finish(&url, self.agent.get(&url).query("id", id).call())?;
+        list.commands.into_iter().next().ok_or_else(|| ClientError::Status {
+            url,
+            status: 404,
+            error: format!("no command {id}"),
+        })
+    }
+
+    /// `GET /admin/commands[?box=]`: every command (of one box), oldest first.
+    pub fn commands(&self, box_id: Option<&str>) -> Result<crate::commands::CommandList, ClientError> {
+        let url = self.url(crate::channel::ADMIN_COMMANDS_PATH);
+        let mut req = self.agent.get(&url);
+        if let Some(b) = box_id {
+            req = req.query("box", b);
+        }
+        Client::finish(&url, req.call())
+    }
+
+    /// Polls a command until `pred` holds or `timeout` passes (then the last record is returned
+    /// in the error).
+    pub fn wait_command(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&crate::commands::CommandRecord) -> bool,
+    ) -> Result<crate::commands::CommandRecord, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.command(id)?;
+            if pred(&c) {
+                return Ok(c);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Status {
+                    url: self.url(crate::channel::ADMIN_COMMANDS_PATH),
+                    status: 408,
+                    error: format!(
+                        "timed out after {timeout:?} waiting on command {id}: {}",
+                        serde_json::to_string(&c).unwrap_or_default()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `POST /admin/commands/redeliver?id=`: hands the command to the box again.
+    pub fn redeliver_command(&self, id: &str) -> Result<crate::commands::CommandRecord, ClientError> {
+        let url = self.url(crate::channel::ADMIN_REDELIVER_PATH);
+        Client::finish(&url, self.agent.post(&url).query("id", id).call())
+    }
+
+    /// `POST /admin/commands/fault`: the next `spec.count` exchanges answer `spec.status`.
+    pub fn exchange_fault(&self, spec: FaultSpec) -> Result<(), ClientError> {
+        self.post_json::<_, api::Done>(crate::channel::ADMIN_EXCHANGE_FAULT_PATH, &spec).map(drop)
+    }
+
+    /// `POST /admin/downloads`: stores download content (`as_name`: under that name instead
+    /// of its SHA-256, a testing aid for tampered content).
+    pub fn put_download(
+        &self,
+        content: &[u8],
+        as_name: Option<&str>,
+    ) -> Result<crate::transfers::DownloadInfo, ClientError> {
+        let url = self.url(crate::channel::ADMIN_DOWNLOADS_PATH);
+        let mut req = self.agent.post(&url);
+        if let Some(n) = as_name {
+            req = req.query("as", n);
+        }
+        Client::finish(&url, req.send_bytes(content))
+    }
+
+    /// `GET /admin/downloads`: stored content and every range served.
+    pub fn downloads(&self) -> Result<crate::transfers::DownloadList, ClientError> {
+        self.get(crate::channel::ADMIN_DOWNLOADS_PATH)
+    }
+
+    /// `POST /admin/transfers/rate`: throttles download answers and upload chunks (0: unlimited).
+    pub fn set_transfer_rate(&self, bytes_per_s: u64) -> Result<(), ClientError> {
+        self.post_json::<_, api::Done>(crate::channel::ADMIN_RATE_PATH, &crate::channel::Rate { bytes_per_s }).map(drop)
+    }
+
+    /// `GET /admin/uploads[?box=]`.
+    pub fn uploads(&self, box_id: Option<&str>) -> Result<crate::transfers::UploadList, ClientError> {
+        let url = self.url(crate::channel::ADMIN_UPLOADS_PATH);
+        let mut req = self.agent.get(&url);
+        if let Some(b) = box_id {
+            req = req.query("box", b);
+        }
+        Client::finish(&url, req.call())
+    }
+
+    /// `GET /admin/uploads/content`: the bytes of a complete upload.
+    pub fn upload_content(&self, box_id: &str, id: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(crate::channel::ADMIN_UPLOAD_CONTENT_PATH);
+        match self.agent.get(&url).query("box", box_id).query("id", id).call() {
+            Ok(r) => {
+                let mut out = Vec::new();
+                r.into_reader()
+                    .take(crate::transfers::MAX_CONTENT_BYTES as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|source| ClientError::Decode { url, source })?;
+                Ok(out)
+            }
+            Err(e) => Client::finish::<serde_json::Value>(&url, Err(e)).map(|_| Vec::new()),
+        }
+    }
+
     /// POSTs a batch body as if the front door had verified `subject` (e.g.
     /// `CN=box-0001,O=rapbox`).
     pub fn post_batch(&self, subject: &str, body: &[u8]) -> Result<BatchAck, ClientError> {

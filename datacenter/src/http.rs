@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rapwire::batch::{self, BatchAck};
+use rapwire::command::BatchAnswer;
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
@@ -40,6 +41,8 @@ use crate::api::{
     self, AlertQuery, AlertState, Done, ErrorBody, FaultSpec, Health, LinesAck, ReportQuery, RequestCounts,
     ADMIN_PREFIX, CLIENT_SUBJECT_HEADER, CLIENT_VERIFY_HEADER, STAFF_USER_HEADER,
 };
+use crate::channel::Channel;
+use crate::commands::CommandStore;
 use crate::identity;
 use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
@@ -106,6 +109,12 @@ pub enum ServerError {
     /// The trigger engine could not reconcile its stored state with the rules.
     #[error("trigger engine: {0}")]
     Triggers(#[source] StoreError),
+    /// The command queue could not be opened.
+    #[error(transparent)]
+    Commands(#[from] crate::commands::CommandError),
+    /// The file store could not be opened.
+    #[error(transparent)]
+    Files(#[from] crate::transfers::FileError),
 }
 
 /// A running backend. Dropping it stops it.
@@ -129,7 +138,14 @@ impl Server {
         let http = Arc::new(http);
         let engine = Engine::new(config.rules, store.clock());
         engine.prepare(&store).map_err(ServerError::Triggers)?;
+        let commands = if store.path() == std::path::Path::new(":memory:") {
+            CommandStore::open_in_memory()?
+        } else {
+            CommandStore::open(store.path())?
+        };
+        let files = crate::transfers::FileStore::open(store.path())?;
         let state = Arc::new(State {
+            channel: Channel::new(commands, files),
             store,
             max_body: config.max_body_bytes,
             fault: Mutex::new(None),
@@ -185,6 +201,11 @@ impl Server {
         &self.state.engine
     }
 
+    /// The command channel (command queue) behind the server.
+    pub fn channel(&self) -> &Channel {
+        &self.state.channel
+    }
+
     /// Blocks until every worker has ended (they end only through [`Server::shutdown`] or
     /// a panic).
     pub fn wait(mut self) {
@@ -232,6 +253,7 @@ impl Drop for Server {
 #[derive(Debug)]
 struct State {
     store: Store,
+    channel: Channel,
     max_body: usize,
     fault: Mutex<Option<FaultSpec>>,
     requests: Mutex<BTreeMap<String, u64>>,
@@ -307,20 +329,37 @@ fn worker(http: &tiny_http::Server, state: &State) {
 }
 
 /// An answer to send.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-    retry_after_s: Option<u64>,
-    allow: Option<&'static str>,
-    content_type: &'static str,
-    headers: Vec<(&'static str, &'static str)>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+    pub(crate) retry_after_s: Option<u64>,
+    pub(crate) allow: Option<&'static str>,
+    pub(crate) content_type: &'static str,
+    pub(crate) headers: Vec<(&'static str, &'static str)>,
+    /// A body streamed from a reader instead of `body` (file content).
+    pub(crate) stream: Option<Stream>,
+}
+
+/// A streamed answer body, with its own headers.
+pub(crate) struct Stream {
+    pub(crate) reader: Box<dyn Read + Send>,
+    pub(crate) len: u64,
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
-    fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+    pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         // Serializing our own plain structs cannot fail.
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-        Reply { status, body, retry_after_s: None, allow: None, content_type: "application/json", headers: Vec::new() }
+        Reply {
+            status,
+            body,
+            retry_after_s: None,
+            allow: None,
+            content_type: "application/json",
+            headers: Vec::new(),
+            stream: None,
+        }
     }
 
     /// A page of the dashboard: no scripts, no framing, not cached.
@@ -337,11 +376,18 @@ impl Reply {
                 ("Cache-Control", "no-store"),
                 ("Referrer-Policy", "no-referrer"),
             ],
+            stream: None,
         }
     }
 
-    fn error(status: u16, message: impl Into<String>) -> Reply {
+    pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
         Reply::json(status, &ErrorBody { error: message.into() })
+    }
+
+    pub(crate) fn method_not_allowed(path: &str, allow: &'static str) -> Reply {
+        let mut r = Reply::error(405, format!("{path} accepts {allow} only"));
+        r.allow = Some(allow);
+        r
     }
 }
 
@@ -362,6 +408,17 @@ fn handle(mut req: Request, state: &State) {
     count_request(state, path);
     let reply = route(&mut req, state, path, query);
     log::debug!("{} {} -> {}", req.method(), url, reply.status);
+    if let Some(s) = reply.stream {
+        let headers = s.headers.iter().filter_map(|(k, v)| header(k, v)).collect();
+        // A known length always goes out as Content-Length (tiny_http would switch to chunked
+        // encoding above 32 KiB): the box checks a file's size before reading it.
+        let resp = Response::new(reply.status.into(), headers, s.reader, Some(s.len as usize), None)
+            .with_chunked_threshold(usize::MAX);
+        if let Err(e) = req.respond(resp) {
+            log::debug!("{path}: streaming the answer failed: {e}");
+        }
+        return;
+    }
     let mut resp = Response::from_data(reply.body).with_status_code(reply.status);
     if let Some(h) = header("Content-Type", reply.content_type) {
         resp.add_header(h);
@@ -394,6 +451,9 @@ fn count_request(state: &State, path: &str) {
 }
 
 fn route(req: &mut Request, state: &State, path: &str, query: &str) -> Reply {
+    if let Some(r) = state.channel.route(req, path, query) {
+        return r;
+    }
     let allow = match path {
         api::BATCHES_PATH | api::LINES_PATH | api::FAULT_PATH | api::RESET_PATH | api::EVALUATE_PATH => "POST",
         api::REPORTS_PATH
@@ -466,7 +526,7 @@ fn single_header<'a>(req: &'a Request, name: &'static str) -> Result<Option<&'a 
 }
 
 /// Why a request body was not read.
-enum BodyError {
+pub(crate) enum BodyError {
     /// Larger than the limit (declared or actual).
     TooLarge,
     /// The connection failed while reading.
@@ -475,7 +535,7 @@ enum BodyError {
 
 /// Reads the body, refusing more than `limit` bytes (before reading, when the length is
 /// declared).
-fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+pub(crate) fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, BodyError> {
     if req.body_length().is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
     }
@@ -561,14 +621,15 @@ fn post_batch(req: &mut Request, state: &State) -> Reply {
                 if done.repeated { " (repeated)" } else { "" },
                 batch.dropped_total
             );
-            Reply::json(200, &done.ack)
+            let commands = state.channel.commands_for(&who.box_id);
+            Reply::json(200, &BatchAnswer { ack: done.ack, commands })
         }
         Err(e) => e.into(),
     }
 }
 
 /// The box identity the front door vouches for, or the 403 to answer.
-fn box_identity(req: &Request) -> Result<identity::Identity, Reply> {
+pub(crate) fn box_identity(req: &Request) -> Result<identity::Identity, Reply> {
     let verify = single_header(req, CLIENT_VERIFY_HEADER).map_err(|e| Reply::error(403, e))?;
     let subject = single_header(req, CLIENT_SUBJECT_HEADER).map_err(|e| Reply::error(403, e))?;
     identity::from_headers(verify, subject).map_err(|e| Reply::error(403, e.to_string()))

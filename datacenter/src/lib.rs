@@ -23,20 +23,29 @@
 //! * [`fields`]: values inside report payloads;
 //! * [`rules`]: the trigger rule files, loaded and validated;
 //! * [`triggers`]: the engine that evaluates rules on stored reports and raises alerts;
-//! * [`dashboard`]: the staff dashboard page.
+//! * [`dashboard`]: the staff dashboard page;
+//! * [`commands`]: the command queue (tables of its own) and [`channel`], its HTTP side:
+//!   commands leave in batch acknowledgements and exchange answers, results come back in
+//!   exchanges (`docs/commands.md`);
+//! * [`transfers`]: download content served with `Range` and uploads received in chunks
+//!   (`docs/transfers.md`).
 //!
 //! The batch format and its acknowledgement are `rapwire::batch`, shared with the box.
 
 pub mod api;
+pub mod channel;
 pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod dashboard;
 pub mod fields;
 pub mod frontdoor;
 pub mod http;
 pub mod identity;
 pub mod rules;
+pub mod signing;
 pub mod store;
+pub mod transfers;
 pub mod triggers;
 
 pub use client::Client;

@@ -6,6 +6,8 @@
 //! rapdc nginx-conf --listen 0.0.0.0:443 --server-cert C --server-key K --client-ca CA \
 //!                  --backend-port 8080 --prefix /var/lib/rapdc/nginx \
 //!                  [--staff-listen 0.0.0.0:8443 --staff-passwords /etc/rapdc/staff.htpasswd]
+//! rapdc sign-manifest --file reagent.dat --key vendor.key --category reagent --target DXI-0001 \
+//!                  --out reagent.dat.download.json
 //! ```
 //!
 //! Exit codes: 0 success, 1 runtime error (printed on stderr), 2 bad command line.
@@ -98,6 +100,31 @@ enum Cmd {
         #[arg(long, requires = "staff_listen")]
         staff_passwords: Option<PathBuf>,
     },
+    /// Writes a download manifest for FILE, signed with the vendor key: the `download`
+    /// command's arguments ({"manifest": ..., "signature": ...}) as JSON, plus the manifest's
+    /// exact bytes and the raw signature beside it (`.manifest.json`, `.manifest.sig`).
+    SignManifest {
+        /// The file to describe.
+        #[arg(long)]
+        file: PathBuf,
+        /// The vendor's private signing key (PEM; ECDSA P-256 or RSA-3072).
+        #[arg(long)]
+        key: PathBuf,
+        /// software, database, help, reagent, settings or document.
+        #[arg(long)]
+        category: String,
+        /// A target instrument serial; repeatable.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// The file's name on the instrument [default: FILE's name].
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Where the command arguments go (the manifest and signature files beside it).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() {
@@ -175,6 +202,37 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let path = fd.write_config()?;
             println!("wrote {}", path.display());
             println!("run: nginx -c {} -p {} -g 'daemon off;'", path.display(), fd.prefix_dir.display());
+            Ok(())
+        }
+        Cmd::SignManifest { file, key, category, targets, name, description, out } => {
+            let content = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let category = rapwire::transfer::Category::parse(&category).with_context(|| {
+                format!("category {category:?} is not one of software, database, help, reagent, settings, document")
+            })?;
+            let name = match name {
+                Some(n) => n,
+                None => file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            let key = rapdc::signing::load_key(&key)?;
+            let m = rapdc::signing::manifest_for(&content, &name, category, &targets, &description);
+            let args = rapdc::signing::download_args(&key, &m)?;
+            let sig = rapwire::transfer::base64::decode(&args.signature).map_err(anyhow::Error::msg)?;
+            let with = |ext: &str| {
+                let mut p = out.as_os_str().to_owned();
+                p.push(ext);
+                PathBuf::from(p)
+            };
+            std::fs::write(with(".manifest.json"), args.manifest.as_bytes())?;
+            std::fs::write(with(".manifest.sig"), &sig)?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&args)?)?;
+            println!(
+                "{} ({} bytes, SHA-256 {}) for {}: {}",
+                m.name,
+                m.size,
+                m.sha256,
+                targets.join(", "),
+                out.display()
+            );
             Ok(())
         }
     }

@@ -44,6 +44,43 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Run-time reconfiguration (see `docs/configuration.md`).
     pub reconfig: ReconfigConfig,
+    /// The command channel's dispatcher.
+    pub commands: CommandsConfig,
+    /// Downloads and uploads on the data partition.
+    pub transfers: TransfersConfig,
+}
+
+/// Downloads (data center → instrument) and uploads (instrument → data center) kept on
+/// the data partition (`docs/transfers.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransfersConfig {
+    /// Where files in transit live (default `transfers/` beside the queue).
+    pub dir: PathBuf,
+    /// Bytes all files in transit may take together.
+    pub quota_bytes: u64,
+    /// Bytes left free on the data partition whatever the quota says (for the queue).
+    pub reserve_bytes: u64,
+    /// Largest single upload an instrument may offer.
+    pub max_upload_bytes: u64,
+    /// Public keys (PEM) whose signature makes a download manifest trusted: ECDSA P-256 or
+    /// RSA-3072. Without one, every download is refused.
+    pub vendor_keys: Vec<PathBuf>,
+    /// Bytes per upload request to the data center.
+    pub upload_chunk_bytes: usize,
+    /// First wait after a failed fetch or upload request; doubles up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+/// The dispatcher of data-center commands (`docs/commands.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandsConfig {
+    /// The dispatcher's database (default `commands.db` beside the queue).
+    pub path: PathBuf,
+    /// When the uplink is idle, it asks the data center for commands this often.
+    pub poll_interval: Duration,
+    /// Commands whose handler runs at the same time; more wait their turn.
+    pub max_running: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,6 +364,10 @@ struct Raw {
     audit: RawAudit,
     #[serde(default)]
     reconfig: RawReconfig,
+    #[serde(default)]
+    commands: RawCommands,
+    #[serde(default)]
+    transfers: RawTransfers,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +381,79 @@ impl Default for RawReconfig {
     fn default() -> Self {
         RawReconfig { rollback_after_s: d_rollback_after_s() }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransfers {
+    dir: Option<PathBuf>,
+    #[serde(default = "d_transfer_quota")]
+    quota_bytes: u64,
+    #[serde(default = "d_transfer_reserve")]
+    reserve_bytes: u64,
+    max_upload_bytes: Option<u64>,
+    #[serde(default)]
+    vendor_keys: Vec<PathBuf>,
+    #[serde(default = "d_chunk")]
+    upload_chunk_bytes: usize,
+    #[serde(default = "d_retry_initial")]
+    retry_initial_ms: u64,
+    #[serde(default = "d_retry_max")]
+    retry_max_ms: u64,
+}
+
+impl Default for RawTransfers {
+    fn default() -> Self {
+        RawTransfers {
+            dir: None,
+            quota_bytes: d_transfer_quota(),
+            reserve_bytes: d_transfer_reserve(),
+            max_upload_bytes: None,
+            vendor_keys: Vec::new(),
+            upload_chunk_bytes: d_chunk(),
+            retry_initial_ms: d_retry_initial(),
+            retry_max_ms: d_retry_max(),
+        }
+    }
+}
+
+fn d_transfer_quota() -> u64 {
+    96 * 1024 * 1024
+}
+fn d_transfer_reserve() -> u64 {
+    16 * 1024 * 1024
+}
+fn d_chunk() -> usize {
+    1024 * 1024
+}
+fn d_retry_initial() -> u64 {
+    1000
+}
+fn d_retry_max() -> u64 {
+    60_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommands {
+    path: Option<PathBuf>,
+    #[serde(default = "d_poll_s")]
+    poll_interval_s: u64,
+    #[serde(default = "d_max_running")]
+    max_running: usize,
+}
+
+impl Default for RawCommands {
+    fn default() -> Self {
+        RawCommands { path: None, poll_interval_s: d_poll_s(), max_running: d_max_running() }
+    }
+}
+
+fn d_poll_s() -> u64 {
+    30
+}
+fn d_max_running() -> usize {
+    4
 }
 
 #[derive(Deserialize, Default)]
@@ -600,6 +714,67 @@ impl Config {
             None => raw.queue.path.with_file_name("audit.log"),
         };
 
+        // commands
+        let commands_path = match &raw.commands.path {
+            Some(p) => {
+                require_absolute(p, "commands.path", &bad)?;
+                if *p == raw.queue.path || *p == audit_path {
+                    return Err(bad("commands.path", "must not be the queue database or the audit log".into()));
+                }
+                p.clone()
+            }
+            None => raw.queue.path.with_file_name("commands.db"),
+        };
+        if !(1..=3600).contains(&raw.commands.poll_interval_s) {
+            return Err(bad(
+                "commands.poll_interval_s",
+                format!("{} is outside 1..=3600", raw.commands.poll_interval_s),
+            ));
+        }
+        if !(1..=64).contains(&raw.commands.max_running) {
+            return Err(bad("commands.max_running", format!("{} is outside 1..=64", raw.commands.max_running)));
+        }
+
+        // transfers
+        let t = &raw.transfers;
+        let transfers_dir = match &t.dir {
+            Some(d) => {
+                require_absolute(d, "transfers.dir", &bad)?;
+                d.clone()
+            }
+            None => raw.queue.path.with_file_name("transfers"),
+        };
+        if t.quota_bytes < 1024 * 1024 {
+            return Err(bad("transfers.quota_bytes", format!("{} is below the minimum of 1 MiB", t.quota_bytes)));
+        }
+        let max_upload = t.max_upload_bytes.unwrap_or(t.quota_bytes);
+        if max_upload == 0 || max_upload > t.quota_bytes {
+            return Err(bad(
+                "transfers.max_upload_bytes",
+                format!("{max_upload} must be between 1 and transfers.quota_bytes ({})", t.quota_bytes),
+            ));
+        }
+        for (n, k) in t.vendor_keys.iter().enumerate() {
+            require_absolute(k, &format!("transfers.vendor_keys[{n}]"), &bad)?;
+        }
+        for (key, v, min, max) in [
+            (
+                "transfers.upload_chunk_bytes",
+                t.upload_chunk_bytes as u64,
+                4096,
+                rapwire::transfer::MAX_CHUNK_BYTES as u64,
+            ),
+            ("transfers.retry_initial_ms", t.retry_initial_ms, 10, 3_600_000),
+            ("transfers.retry_max_ms", t.retry_max_ms, 10, 86_400_000),
+        ] {
+            if v < min || v > max {
+                return Err(bad(key, format!("{v} is outside {min}..={max}")));
+            }
+        }
+        if t.retry_max_ms < t.retry_initial_ms {
+            return Err(bad("transfers.retry_max_ms", "must not be below transfers.retry_initial_ms".into()));
+        }
+
         // uplink
         let u = &raw.uplink;
         let url = url::Url::parse(&u.url).map_err(|e| bad("uplink.url", format!("`{}` is not a URL: {e}", u.url)))?;
@@ -847,6 +1022,21 @@ impl Config {
             firewall,
             audit: AuditConfig { path: audit_path },
             reconfig: ReconfigConfig { rollback_after: Duration::from_secs(rollback_after_s) },
+            commands: CommandsConfig {
+                path: commands_path,
+                poll_interval: Duration::from_secs(raw.commands.poll_interval_s),
+                max_running: raw.commands.max_running,
+            },
+            transfers: TransfersConfig {
+                dir: transfers_dir,
+                quota_bytes: t.quota_bytes,
+                reserve_bytes: t.reserve_bytes,
+                max_upload_bytes: max_upload,
+                vendor_keys: t.vendor_keys.clone(),
+                upload_chunk_bytes: t.upload_chunk_bytes,
+                retry_initial: Duration::from_millis(t.retry_initial_ms),
+                retry_max: Duration::from_millis(t.retry_max_ms),
+            },
         })
     }
 }
@@ -1189,6 +1379,46 @@ listen = "10.10.2.1:7300"
         assert_eq!(e, "/etc/rapbox/rapd.toml: key `audit.path`: must not be the queue database");
         let e = err(&format!("{GOOD}\n[audit]\nship = false\n"));
         assert!(e.contains("unknown field `ship`"), "{e}");
+    }
+
+    #[test]
+    fn commands_section() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.commands.path, Path::new("/data/rapd/commands.db"));
+        assert_eq!(c.commands.poll_interval, Duration::from_secs(30));
+        let c = parse(&format!("{GOOD}\n[commands]\npath = \"/data/x/c.db\"\npoll_interval_s = 2\nmax_running = 1\n"))
+            .unwrap();
+        assert_eq!(
+            (c.commands.path.as_path(), c.commands.poll_interval, c.commands.max_running),
+            (Path::new("/data/x/c.db"), Duration::from_secs(2), 1)
+        );
+        let e = err(&format!("{GOOD}\n[commands]\npoll_interval_s = 0\n"));
+        assert_eq!(e, "/etc/rapbox/rapd.toml: key `commands.poll_interval_s`: 0 is outside 1..=3600");
+        let e = err(&format!("{GOOD}\n[commands]\npath = \"/data/rapd/queue.db\"\n"));
+        assert!(e.contains("key `commands.path`: must not be the queue database"), "{e}");
+    }
+
+    #[test]
+    fn transfers_section() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.transfers.dir, Path::new("/data/rapd/transfers"));
+        assert_eq!((c.transfers.quota_bytes, c.transfers.max_upload_bytes), (96 << 20, 96 << 20));
+        assert!(c.transfers.vendor_keys.is_empty());
+        let c = parse(&format!(
+            "{GOOD}\n[transfers]\nquota_bytes = 200000000\nmax_upload_bytes = 60000000\nvendor_keys = [\"/data/provision/vendor.pem\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.transfers.vendor_keys, vec![PathBuf::from("/data/provision/vendor.pem")]);
+        assert_eq!(c.transfers.max_upload_bytes, 60_000_000);
+        let e = err(&format!("{GOOD}\n[transfers]\nvendor_keys = [\"vendor.pem\"]\n"));
+        assert_eq!(e, "/etc/rapbox/rapd.toml: key `transfers.vendor_keys[0]`: `vendor.pem` must be an absolute path");
+        let e = err(&format!("{GOOD}\n[transfers]\nquota_bytes = 2000000\nmax_upload_bytes = 3000000\n"));
+        assert!(
+            e.contains("key `transfers.max_upload_bytes`: 3000000 must be between 1 and transfers.quota_bytes"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}\n[transfers]\nupload_chunk_bytes = 100\n"));
+        assert!(e.contains("key `transfers.upload_chunk_bytes`: 100 is outside"), "{e}");
     }
 
     #[test]

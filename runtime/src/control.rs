@@ -57,6 +57,12 @@ pub struct Status {
     /// The audit log: path, last seq, shipped seq, last error (see `audit::AuditStatus`).
     #[serde(default)]
     pub audit: serde_json::Value,
+    /// The command dispatcher (see `commands::CommandsStatus`).
+    #[serde(default)]
+    pub commands: serde_json::Value,
+    /// Downloads, uploads and agent sessions (see `transfers::TransfersStatus`).
+    #[serde(default)]
+    pub transfers: serde_json::Value,
 }
 
 /// A response line.
@@ -115,6 +121,14 @@ pub trait Source: Send + Sync {
     }
     /// The audit log's status (see `audit::AuditStatus`).
     fn audit(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// The command dispatcher's status (see `commands::CommandsStatus`).
+    fn commands(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Downloads, uploads and agent sessions (see `transfers::TransfersStatus`).
+    fn transfers(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
     /// Verifies the audit log.
@@ -241,7 +255,8 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
     (&s).write_all(&out)
 }
 
-fn status(src: &dyn Source) -> Status {
+/// The whole status, as `rapctl status` shows it.
+pub fn status(src: &dyn Source) -> Status {
     let v = |x: serde_json::Result<serde_json::Value>| x.unwrap_or(serde_json::Value::Null);
     Status {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -253,6 +268,8 @@ fn status(src: &dyn Source) -> Status {
         firewall: src.firewall(),
         links: src.links(),
         audit: src.audit(),
+        commands: src.commands(),
+        transfers: src.transfers(),
     }
 }
 

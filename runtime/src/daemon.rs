@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::agents::{Agents, RequestHandler};
 use crate::audit::{self, AuditLog, Event, Outcome, Verification};
+use crate::commands::{self, CommandLink, Dispatcher};
 use crate::config::Config;
 use crate::control::{self, Source};
 use crate::fips::{self, FipsState};
@@ -32,6 +34,7 @@ use crate::ports::PortsError;
 use crate::queue::{Queue, QueueStats};
 use crate::reconfig::live::{Live, LiveError};
 use crate::reconfig::{self, files::ConfigFiles, ApplyArgs, ApplyReport, Reconfigurer, ShowReport};
+use crate::transfers::{self, Transfers};
 use crate::uplink::{self, SharedStatus, UplinkStatus};
 use crate::{exit, logging};
 
@@ -43,6 +46,8 @@ struct Daemon {
     live: Arc<Live>,
     reconfig: Arc<Reconfigurer>,
     audit: AuditLog,
+    commands: Dispatcher,
+    transfers: Transfers,
     started: Instant,
 }
 
@@ -73,6 +78,12 @@ impl Source for Daemon {
     }
     fn audit_verify(&self) -> Result<Verification, String> {
         self.audit.verify().map_err(|e| e.to_string())
+    }
+    fn commands(&self) -> serde_json::Value {
+        serde_json::to_value(self.commands.status()).unwrap_or(serde_json::Value::Null)
+    }
+    fn transfers(&self) -> serde_json::Value {
+        serde_json::to_value(self.transfers.status()).unwrap_or(serde_json::Value::Null)
     }
     fn audit_tail(&self, n: usize) -> Result<Vec<serde_json::Value>, String> {
         self.audit.tail(n).map_err(|e| e.to_string())
@@ -251,6 +262,32 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
 
+    let serials: Vec<String> = cfg.instruments.iter().map(|i| i.serial.clone()).collect();
+    let dispatcher = match Dispatcher::open(&cfg.commands.path, &serials, cfg.commands.max_running) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::QUEUE;
+        }
+    };
+
+    let agents = Agents::new();
+    let transfers = match Transfers::open(
+        &cfg.transfers,
+        &serials,
+        uplink::transfer::TransferLink::new(&cfg.uplink),
+        agents.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("rapd: {e}");
+            return exit::QUEUE;
+        }
+    };
+    agents.register(Arc::new(transfers.clone()) as Arc<dyn RequestHandler>);
+
     let control_listener = match control::bind(&cfg.control.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -261,14 +298,19 @@ fn start_and_serve(config_path: &Path) -> i32 {
     };
 
     let uplink_status: SharedStatus = Arc::new(Mutex::new(UplinkStatus::default()));
-    let live = match Live::start(&cfg, network, queue.clone(), Arc::new(audit_log.clone()), uplink_status.clone()) {
-        Ok(l) => Arc::new(l),
-        Err(e) => {
-            log::error!("{e}");
-            eprintln!("rapd: {e}");
-            return if matches!(e, LiveError::Listen(_)) { exit::LISTEN } else { exit::FAILURE };
-        }
+    let extras = reconfig::live::Extras {
+        agents: Some(agents.clone()),
+        commands: Some((Arc::new(dispatcher.clone()) as Arc<dyn CommandLink>, cfg.commands.poll_interval)),
     };
+    let live =
+        match Live::start(&cfg, network, queue.clone(), Arc::new(audit_log.clone()), uplink_status.clone(), extras) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                log::error!("{e}");
+                eprintln!("rapd: {e}");
+                return if matches!(e, LiveError::Listen(_)) { exit::LISTEN } else { exit::FAILURE };
+            }
+        };
     let reconfigurer = Reconfigurer::new(cfg.clone(), cfg_text, live.clone(), &recovered);
     reconfigurer.record_recovery(&recovered);
     let daemon = Arc::new(Daemon {
@@ -278,9 +320,40 @@ fn start_and_serve(config_path: &Path) -> i32 {
         live: live.clone(),
         reconfig: reconfigurer.clone(),
         audit: audit_log.clone(),
+        commands: dispatcher.clone(),
+        transfers: transfers.clone(),
         started: Instant::now(),
     });
+    dispatcher.register(
+        rapwire::transfer::DOWNLOAD_KIND,
+        Arc::new(transfers::download::DownloadKind::new(transfers.clone())),
+    );
+    let transfer_threads = match transfers.start(stop.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rapd: cannot start the transfer engine: {e}");
+            return exit::FAILURE;
+        }
+    };
+    dispatcher.register(
+        commands::status::KIND,
+        Arc::new(commands::status::StatusKind::new(&(daemon.clone() as Arc<dyn Source>))),
+    );
+    dispatcher.register(reconfig::command::KIND, Arc::new(reconfig::command::ConfigureKind::new(&reconfigurer)));
+    let dispatch_thread = match dispatcher.start(stop.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rapd: cannot start the command dispatcher: {e}");
+            return exit::FAILURE;
+        }
+    };
 
+    // The uplink starts once the dispatcher takes the commands it brings.
+    if let Err(e) = live.start_uplink(&cfg.uplink) {
+        eprintln!("rapd: {e}");
+        live.stop();
+        return exit::FAILURE;
+    }
     let ctl = {
         let (src, stop) = (daemon.clone() as Arc<dyn Source>, stop.clone());
         std::thread::Builder::new()
@@ -329,6 +402,8 @@ fn start_and_serve(config_path: &Path) -> i32 {
     let _ = watch.join();
     live.stop();
     let _ = ctl.join();
+    dispatch_thread.join();
+    transfer_threads.join();
     if let Some(w) = wd {
         let _ = w.join();
     }

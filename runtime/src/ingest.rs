@@ -7,8 +7,12 @@
 //! coalescing replies into one write. A connection over the per-port limit is told so
 //! and closed. Nothing a connection does can block another: each has its own threads,
 //! and the only shared resource, the queue's channel, is drained by group commits.
+//!
+//! Version-2 frames (requests: files, and what later versions add) go to the connection's
+//! [`agents::Connection`]; both it and the writer thread write whole frames under the
+//! connection's writer lock.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rapwire::agent::{self, ErrorCode, Frame, ReadError, Reply};
 use serde::Serialize;
 
+use crate::agents::{self, Agents};
 use crate::config::{IngestConfig, InstrumentConfig};
 use crate::queue::{Incoming, Queue};
 
@@ -101,6 +106,18 @@ pub fn start(
     queue: Queue,
     stop: Arc<AtomicBool>,
 ) -> Result<Port, ListenError> {
+    start_with_agents(inst, cfg, queue, stop, None)
+}
+
+/// [`start`], serving version-2 requests through `agents` (without it they are refused
+/// with `not_negotiated`).
+pub fn start_with_agents(
+    inst: InstrumentConfig,
+    cfg: IngestConfig,
+    queue: Queue,
+    stop: Arc<AtomicBool>,
+    agents: Option<Arc<Agents>>,
+) -> Result<Port, ListenError> {
     let listener = TcpListener::bind(inst.listen).map_err(|source| ListenError {
         serial: inst.serial.clone(),
         addr: inst.listen,
@@ -114,7 +131,8 @@ pub fn start(
         source,
     })?;
     let stats = Arc::new(PortStats::default());
-    let ctx = Arc::new(PortCtx { serial: Arc::from(inst.serial.as_str()), cfg, queue, stats: stats.clone(), stop });
+    let ctx =
+        Arc::new(PortCtx { serial: Arc::from(inst.serial.as_str()), cfg, queue, stats: stats.clone(), stop, agents });
     let handle = std::thread::Builder::new()
         .name(format!("port-{}", inst.serial))
         .spawn(move || accept_loop(listener, ctx))
@@ -128,6 +146,7 @@ struct PortCtx {
     queue: Queue,
     stats: Arc<PortStats>,
     stop: Arc<AtomicBool>,
+    agents: Option<Arc<Agents>>,
 }
 
 fn accept_loop(listener: TcpListener, ctx: Arc<PortCtx>) {
@@ -232,10 +251,13 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
     };
     let (tx, rx) = mpsc::channel::<Reply>();
     let serial = ctx.serial.clone();
+    let out: agents::Writer = Arc::new(Mutex::new(wstream));
+    let mut requests = ctx.agents.as_ref().map(|a| a.connection(ctx.serial.clone(), out.clone()));
+    let wout = out.clone();
     let writer = std::thread::Builder::new()
         .name(format!("ack-{serial}"))
         .stack_size(THREAD_STACK)
-        .spawn(move || write_loop(wstream, rx, &serial));
+        .spawn(move || write_loop(wout, rx, &serial));
     let writer = match writer {
         Ok(h) => h,
         Err(e) => {
@@ -302,6 +324,31 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         let msg_id = agent::peek_msg_id(&body);
         let report = match agent::decode(&body) {
             Ok(Frame::Report(r)) => r,
+            Ok(Frame::Request(m)) => {
+                match requests.as_mut() {
+                    Some(c) => c.on_frame(m),
+                    None => {
+                        let reason = "this box does not serve version-2 requests".to_string();
+                        note_error(ctx, &reason);
+                        let r = rapwire::requests::Message::Refused {
+                            req: m.req(),
+                            code: ErrorCode::NotNegotiated,
+                            reason,
+                        };
+                        let _ = agents::write_frame(&out, &r.to_frame());
+                    }
+                }
+                continue;
+            }
+            Err(e) if body.first() == Some(&rapwire::requests::VERSION) => {
+                // A version-2 body is answered in version 2, by request id.
+                let reason = e.to_string();
+                note_error(ctx, &reason);
+                let req = rapwire::requests::peek_req(&body);
+                let r = rapwire::requests::Message::Refused { req, code: e.code(), reason };
+                let _ = agents::write_frame(&out, &r.to_frame());
+                continue;
+            }
             Ok(Frame::Reply(_)) => {
                 let reason = "an agent may only send REPORT frames".to_string();
                 note_error(ctx, &reason);
@@ -345,6 +392,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         }
     };
     log::info!("instrument {}: connection from {peer} ended: {reason}", ctx.serial);
+    drop(requests);
     drop(tx);
     // The writer ends when every reply (including those still in the queue) is sent.
     let _ = writer.join();
@@ -357,7 +405,7 @@ fn note_error(ctx: &PortCtx, reason: &str) {
     *ctx.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
 }
 
-fn write_loop(mut stream: TcpStream, rx: Receiver<Reply>, serial: &str) {
+fn write_loop(stream: agents::Writer, rx: Receiver<Reply>, serial: &str) {
     let mut out = Vec::with_capacity(16 * 1024);
     while let Ok(first) = rx.recv() {
         out.clear();
@@ -372,16 +420,16 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Reply>, serial: &str) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = stream.write_all(&out) {
+        if let Err(e) = agents::write_frame(&stream, &out) {
             log::warn!("instrument {serial}: cannot send replies: {e}; closing");
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.lock().unwrap_or_else(|p| p.into_inner()).shutdown(Shutdown::Both);
             // Keep draining so that senders never block; replies are lost with the connection
             // and the agent resends what it did not see acknowledged.
             while rx.recv().is_ok() {}
             return;
         }
         if close {
-            let _ = stream.shutdown(Shutdown::Write);
+            let _ = stream.lock().unwrap_or_else(|p| p.into_inner()).shutdown(Shutdown::Write);
         }
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! Data flows one way — instrument agent → [`ingest`] → [`queue`] → [`uplink`] → data
 //! center — and every resource has one owner: only the queue touches the database,
-//! only the uplink talks to the data center. [`control`] answers questions about all
+//! only the uplink talks to the data center. Commands flow back: the uplink hands what the
+//! data center sends to the [`commands`] dispatcher, which runs each once and reports. [`control`] answers questions about all
 //! of it on a local Unix socket. [`fips`] decides whether any of it may start.
 //! [`reconfig`] applies a new configuration while rapd runs.
 
+pub mod agents;
 pub mod audit;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -19,6 +22,7 @@ pub mod ports;
 pub mod queue;
 pub mod reconfig;
 pub mod tls;
+pub mod transfers;
 pub mod uplink;
 
 /// Process exit codes of `rapd` (also documented in `docs/operations.md`).

@@ -5,6 +5,14 @@
 //! the rows only after the data center's acknowledgement names the batch. Failures back
 //! off exponentially with jitter up to a cap, and `Retry-After` is honoured. The uplink
 //! never holds anything ingest needs: a dead data center only makes the queue grow.
+//!
+//! The command channel rides on the same connection: commands found in batch
+//! acknowledgements go to the dispatcher, and [`exchange`] reports results and polls for
+//! commands when the queue is idle (`docs/commands.md`). Large transfers use a second
+//! connection of the uplink's own, [`transfer::TransferLink`] (`docs/transfers.md`).
+
+pub mod exchange;
+pub mod transfer;
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -14,8 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rapwire::batch::{self, BatchAck, Encoder};
+use rapwire::command::BatchAnswer;
 use serde::Serialize;
 
+use crate::commands::CommandLink;
 use crate::config::{ProxyKind, UplinkConfig};
 use crate::queue::{Cursor, Queue, SeqRange};
 use crate::tls;
@@ -36,6 +46,12 @@ pub struct UplinkStatus {
     pub records_sent: u64,
     pub duplicates_reported: u64,
     pub bytes_sent: u64,
+    /// Command exchanges answered by the data center.
+    pub exchanges: u64,
+    pub last_exchange_ms: Option<u64>,
+    pub last_exchange_error: Option<String>,
+    /// Commands received (in batch acknowledgements and exchange answers).
+    pub commands_received: u64,
 }
 
 /// Shared status handle.
@@ -117,6 +133,18 @@ struct Steer {
 /// batcher to the last acknowledged position, so the next attempt is read afresh — new
 /// alarms go first — and a batch with the same rows keeps its id and body.
 pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<AtomicBool>) {
+    run_with_commands(cfg, queue, status, stop, None)
+}
+
+/// [`run`], with the command channel: commands go to `commands` (a link and the poll
+/// interval), and its results are reported.
+pub fn run_with_commands(
+    cfg: UplinkConfig,
+    queue: Queue,
+    status: SharedStatus,
+    stop: Arc<AtomicBool>,
+    commands: Option<(Arc<dyn CommandLink>, Duration)>,
+) {
     {
         let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
         s.state = "starting".into();
@@ -136,7 +164,8 @@ pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<Atom
             return;
         }
     };
-    sender(cfg, queue, status, stop, steer, rx);
+    let exchanger = commands.map(|(link, poll)| exchange::Exchanger::new(&cfg, link, poll));
+    sender(cfg, queue, status, stop, steer, rx, exchanger);
     let _ = batcher.join();
     log::info!("uplink stopped");
 }
@@ -199,6 +228,7 @@ fn sender(
     stop: Arc<AtomicBool>,
     steer: Arc<Mutex<Steer>>,
     rx: Receiver<Prepared>,
+    mut exchanger: Option<exchange::Exchanger>,
 ) {
     let set = |f: &dyn Fn(&mut UplinkStatus)| f(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
     let rewind = |to: Cursor| {
@@ -273,6 +303,9 @@ fn sender(
                         s.state = "idle".into();
                     }
                 });
+                if let Some(x) = exchanger.as_mut() {
+                    x.maybe(&agent, rapwire::command::MAX_EXCHANGE_BYTES, true, &status);
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -285,7 +318,15 @@ fn sender(
         set(&|s| s.state = "sending".into());
         let started = Instant::now();
         match post(&agent, &cfg, batch_id, &body) {
-            Ok(ack) => {
+            Ok(BatchAnswer { ack, commands }) => {
+                if let Some(x) = exchanger.as_mut() {
+                    if !commands.is_empty() {
+                        let n = commands.len() as u64;
+                        x.link().deliver(commands);
+                        set(&|s| s.commands_received += n);
+                    }
+                    x.maybe(&agent, rapwire::command::MAX_EXCHANGE_BYTES, false, &status);
+                }
                 confirmed.advance(&p.ranges);
                 match queue.complete_async(p.ranges) {
                     Ok(drx) => pending.push_back(drx),
@@ -355,7 +396,7 @@ fn trim_heap() {
     }
 }
 
-fn post(agent: &ureq::Agent, cfg: &UplinkConfig, batch_id: u64, body: &[u8]) -> Result<BatchAck, Failure> {
+fn post(agent: &ureq::Agent, cfg: &UplinkConfig, batch_id: u64, body: &[u8]) -> Result<BatchAnswer, Failure> {
     let resp = agent
         .request_url("POST", &cfg.url)
         .set("Content-Type", batch::CONTENT_TYPE)
@@ -382,20 +423,22 @@ fn post(agent: &ureq::Agent, cfg: &UplinkConfig, batch_id: u64, body: &[u8]) -> 
             return Err(Failure { message, retry_after: None });
         }
     };
+    // Commands may ride along (each at most 64 KiB, at most 16): room for them.
     let mut text = String::new();
     resp.into_reader()
-        .take(64 * 1024)
+        .take(rapwire::command::MAX_EXCHANGE_BYTES as u64)
         .read_to_string(&mut text)
         .map_err(|e| Failure { message: format!("reading the acknowledgement: {e}"), retry_after: None })?;
-    let ack: BatchAck = serde_json::from_str(&text)
+    let answer: BatchAnswer = serde_json::from_str(&text)
         .map_err(|e| Failure { message: format!("acknowledgement is not valid JSON: {e}"), retry_after: None })?;
+    let ack: &BatchAck = &answer.ack;
     if ack.batch_id != batch_id {
         return Err(Failure {
             message: format!("data center acknowledged batch {:016x}, expected {batch_id:016x}", ack.batch_id),
             retry_after: None,
         });
     }
-    Ok(ack)
+    Ok(answer)
 }
 
 fn random_u64() -> u64 {

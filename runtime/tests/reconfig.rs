@@ -620,3 +620,84 @@ fn kill_9_during_an_apply_leaves_a_consistent_state() {
     assert!(recs.iter().all(|r| r["action"] != "config.apply_failed"), "{recs:#?}");
     let _ = rapd.stop();
 }
+
+/// The data center's `configure` command: a bad configuration is refused with the key named;
+/// a good one is accepted, then succeeds once the data center is heard again; one that breaks
+/// the uplink is accepted, then fails `rolled_back` (reported once the uplink is back), also
+/// when it takes two restarts; every apply is audited with the command as its actor.
+#[test]
+fn configure_commands_from_the_data_center() {
+    use rapdc::commands::{CommandState, QueueCommand};
+    let mut w = World::new("reconfig_command");
+    w.start_nginx();
+    let mut spec = w.rapd_spec();
+    spec.instruments = vec![("INST-A".into(), instrument_addr())];
+    spec.extra = "[commands]\npoll_interval_s = 1\n\n[reconfig]\nrollback_after_s = 6\n".into();
+    let mut rapd = Rapd::start(&spec);
+    let pid = rapd.pid();
+    rapd.wait_status("a first upload", Duration::from_secs(30), |s| s.uplink["last_success_ms"].is_u64());
+    let original = config_file(&spec);
+    let configure = |id: &str, args: Value| {
+        w.client
+            .queue_command(&QueueCommand { id: Some(id.into()), args, ..QueueCommand::new(BOX_ID, "configure") })
+            .expect("queue");
+    };
+    let wait = |id: &str, secs: u64| {
+        w.client.wait_command(id, Duration::from_secs(secs), |c| c.state.is_final()).expect("command result")
+    };
+
+    configure("c-cfg-bad", json!({"keys": {"uplink.proxy": "ftp://10.0.0.9:21"}}));
+    let c = wait("c-cfg-bad", 30);
+    assert_eq!((c.state, c.code.as_str()), (CommandState::Refused, "invalid_configuration"), "{c:?}");
+    assert!(c.reason.contains("key `uplink.proxy`: scheme `ftp` is not supported"), "{}", c.reason);
+    assert_eq!(config_file(&spec), original);
+
+    configure("c-cfg-bad-args", json!({"keys": {"uplink.proxy": null}, "document": "x"}));
+    let c = wait("c-cfg-bad-args", 30);
+    assert_eq!((c.state, c.code.as_str()), (CommandState::Refused, "malformed"), "{c:?}");
+
+    configure("c-cfg-good", json!({"keys": {"uplink.io_timeout_ms": 6000}}));
+    let c = wait("c-cfg-good", 30);
+    assert_eq!(c.state, CommandState::Succeeded, "{c:?}");
+    assert_eq!(c.detail["confirmed"], true, "{}", c.detail);
+    assert!(c.results.iter().any(|r| r.outcome == rapwire::command::Outcome::Accepted), "{c:?}");
+    assert!(config_file(&spec).contains("io_timeout_ms = 6000"));
+    let good = config_file(&spec);
+
+    let dead = format!("https://{}/api/v1/batches", rapbox_testkit::ports::unique_443().unwrap().ip());
+    configure("c-cfg-broken", json!({"keys": {"uplink.url": dead}}));
+    let c = wait("c-cfg-broken", 60);
+    assert_eq!((c.state, c.code.as_str()), (CommandState::Failed, "rolled_back"), "{c:?}");
+    assert!(c.reason.contains("rolled back: the data center acknowledged no batch within 6 s"), "{}", c.reason);
+    assert_eq!(config_file(&spec), good);
+
+    configure("c-cfg-broken-restart", json!({"keys": {"uplink.url": dead, "queue.quota_bytes": 134217728}}));
+    let c = wait("c-cfg-broken-restart", 90);
+    assert_eq!((c.state, c.code.as_str()), (CommandState::Failed, "rolled_back"), "{c:?}\n{}", rapd.log_text());
+    rapd.wait_ready(Duration::from_secs(30));
+    assert_eq!(rapd.pid(), pid);
+    assert_eq!(config_file(&spec), good);
+
+    let recs = config_records(&spec);
+    let by: Vec<(String, String)> = recs
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap().to_owned(), r["actor"].as_str().unwrap().to_owned()))
+        .collect();
+    let d = |id: &str| format!("datacenter:{id}");
+    assert_eq!(
+        by,
+        [
+            ("config.refused".to_string(), d("c-cfg-bad")),
+            ("config.applied".into(), d("c-cfg-good")),
+            ("config.confirmed".into(), "rapd".into()),
+            ("config.applied".into(), d("c-cfg-broken")),
+            ("config.rolled_back".into(), "rapd".into()),
+            ("config.applied".into(), d("c-cfg-broken-restart")),
+            ("config.trial_resumed".into(), "rapd".into()),
+            ("config.rolled_back".into(), "rapd".into()),
+        ],
+        "{recs:#?}"
+    );
+    assert_eq!(recs[4]["detail"]["applied_by"], d("c-cfg-broken"));
+    rapd.stop();
+}

@@ -143,7 +143,7 @@ fn serve(stream: TcpStream, seen: &Mutex<Seen>, idx: usize, conn_no: usize, seri
         }
         let report = match agent::decode(&body) {
             Ok(Frame::Report(r)) => r,
-            Ok(Frame::Reply(_)) => {
+            Ok(Frame::Reply(_) | Frame::Request(_)) => {
                 let msg_id = agent::peek_msg_id(&body);
                 let reply = Reply::Error { msg_id, code: ErrorCode::UnknownFrameType, reason: "reply".into() };
                 let _ = agent::write_reply(&mut w, &reply);

@@ -591,6 +591,13 @@ fn classify(code: ErrorCode) -> Class {
         | ErrorCode::UnsupportedVersion
         | ErrorCode::UnknownFrameType => Class::Permanent,
         ErrorCode::Timeout | ErrorCode::TooManyConnections => Class::Connection,
+        // Version-2 codes answer requests, never reports.
+        ErrorCode::NotNegotiated
+        | ErrorCode::QuotaExceeded
+        | ErrorCode::UnknownTransfer
+        | ErrorCode::BadOffset
+        | ErrorCode::HashMismatch
+        | ErrorCode::Declined => Class::Permanent,
     }
 }
 

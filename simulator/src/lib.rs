@@ -10,11 +10,14 @@
 //! * [`raw`]: deliberately wrong clients for negative tests (garbage, oversized
 //!   frames, slowloris, idle connection floods).
 //! * [`StatusText`]: realistic, slowly varying status payloads.
+//! * [`FileAgent`]: the agent's file side (protocol version 2 on a connection of its own):
+//!   pulls the files the box offers, checks and stores them, offers uploads and resumes them.
 //!
 //! The frame format is [`rapwire::agent`]'s; this crate never defines its own.
 
 #[cfg(test)]
 mod fakebox;
+mod files;
 mod idset;
 mod instrument;
 mod payload;
@@ -23,6 +26,7 @@ mod stats;
 
 use std::net::SocketAddr;
 
+pub use files::{hash_file, inventory, FileAgent, OfferSeen, RunningFileAgent, StoredFile, UploadState};
 pub use idset::IdSet;
 pub use instrument::{
     now_ms, Instrument, RunningInstrument, Summary, DEFAULT_PAYLOAD, DEFAULT_WINDOW, STATUS_PRIORITY,

@@ -46,6 +46,8 @@ pub enum RawEvent {
     Quiet,
     /// Bytes that are not a valid reply frame (described).
     Invalid(String),
+    /// A version-2 frame (a request of the box, or its answer to one of ours).
+    Request(rapwire::requests::Message),
 }
 
 /// Everything a raw exchange produced.
@@ -57,6 +59,8 @@ pub struct RawOutcome {
     pub closed: bool,
     /// Descriptions of undecodable bytes the box sent (should stay empty).
     pub invalid: Vec<String>,
+    /// Version-2 frames the box sent, in arrival order.
+    pub requests: Vec<rapwire::requests::Message>,
     /// From the first byte sent to the end of the exchange.
     pub elapsed: Duration,
 }
@@ -138,6 +142,7 @@ impl RawConn {
             match self.next_event(quiet) {
                 RawEvent::Reply(r) => out.replies.push(r),
                 RawEvent::Invalid(s) => out.invalid.push(s),
+                RawEvent::Request(m) => out.requests.push(m),
                 RawEvent::Closed => {
                     out.closed = true;
                     break;
@@ -199,6 +204,7 @@ impl RawConn {
         let ev = match agent::decode(&self.inbuf[4..4 + n]) {
             Ok(Frame::Reply(r)) => RawEvent::Reply(r),
             Ok(Frame::Report(r)) => RawEvent::Invalid(format!("box sent a report (id {})", r.msg_id)),
+            Ok(Frame::Request(m)) => RawEvent::Request(m),
             Err(e) => RawEvent::Invalid(e.to_string()),
         };
         self.inbuf.drain(..4 + n);

@@ -13,7 +13,7 @@ use rapwire::agent::ErrorCode;
 use crate::idset::IdSet;
 
 /// Highest numeric [`ErrorCode`] value plus one (codes are indexed directly).
-const CODES: usize = 11;
+const CODES: usize = 17;
 
 /// A message the box refused for good (not retried).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

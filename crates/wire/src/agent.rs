@@ -3,14 +3,20 @@
 //! A frame is a 4-byte big-endian body length followed by the body. The body starts
 //! with the protocol version and a frame type. The full specification, with byte
 //! layouts and the meaning of every error code, is `docs/agent-protocol.md`.
+//!
+//! Version-1 frames (REPORT, ACK, ERROR) are defined here; the version-2 frames
+//! (requests in both directions: files, and what later versions add) are
+//! [`crate::requests`]. [`decode`] reads both.
 
 use std::io::{self, Read, Write};
 
 use crate::varint::Reader;
 use crate::Kind;
 
-/// Protocol version carried in every frame.
+/// Protocol version carried in REPORT, ACK and ERROR frames (by every agent, old or new).
 pub const VERSION: u8 = 1;
+/// The highest protocol version this crate speaks (see [`crate::requests`]).
+pub const MAX_VERSION: u8 = crate::requests::VERSION;
 /// Largest accepted body (everything after the length prefix), in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest instrument serial, in bytes.
@@ -51,6 +57,18 @@ pub enum ErrorCode {
     UnknownFrameType = 9,
     /// The box is shutting down; retry later.
     ShuttingDown = 10,
+    /// Version 2: a request before HELLO, or one the negotiated capabilities do not allow.
+    NotNegotiated = 11,
+    /// Version 2: the box's transfer storage quota (or the data partition) cannot hold the file.
+    QuotaExceeded = 12,
+    /// Version 2: no such transfer or upload on this connection's instrument.
+    UnknownTransfer = 13,
+    /// Version 2: a READ beyond the file, or a CHUNK that does not continue where the box is.
+    BadOffset = 14,
+    /// Version 2: the uploaded bytes do not have the offered SHA-256; the box discarded them.
+    HashMismatch = 15,
+    /// Version 2: the agent does not want the offered file.
+    Declined = 16,
 }
 
 impl ErrorCode {
@@ -67,6 +85,12 @@ impl ErrorCode {
             8 => ErrorCode::TooManyConnections,
             9 => ErrorCode::UnknownFrameType,
             10 => ErrorCode::ShuttingDown,
+            11 => ErrorCode::NotNegotiated,
+            12 => ErrorCode::QuotaExceeded,
+            13 => ErrorCode::UnknownTransfer,
+            14 => ErrorCode::BadOffset,
+            15 => ErrorCode::HashMismatch,
+            16 => ErrorCode::Declined,
             _ => return None,
         })
     }
@@ -84,6 +108,12 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::UnknownFrameType => "unknown_frame_type",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NotNegotiated => "not_negotiated",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::UnknownTransfer => "unknown_transfer",
+            ErrorCode::BadOffset => "bad_offset",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::Declined => "declined",
         }
     }
 
@@ -127,6 +157,8 @@ pub enum Reply {
 pub enum Frame {
     Report(Report),
     Reply(Reply),
+    /// A version-2 frame.
+    Request(crate::requests::Message),
 }
 
 /// Why a body could not be decoded.
@@ -134,7 +166,7 @@ pub enum Frame {
 pub enum DecodeError {
     #[error("frame body is empty")]
     Empty,
-    #[error("unsupported protocol version {0} (this box speaks version {VERSION})")]
+    #[error("unsupported protocol version {0} (this box speaks versions 1 to {MAX_VERSION})")]
     Version(u8),
     #[error("unknown frame type 0x{0:02x}")]
     FrameType(u8),
@@ -156,6 +188,16 @@ pub enum DecodeError {
     ReasonUtf8,
     #[error("{0} trailing bytes after the frame")]
     Trailing(usize),
+    #[error("{0} is not UTF-8")]
+    Text(&'static str),
+    #[error("unknown file category {0:?}")]
+    Category(String),
+    #[error("file name {0:?} is not 1 to 128 characters of A-Z a-z 0-9 . _ + - (not starting with .)")]
+    FileName(String),
+    #[error("{0} data bytes, more than the chunk limit of 61440")]
+    ChunkTooLarge(usize),
+    #[error("unknown received status {0}")]
+    Status(u8),
 }
 
 impl DecodeError {
@@ -255,6 +297,9 @@ pub fn peek_msg_id(body: &[u8]) -> u64 {
 pub fn decode(body: &[u8]) -> Result<Frame, DecodeError> {
     let mut r = Reader::new(body);
     let version = r.u8().ok_or(DecodeError::Empty)?;
+    if version == crate::requests::VERSION {
+        return crate::requests::decode_body(body).map(Frame::Request);
+    }
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }

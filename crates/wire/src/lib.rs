@@ -4,12 +4,20 @@
 //!   (documented in `docs/agent-protocol.md`).
 //! * [`batch`]: the compressed batch the box POSTs to the data center, and the
 //!   data center's acknowledgement.
+//! * [`command`]: commands the data center queues for a box and the results the box
+//!   reports (documented in `docs/commands.md`).
+//! * [`requests`]: version 2 of the agent protocol, requests in both directions on an
+//!   agent's connection (file offers, pulls and uploads).
+//! * [`transfer`]: download manifests and the upload endpoint (`docs/transfers.md`).
 //!
 //! Every decoder here takes untrusted bytes: it never panics, never allocates more
 //! than the declared limits, and names what was wrong in its error.
 
 pub mod agent;
 pub mod batch;
+pub mod command;
+pub mod requests;
+pub mod transfer;
 mod varint;
 
 /// What a message is about. The kind decides how the queue treats it under pressure:

@@ -54,6 +54,10 @@ impl<'a> Reader<'a> {
         Some(u16::from_be_bytes(self.bytes(2)?.try_into().ok()?))
     }
 
+    pub(crate) fn be_u32(&mut self) -> Option<u32> {
+        self.bytes(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
     pub(crate) fn be_u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.bytes(8)?.try_into().ok()?))
     }

@@ -127,10 +127,10 @@ fn seed(b: &Backend, clock: &ManualClock) {
     b.client.post_batch(BOX3, &encode(1, 0, &[rec("X-1", 1, 20 * 60_000, Kind::Event, HOSTILE_PAYLOAD)])).unwrap();
     b.client.evaluate().unwrap();
 
-    // The command channel's queue, as its tables hold it.
+    // The command channel's queue (its own tables, created by the backend), seeded directly.
     let conn = rusqlite::Connection::open(b.dir.path().join("dc.sqlite")).unwrap();
     conn.execute_batch(
-        "CREATE TABLE command_queue (
+        "CREATE TABLE IF NOT EXISTS command_queue (
              id TEXT PRIMARY KEY, box TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
              issued_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, state TEXT NOT NULL,
              deliveries INTEGER NOT NULL DEFAULT 0, last_delivered_ms INTEGER,

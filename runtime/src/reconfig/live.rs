@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::agents::Agents;
+use crate::commands::CommandLink;
 use crate::config::{Config, IngestConfig, InstrumentConfig, UplinkConfig};
 use crate::firewall::{self, Firewall, FirewallError, Tools};
 use crate::ingest::{self, ListenError, Port, PortStatus};
@@ -83,9 +85,19 @@ struct RunningLinks {
     watcher: Thread,
 }
 
+/// What the ports and the uplink are started with besides their configuration.
+#[derive(Default, Clone)]
+pub struct Extras {
+    /// Version-2 agent requests (downloads, uploads) on the instrument ports.
+    pub agents: Option<Arc<Agents>>,
+    /// The command channel: where the uplink hands commands, and its idle poll interval.
+    pub commands: Option<(Arc<dyn CommandLink>, std::time::Duration)>,
+}
+
 /// The replaceable parts of a running rapd.
 pub struct Live {
     queue: Queue,
+    extras: Extras,
     audit: Arc<dyn firewall::Audit>,
     tools: Tools,
     uplink_status: SharedStatus,
@@ -198,16 +210,19 @@ impl Live {
         Ok(Network { firewall: fw, links })
     }
 
-    /// Takes over the network parts and starts the instrument ports and the uplink.
+    /// Takes over the network parts and starts the instrument ports (the uplink is started
+    /// with [`Live::start_uplink`] once whoever takes its commands is ready).
     pub fn start(
         cfg: &Config,
         network: Network,
         queue: Queue,
         audit: Arc<dyn firewall::Audit>,
         uplink_status: SharedStatus,
+        extras: Extras,
     ) -> Result<Live, LiveError> {
         let live = Live {
             queue,
+            extras,
             audit,
             tools: Tools::system(),
             uplink_status,
@@ -217,10 +232,6 @@ impl Live {
             links: Mutex::new(network.links),
         };
         if let Err(e) = live.reconcile_ports(cfg) {
-            live.stop();
-            return Err(e);
-        }
-        if let Err(e) = live.start_uplink(&cfg.uplink) {
             live.stop();
             return Err(e);
         }
@@ -278,17 +289,20 @@ impl Live {
         }
     }
 
-    /// Batches the data center acknowledged since rapd started.
+    /// Batches and command exchanges the data center answered since rapd started.
     pub fn batches_acknowledged(&self) -> u64 {
-        lock(&self.uplink_status).batches_sent
+        let s = lock(&self.uplink_status);
+        s.batches_sent + s.exchanges
     }
 
-    fn start_uplink(&self, cfg: &UplinkConfig) -> Result<(), LiveError> {
+    /// Starts the uplink with `cfg`.
+    pub fn start_uplink(&self, cfg: &UplinkConfig) -> Result<(), LiveError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (cfg, q, st, s) = (cfg.clone(), self.queue.clone(), self.uplink_status.clone(), stop.clone());
+        let commands = self.extras.commands.clone();
         let handle = std::thread::Builder::new()
             .name("uplink".into())
-            .spawn(move || uplink::run(cfg, q, st, s))
+            .spawn(move || uplink::run_with_commands(cfg, q, st, s, commands))
             .map_err(|source| LiveError::Thread { what: "uplink", source })?;
         *lock(&self.uplink) = Some(Thread { handle, stop });
         Ok(())
@@ -334,7 +348,13 @@ impl Live {
 
     fn start_port(&self, inst: &InstrumentConfig, ingest_cfg: &IngestConfig) -> Result<(), LiveError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let port = ingest::start(inst.clone(), ingest_cfg.clone(), self.queue.clone(), stop.clone())?;
+        let port = ingest::start_with_agents(
+            inst.clone(),
+            ingest_cfg.clone(),
+            self.queue.clone(),
+            stop.clone(),
+            self.extras.agents.clone(),
+        )?;
         log::info!("instrument {} ({}): listening on {}", inst.serial, inst.model, inst.listen);
         lock(&self.ports).push(RunningPort { port, ingest: ingest_cfg.clone(), stop });
         Ok(())

@@ -24,6 +24,7 @@
 //! `config.trial_resumed`, `config.interrupted`, `config.superseded`) and is answered to whoever asked. See
 //! `docs/configuration.md`.
 
+pub mod command;
 pub mod files;
 pub mod keys;
 pub mod live;
@@ -259,7 +260,7 @@ pub struct ShowReport {
 }
 
 /// The sections whose change needs a restart of rapd (see [`plan`]).
-pub const RESTART_SECTIONS: [&str; 5] = ["queue", "fips", "control", "audit", "log.target"];
+pub const RESTART_SECTIONS: [&str; 7] = ["queue", "fips", "control", "audit", "log.target", "commands", "transfers"];
 
 const HISTORY: usize = 16;
 

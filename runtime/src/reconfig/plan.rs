@@ -10,7 +10,7 @@
 //! | ingest limits | `ingest.*` | live: every instrument port's listener starts again (agents reconnect and resend) |
 //! | log level | `log.level` | live |
 //! | reconfiguration | `reconfig.*` | live (read at the next apply) |
-//! | queue, FIPS, control socket, audit log, log target | `queue.*`, `fips.*`, `control.*`, `audit.*`, `log.target` | restart of rapd |
+//! | queue, FIPS, control socket, audit log, log target, command dispatcher, transfers | `queue.*`, `fips.*`, `control.*`, `audit.*`, `log.target`, `commands.*`, `transfers.*` | restart of rapd |
 
 use std::collections::BTreeSet;
 
@@ -105,6 +105,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     }
     if old.log.target != new.log.target {
         p.restart.push("log.target".into());
+    }
+    if old.commands != new.commands {
+        p.restart.push("commands".into());
+    }
+    if old.transfers != new.transfers {
+        p.restart.push("transfers".into());
     }
     p.log_level = old.log.level != new.log.level;
     p.links = ports::plan(old) != ports::plan(new);
@@ -202,7 +208,13 @@ listen = "10.10.2.1:7300"
         let p = plan_of("path = \"/data/rapd/queue.db\"", "path = \"/data/rapd/q2.db\"");
         assert_eq!(p.restart, ["queue"]);
         let p = plan_of("path = \"/data/rapd/queue.db\"", "path = \"/data/q/queue.db\"");
-        assert_eq!(p.restart, ["queue", "audit"], "the audit log's default path follows the queue");
+        assert_eq!(
+            p.restart,
+            ["queue", "audit", "commands", "transfers"],
+            "the audit log's, the dispatcher's and the transfers' default paths follow the queue"
+        );
+        let p = plan_of("[queue]", "[commands]\npoll_interval_s = 5\n\n[queue]");
+        assert_eq!(p.restart, ["commands"]);
         let p = plan_of("[queue]", "[log]\ntarget = \"stderr\"\nlevel = \"debug\"\n\n[queue]");
         assert_eq!(p.restart, ["log.target"]);
         assert!(p.log_level);
