@@ -25,7 +25,7 @@ pub enum ConfigError {
 }
 
 /// Validated configuration of rapd.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where it was read from (for messages).
     pub path: PathBuf,
@@ -42,6 +42,8 @@ pub struct Config {
     pub firewall: FirewallConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Run-time reconfiguration (see `docs/configuration.md`).
+    pub reconfig: ReconfigConfig,
     /// The command channel's dispatcher.
     pub commands: CommandsConfig,
     /// Downloads and uploads on the data partition.
@@ -52,7 +54,7 @@ pub struct Config {
 
 /// Downloads (data center → instrument) and uploads (instrument → data center) kept on
 /// the data partition (`docs/transfers.md`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TransfersConfig {
     /// Where files in transit live (default `transfers/` beside the queue).
     pub dir: PathBuf,
@@ -73,7 +75,7 @@ pub struct TransfersConfig {
 }
 
 /// The dispatcher of data-center commands (`docs/commands.md`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandsConfig {
     /// The dispatcher's database (default `commands.db` beside the queue).
     pub path: PathBuf,
@@ -83,7 +85,15 @@ pub struct CommandsConfig {
     pub max_running: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconfigConfig {
+    /// After a new configuration is applied, the data center must acknowledge a batch
+    /// within this time, else rapd rolls back to the previous one. The configuration in
+    /// force before an apply decides (a new one cannot lengthen its own trial).
+    pub rollback_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueConfig {
     /// SQLite database on the data partition.
     pub path: PathBuf,
@@ -93,7 +103,7 @@ pub struct QueueConfig {
     pub dedup_retention: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditConfig {
     /// The hash-chained audit log (its state file is `<path>.state`). Default: `audit.log`
     /// beside the queue database, on the data partition.
@@ -113,7 +123,7 @@ pub struct PagesConfig {
     pub log_dir: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UplinkConfig {
     /// The data center's batch endpoint (https only).
     pub url: url::Url,
@@ -146,13 +156,13 @@ pub enum ProxyKind {
     Socks5,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FipsConfig {
     /// OpenSSL configuration that loads the FIPS provider (and only it and base).
     pub openssl_conf: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ControlConfig {
     pub socket: PathBuf,
     /// The group that owns the socket (mode 0660), e.g. `rapctl` for technicians and the
@@ -160,7 +170,7 @@ pub struct ControlConfig {
     pub group: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IngestConfig {
     pub max_connections_per_port: usize,
     /// Once a frame has started, all of it must arrive within this time.
@@ -175,14 +185,14 @@ pub enum LogTarget {
     Stderr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     pub target: LogTarget,
     pub level: log::LevelFilter,
 }
 
 /// One instrument cabled to one port of the box.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstrumentConfig {
     pub serial: String,
     pub model: String,
@@ -371,11 +381,26 @@ struct Raw {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    reconfig: RawReconfig,
+    #[serde(default)]
     commands: RawCommands,
     #[serde(default)]
     transfers: RawTransfers,
     #[serde(default)]
     pages: RawPages,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconfig {
+    #[serde(default = "d_rollback_after_s")]
+    rollback_after_s: u64,
+}
+
+impl Default for RawReconfig {
+    fn default() -> Self {
+        RawReconfig { rollback_after_s: d_rollback_after_s() }
+    }
 }
 
 #[derive(Deserialize)]
@@ -685,6 +710,9 @@ fn d_new_conn_burst() -> u32 {
 fn d_log_rate() -> u32 {
     10
 }
+fn d_rollback_after_s() -> u64 {
+    300
+}
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -851,6 +879,12 @@ impl Config {
         let level: log::LevelFilter = raw.log.level.parse().map_err(|_| {
             bad("log.level", format!("`{}` is not one of error, warn, info, debug, trace", raw.log.level))
         })?;
+
+        // reconfig
+        let rollback_after_s = raw.reconfig.rollback_after_s;
+        if !(5..=86_400).contains(&rollback_after_s) {
+            return Err(bad("reconfig.rollback_after_s", format!("{rollback_after_s} is outside 5..=86400")));
+        }
 
         // network: the uplink interface
         let network = NetworkConfig {
@@ -1020,6 +1054,7 @@ impl Config {
             network,
             firewall,
             audit: AuditConfig { path: audit_path },
+            reconfig: ReconfigConfig { rollback_after: Duration::from_secs(rollback_after_s) },
             commands: CommandsConfig {
                 path: commands_path,
                 poll_interval: Duration::from_secs(raw.commands.poll_interval_s),
@@ -1417,6 +1452,15 @@ listen = "10.10.2.1:7300"
         assert_eq!(c.log.target, LogTarget::Syslog);
         assert!(c.uplink.proxy.is_none());
         assert_eq!(c.audit.path, Path::new("/data/rapd/audit.log"));
+        assert_eq!(c.reconfig.rollback_after, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn reconfig_section() {
+        let c = parse(&format!("{GOOD}\n[reconfig]\nrollback_after_s = 30\n")).unwrap();
+        assert_eq!(c.reconfig.rollback_after, Duration::from_secs(30));
+        let e = err(&format!("{GOOD}\n[reconfig]\nrollback_after_s = 1\n"));
+        assert_eq!(e, "/etc/rapbox/rapd.toml: key `reconfig.rollback_after_s`: 1 is outside 5..=86400");
     }
 
     #[test]

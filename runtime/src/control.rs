@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::fips::FipsState;
 use crate::ingest::PortStatus;
 use crate::peer::Peer;
 use crate::queue::QueueStats;
+use crate::reconfig::{ApplyArgs, ApplyReport, ShowReport};
 use crate::uplink::probe::UplinkTest;
 use crate::uplink::UplinkStatus;
 
@@ -57,6 +58,11 @@ pub enum Request {
         #[serde(default)]
         detail: serde_json::Value,
     },
+    /// The configuration in force, the trial of an applied one, recent events (`rapctl config show`).
+    ConfigShow,
+    /// Validate and apply (or with `dry_run` only validate) a document or keys
+    /// (`rapctl config apply|check`; see `crate::reconfig`).
+    ConfigApply(ApplyArgs),
 }
 
 /// Most audit records one [`Request::AuditTail`] returns.
@@ -111,6 +117,12 @@ pub struct Response {
     /// The answer to [`Request::CheckUplink`]: what the checked settings amount to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink_check: Option<String>,
+    /// The answer to [`Request::ConfigShow`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_show: Option<ShowReport>,
+    /// The answer to [`Request::ConfigApply`] (a refusal is `ok` with outcome `refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_apply: Option<ApplyReport>,
 }
 
 impl Response {
@@ -127,6 +139,8 @@ impl Response {
             uplink_test: None,
             certificates: None,
             uplink_check: None,
+            config_show: None,
+            config_apply: None,
         }
     }
 }
@@ -178,6 +192,14 @@ pub trait Source: Send + Sync {
     fn config_path(&self) -> Option<PathBuf> {
         None
     }
+    /// The configuration in force and its trial.
+    fn config_show(&self) -> Result<ShowReport, String> {
+        Err("this rapd cannot be reconfigured".into())
+    }
+    /// Applies a configuration for `actor` (who is on the other end of the socket).
+    fn config_apply(&self, _args: &ApplyArgs, _actor: &str) -> Result<ApplyReport, String> {
+        Err("this rapd cannot be reconfigured".into())
+    }
 }
 
 /// Why the control socket could not be served or reached.
@@ -228,17 +250,27 @@ pub fn set_group(path: &Path, group: &str) -> Result<(), ControlError> {
         .map_err(|e| err(format!("cannot give the socket to group `{group}` (is rapd a member?): {e}")))
 }
 
-/// Serves requests until `stop` is set.
+/// Serves requests until `stop` is set; then waits (up to 10 s) for the answers still
+/// being made, so that a request that stops rapd (a configuration that needs a restart)
+/// is still answered.
 pub fn serve(listener: UnixListener, src: Arc<dyn Source>, stop: Arc<AtomicBool>) {
+    let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((s, _)) => {
                 let src = src.clone();
-                let _ = std::thread::Builder::new().name("control".into()).stack_size(256 * 1024).spawn(move || {
-                    if let Err(e) = handle(s, &*src) {
-                        log::debug!("control: {e}");
-                    }
-                });
+                active.fetch_add(1, Ordering::SeqCst);
+                let a = active.clone();
+                let spawned =
+                    std::thread::Builder::new().name("control".into()).stack_size(256 * 1024).spawn(move || {
+                        if let Err(e) = handle(s, &*src) {
+                            log::debug!("control: {e}");
+                        }
+                        a.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => {
@@ -246,6 +278,10 @@ pub fn serve(listener: UnixListener, src: Arc<dyn Source>, stop: Arc<AtomicBool>
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while active.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -330,6 +366,14 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
                 }
             }
         }
+        Ok(Request::ConfigShow) => match src.config_show() {
+            Ok(r) => Response { config_show: Some(r), ..Response::ok() },
+            Err(e) => Response::error(e),
+        },
+        Ok(Request::ConfigApply(args)) => match src.config_apply(&args, &peer.actor(None)) {
+            Ok(r) => Response { config_apply: Some(r), ..Response::ok() },
+            Err(e) => Response::error(e),
+        },
         Err(e) => Response::error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();

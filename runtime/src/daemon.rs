@@ -4,6 +4,11 @@
 //! SIGTERM — every acknowledged message is already on disk by then. The firewall rules
 //! stay in place when rapd stops or refuses a new configuration.
 //!
+//! The links, the firewall, the instrument ports and the uplink are owned by
+//! `reconfig::live::Live`, so that `reconfig` can move them to a new configuration while
+//! rapd runs; what a crash in the middle of that left is settled before the configuration
+//! is read.
+//!
 //! The audit log opens right after the FIPS gate (its hashes come from the FIPS provider)
 //! and before anything it records: rapd's start and stop, the gate's result, the
 //! configuration loaded and the firewall's events. Its records reach the queue once the
@@ -25,10 +30,12 @@ use crate::config::{Config, UplinkConfig};
 use crate::control::{self, Source};
 use crate::events::BoxEvents;
 use crate::fips::{self, FipsState};
-use crate::firewall::{self, Firewall, FirewallError};
-use crate::ingest::{self, Port, PortStatus};
-use crate::ports::{self, PortsError, SharedLinks};
+use crate::firewall::FirewallError;
+use crate::ingest::PortStatus;
+use crate::ports::PortsError;
 use crate::queue::{Queue, QueueStats};
+use crate::reconfig::live::{Live, LiveError};
+use crate::reconfig::{self, files::ConfigFiles, ApplyArgs, ApplyReport, Reconfigurer, ShowReport};
 use crate::transfers::{self, Transfers};
 use crate::uplink::probe::{self, UplinkTest};
 use crate::uplink::{self, SharedStatus, UplinkStatus};
@@ -38,9 +45,9 @@ struct Daemon {
     fips: FipsState,
     queue: Queue,
     uplink: SharedStatus,
-    ports: Mutex<Vec<Port>>,
-    firewall: Option<firewall::guard::SharedStatus>,
-    links: Option<SharedLinks>,
+    /// Links, firewall, instrument ports and uplink: replaceable at run time.
+    live: Arc<Live>,
+    reconfig: Arc<Reconfigurer>,
     audit: AuditLog,
     commands: Dispatcher,
     transfers: Transfers,
@@ -61,26 +68,16 @@ impl Source for Daemon {
         self.uplink.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     fn ports(&self) -> Vec<PortStatus> {
-        self.ports.lock().unwrap_or_else(|p| p.into_inner()).iter().map(Port::status).collect()
+        self.live.port_status()
     }
     fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
     fn firewall(&self) -> serde_json::Value {
-        match &self.firewall {
-            None => serde_json::json!({ "enabled": false }),
-            Some(f) => {
-                serde_json::to_value(&*f.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(serde_json::Value::Null)
-            }
-        }
+        self.live.firewall_status()
     }
     fn links(&self) -> serde_json::Value {
-        match &self.links {
-            None => serde_json::Value::Array(Vec::new()),
-            Some(l) => {
-                serde_json::to_value(&*l.lock().unwrap_or_else(|p| p.into_inner())).unwrap_or(serde_json::Value::Null)
-            }
-        }
+        self.live.link_status()
     }
     fn audit(&self) -> serde_json::Value {
         serde_json::to_value(self.audit.status()).unwrap_or(serde_json::Value::Null)
@@ -106,6 +103,12 @@ impl Source for Daemon {
     fn config_path(&self) -> Option<std::path::PathBuf> {
         Some(self.config_path.clone())
     }
+    fn config_show(&self) -> Result<ShowReport, String> {
+        Ok(self.reconfig.show())
+    }
+    fn config_apply(&self, args: &ApplyArgs, actor: &str) -> Result<ApplyReport, String> {
+        Ok(self.reconfig.apply(args, actor))
+    }
 }
 
 /// What an exit code means, for the audit record of a failed start.
@@ -114,6 +117,7 @@ fn exit_reason(code: i32) -> &'static str {
         exit::CONFIG => "bad configuration",
         exit::QUEUE => "the queue database cannot be opened",
         exit::LISTEN => "a port or the control socket cannot be set up",
+        exit::FIPS => "the FIPS gate refused",
         _ => "an unexpected failure",
     }
 }
@@ -159,8 +163,12 @@ fn record_start(cfg: &Config, fips: &FipsState) {
 }
 
 /// Runs rapd with the configuration at `config_path`; returns the process exit code.
+/// A stop to apply a configuration that needs a restart ends in [`reconfig::restart_process`].
 pub fn run(config_path: &Path) -> i32 {
     let code = start_and_serve(config_path);
+    if code == exit::RESTART {
+        return reconfig::restart_process();
+    }
     // A start given up after the audit log opened ends the run's records (the normal
     // stop records its own); the details are in the system log.
     if code != exit::OK && audit::installed().is_some() {
@@ -169,13 +177,26 @@ pub fn run(config_path: &Path) -> i32 {
             "reason": format!("gave up while starting: {}; see the system log", exit_reason(code)),
         })));
     }
+    // A configuration on trial that rapd cannot start with is rolled back at once.
+    if code != exit::OK && reconfig::rollback_after_failed_start(config_path, code, exit_reason(code)) {
+        return reconfig::restart_process();
+    }
     code
 }
 
 fn start_and_serve(config_path: &Path) -> i32 {
     logging::init_early();
+    // What an apply cut short by a crash left is settled before the configuration is read.
+    let recovered = reconfig::files::recover(&ConfigFiles::beside(config_path));
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("rapd: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let cfg_text = match ConfigFiles::beside(config_path).read_current() {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("rapd: {e}");
             return exit::CONFIG;
@@ -222,48 +243,6 @@ fn start_and_serve(config_path: &Path) -> i32 {
         return exit::FAILURE;
     }
 
-    // Links and rules before any port listens. Nothing here runs unless configured.
-    let links = ports::plan(&cfg);
-    if !links.is_empty() {
-        if let Err(e) = ports::check_interfaces(&links) {
-            log::error!("{e}; the firewall rules in place were left unchanged");
-            eprintln!("rapd: {e}; the firewall rules in place were left unchanged");
-            return if matches!(e, PortsError::UnknownInterface { .. }) { exit::CONFIG } else { exit::LISTEN };
-        }
-    }
-    let fw = if cfg.firewall.enabled {
-        match Firewall::apply(firewall::policy(&cfg), firewall::Tools::system(), Arc::new(audit_log.clone())) {
-            Ok(f) => {
-                log::info!("firewall: policy applied ({} rules)", f.status().lock().map(|s| s.rule_count).unwrap_or(0));
-                Some(f)
-            }
-            Err(e) => {
-                log::error!("firewall: {e}");
-                eprintln!("rapd: firewall: {e}");
-                return if matches!(e, FirewallError::UnknownInterface { .. }) { exit::CONFIG } else { exit::FAILURE };
-            }
-        }
-    } else {
-        if !links.is_empty() {
-            log::warn!(
-                "firewall management is off ([firewall] enabled = false): the instrument ports are not filtered"
-            );
-        }
-        None
-    };
-    let link_status = if links.is_empty() {
-        None
-    } else {
-        match ports::configure(&links) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::error!("{e}");
-                eprintln!("rapd: {e}");
-                return if matches!(e, PortsError::UnknownInterface { .. }) { exit::CONFIG } else { exit::LISTEN };
-            }
-        }
-    };
-
     let (queue, writer) = match Queue::open(&cfg.queue.path, cfg.queue.quota_bytes, cfg.queue.dedup_retention) {
         Ok(q) => q,
         Err(e) => {
@@ -273,6 +252,32 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
+    // Link states and changes go upstream as box events.
+    let (link_events, event_sender) =
+        match BoxEvents::start(queue.clone(), &crate::events::seq_path(&cfg.queue.path), stop.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("rapd: cannot start the box events: {e}");
+                return exit::FAILURE;
+            }
+        };
+    // Links and rules before any port listens. Nothing here runs unless configured.
+    let network = match Live::start_network(&cfg, Arc::new(audit_log.clone()), Arc::new(link_events)) {
+        Ok(n) => n,
+        Err(e) => {
+            let unchanged =
+                if matches!(e, LiveError::Ports(_)) { "; the firewall rules in place were left unchanged" } else { "" };
+            log::error!("{e}{unchanged}");
+            eprintln!("rapd: {e}{unchanged}");
+            return match e {
+                LiveError::Ports(PortsError::UnknownInterface { .. })
+                | LiveError::Firewall(FirewallError::UnknownInterface { .. }) => exit::CONFIG,
+                LiveError::Ports(_) => exit::LISTEN,
+                _ => exit::FAILURE,
+            };
+        }
+    };
+
     let shipper = match audit_log.start_shipping(queue.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -318,39 +323,28 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
 
-    let mut ports = Vec::new();
-    for inst in &cfg.instruments {
-        match ingest::start_with_agents(
-            inst.clone(),
-            cfg.ingest.clone(),
-            queue.clone(),
-            stop.clone(),
-            Some(agents.clone()),
-        ) {
-            Ok(p) => {
-                log::info!("instrument {} ({}): listening on {}", inst.serial, inst.model, inst.listen);
-                ports.push(p);
-            }
+    let uplink_status: SharedStatus = Arc::new(Mutex::new(UplinkStatus::default()));
+    let extras = reconfig::live::Extras {
+        agents: Some(agents.clone()),
+        commands: Some((Arc::new(dispatcher.clone()) as Arc<dyn CommandLink>, cfg.commands.poll_interval)),
+    };
+    let live =
+        match Live::start(&cfg, network, queue.clone(), Arc::new(audit_log.clone()), uplink_status.clone(), extras) {
+            Ok(l) => Arc::new(l),
             Err(e) => {
                 log::error!("{e}");
                 eprintln!("rapd: {e}");
-                stop.store(true, Ordering::SeqCst);
-                for p in ports {
-                    p.join();
-                }
-                return exit::LISTEN;
+                return if matches!(e, LiveError::Listen(_)) { exit::LISTEN } else { exit::FAILURE };
             }
-        }
-    }
-
-    let uplink_status: SharedStatus = Arc::new(Mutex::new(UplinkStatus::default()));
+        };
+    let reconfigurer = Reconfigurer::new(cfg.clone(), cfg_text, live.clone(), &recovered);
+    reconfigurer.record_recovery(&recovered);
     let daemon = Arc::new(Daemon {
         fips: fips_state,
         queue: queue.clone(),
-        uplink: uplink_status.clone(),
-        ports: Mutex::new(ports),
-        firewall: fw.as_ref().map(Firewall::status),
-        links: link_status.clone(),
+        uplink: uplink_status,
+        live: live.clone(),
+        reconfig: reconfigurer.clone(),
         audit: audit_log.clone(),
         commands: dispatcher.clone(),
         transfers: transfers.clone(),
@@ -373,6 +367,7 @@ fn start_and_serve(config_path: &Path) -> i32 {
         commands::status::KIND,
         Arc::new(commands::status::StatusKind::new(&(daemon.clone() as Arc<dyn Source>))),
     );
+    dispatcher.register(reconfig::command::KIND, Arc::new(reconfig::command::ConfigureKind::new(&reconfigurer)));
     let dispatch_thread = match dispatcher.start(stop.clone()) {
         Ok(t) => t,
         Err(e) => {
@@ -381,58 +376,24 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
 
-    let up = {
-        let link = (Arc::new(dispatcher.clone()) as Arc<dyn CommandLink>, cfg.commands.poll_interval);
-        let (cfg, q, st, stop) = (cfg.uplink.clone(), queue.clone(), uplink_status, stop.clone());
-        std::thread::Builder::new()
-            .name("uplink".into())
-            .spawn(move || uplink::run_with_commands(cfg, q, st, stop, Some(link)))
-    };
+    // The uplink starts once the dispatcher takes the commands it brings.
+    if let Err(e) = live.start_uplink(&cfg.uplink) {
+        eprintln!("rapd: {e}");
+        live.stop();
+        return exit::FAILURE;
+    }
     let ctl = {
         let (src, stop) = (daemon.clone() as Arc<dyn Source>, stop.clone());
         std::thread::Builder::new()
             .name("control-accept".into())
             .spawn(move || control::serve(control_listener, src, stop))
     };
-    let (up, ctl) = match (up, ctl) {
-        (Ok(u), Ok(c)) => (u, c),
+    let (ctl, watch) = match (ctl, reconfigurer.spawn_watch(stop.clone())) {
+        (Ok(c), Ok(w)) => (c, w),
         _ => {
             eprintln!("rapd: cannot start threads");
+            live.stop();
             return exit::FAILURE;
-        }
-    };
-    let guard = match fw {
-        None => None,
-        Some(f) => match f.spawn_guard(cfg.firewall.drift_check, stop.clone()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("rapd: cannot start the firewall guard: {e}");
-                return exit::FAILURE;
-            }
-        },
-    };
-    // Link changes go upstream as box events (the state at start first).
-    let (watcher, event_sender) = match link_status {
-        None => (None, None),
-        Some(st) => {
-            let (events, sender) =
-                match BoxEvents::start(queue.clone(), &crate::events::seq_path(&cfg.queue.path), stop.clone()) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        eprintln!("rapd: cannot start the box events: {e}");
-                        return exit::FAILURE;
-                    }
-                };
-            for l in st.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                events.link(l, true);
-            }
-            match ports::spawn_watcher(links, st, Arc::new(events), stop.clone()) {
-                Ok(h) => (Some(h), Some(sender)),
-                Err(e) => {
-                    eprintln!("rapd: cannot watch the links: {e}");
-                    return exit::FAILURE;
-                }
-            }
         }
     };
     // Console and SSH logins from the kernel audit stream (needs CAP_AUDIT_READ).
@@ -457,15 +418,23 @@ fn start_and_serve(config_path: &Path) -> i32 {
     };
     let wd = start_watchdog(queue.clone(), stop.clone());
     notify("READY=1\nSTATUS=ingesting and forwarding");
+    reconfig::mark_ready();
     log::info!("rapd ready: {} instrument ports, queue {}", cfg.instruments.len(), cfg.queue.path.display());
 
-    // Wait for SIGTERM/SIGINT (SIGHUP is logged: configuration reload is a restart).
+    // Wait for SIGTERM/SIGINT (SIGHUP is logged: configurations are applied through `reconfig`;
+    // a SIGTERM that `reconfig` sent itself stops rapd to start again).
     let why = loop {
         match sigs.wait() {
             Ok(Signal::SIGHUP) => {
-                log::info!("SIGHUP ignored: restart rapd to apply a new configuration")
+                log::info!(
+                    "SIGHUP ignored: a new configuration is applied with `rapctl config apply` (docs/configuration.md)"
+                )
             }
             Ok(s) => {
+                if let Some(why) = reconfig::restart_requested() {
+                    log::info!("stopping to restart: {why}");
+                    break format!("restart: {why}");
+                }
                 log::info!("{s} received: stopping");
                 break s.as_str().to_owned();
             }
@@ -478,20 +447,15 @@ fn start_and_serve(config_path: &Path) -> i32 {
     notify("STOPPING=1");
     stop.store(true, Ordering::SeqCst);
     queue.wake();
-    let ports = std::mem::take(&mut *daemon.ports.lock().unwrap_or_else(|p| p.into_inner()));
-    for p in ports {
-        p.join();
-    }
-    let _ = up.join();
+    let _ = watch.join();
+    live.stop();
     let _ = ctl.join();
     dispatch_thread.join();
     transfer_threads.join();
-    for h in [guard, watcher, login_watch].into_iter().flatten() {
+    if let Some(h) = login_watch {
         let _ = h.join();
     }
-    if let Some(s) = event_sender {
-        s.join();
-    }
+    event_sender.join();
     if let Some(w) = wd {
         let _ = w.join();
     }
@@ -504,6 +468,9 @@ fn start_and_serve(config_path: &Path) -> i32 {
     writer.join();
     let _ = std::fs::remove_file(&cfg.control.socket);
     log::info!("rapd stopped");
+    if reconfig::restart_requested().is_some() {
+        return exit::RESTART;
+    }
     exit::OK
 }
 

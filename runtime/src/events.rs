@@ -192,6 +192,9 @@ impl LinkEvents for BoxEvents {
         LogEvents.link_changed(l);
         self.link(l, false);
     }
+    fn link_at_start(&self, l: &LinkStatus) {
+        self.link(l, true);
+    }
 }
 
 fn note(last_error: &Mutex<Option<String>>, e: Option<String>) {

@@ -6,6 +6,7 @@
 //! only the uplink talks to the data center. Commands flow back: the uplink hands what the
 //! data center sends to the [`commands`] dispatcher, which runs each once and reports. [`control`] answers questions about all
 //! of it on a local Unix socket. [`fips`] decides whether any of it may start.
+//! [`reconfig`] applies a new configuration while rapd runs.
 
 pub mod agents;
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod logins;
 pub mod peer;
 pub mod ports;
 pub mod queue;
+pub mod reconfig;
 pub mod syslog_conf;
 pub mod tls;
 pub mod transfers;
@@ -43,4 +45,7 @@ pub mod exit {
     pub const QUEUE: i32 = 4;
     /// An instrument port or the control socket cannot be bound.
     pub const LISTEN: i32 = 5;
+    /// Stopped cleanly to start again with a new configuration (systemd's `Restart=always`
+    /// starts it; without systemd rapd executes itself again instead of exiting).
+    pub const RESTART: i32 = 6;
 }

@@ -5,14 +5,18 @@
 //! "could not check": `audit verify` (0 intact, 1 broken, 3 not checked), `uplink test`
 //! (0 every step passed, 1 a step failed, 3 not run), `certs` (0 both usable, 1 one
 //! missing, expired, not yet valid or not matching its key, 3 not read).
+//! `rapctl config check|apply`: 0 valid / applied (with `--wait`: confirmed by the data
+//! center), 1 refused or failed (nothing was changed; the key is named), 2 usage error,
+//! 3 rapd could not be asked, 4 (`--wait`) rolled back. See `docs/configuration.md`.
 
-use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use rapbox::audit::{self, Verification};
 use rapbox::certs::CertInfo;
 use rapbox::control::{self, Request, Response, Status};
+use rapbox::reconfig::{keys, ApplyArgs, ApplyOutcome, ApplyReport, ShowReport};
 use rapbox::uplink::probe::UplinkTest;
 use serde_json::Value;
 
@@ -97,6 +101,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The configuration: show it, check or apply a new one (docs/configuration.md).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +142,46 @@ enum UplinkCmd {
 }
 
 #[derive(Subcommand)]
+enum ConfigCmd {
+    /// The configuration in force, the trial of an applied one, recent events.
+    Show {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a document or changes as an apply would, change nothing (exit 0 valid, 1 refused).
+    Check(Proposed),
+    /// Validate and apply a document or changes (exit 0 applied, 1 refused or failed, 4 rolled back with --wait).
+    Apply {
+        #[command(flatten)]
+        proposed: Proposed,
+        /// Do not roll back when the data center acknowledges nothing in time (only for a box
+        /// being set up while the data center cannot be reached yet).
+        #[arg(long)]
+        no_rollback: bool,
+        /// Wait until the data center confirms it (exit 0) or it is rolled back (exit 4).
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct Proposed {
+    /// Changes: KEY=VALUE, VALUE a TOML value or a bare string (e.g. uplink.proxy=http://10.0.0.9:3128).
+    #[arg(value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Remove a key (may be repeated).
+    #[arg(long, value_name = "KEY")]
+    unset: Vec<String>,
+    /// A whole configuration document instead of changes.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["set", "unset"])]
+    file: Option<PathBuf>,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
 enum AuditCmd {
     /// Walk the hash chain and name the first broken link (exit 0 intact, 1 broken, 3 not checked).
     Verify {
@@ -159,6 +208,11 @@ enum AuditCmd {
 
 /// Exit code of `audit verify` when the trail could not be checked at all.
 const NOT_CHECKED: i32 = 3;
+/// Exit codes of `config check|apply`.
+const REFUSED: i32 = 1;
+const USAGE: i32 = 2;
+const NOT_ASKED: i32 = 3;
+const ROLLED_BACK: i32 = 4;
 
 fn main() {
     let args = match Args::try_parse() {
@@ -170,6 +224,7 @@ fn main() {
         }
     };
     match args.cmd {
+        Cmd::Config { cmd } => std::process::exit(config(&args.socket, cmd)),
         Cmd::Status { json } => match control::request(&args.socket, &Request::Status) {
             Ok(r) if r.ok => {
                 let Some(st) = r.status else {
@@ -323,6 +378,202 @@ fn main() {
             }
         }
     }
+}
+
+/// `rapctl config ...`; returns the exit code.
+fn config(socket: &Path, cmd: ConfigCmd) -> i32 {
+    match cmd {
+        ConfigCmd::Show { json } => match ask(socket, &Request::ConfigShow)
+            .and_then(|r| r.config_show.ok_or_else(|| "rapd answered without the configuration".to_string()))
+        {
+            Ok(sh) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&sh).unwrap_or_default());
+                } else {
+                    print!("{}", show_text(&sh));
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("rapctl: {e}");
+                NOT_ASKED
+            }
+        },
+        ConfigCmd::Check(p) => {
+            let json = p.json;
+            match proposal(p, true, true) {
+                Ok(args) => apply_and_report(socket, &args, json, false),
+                Err(e) => {
+                    eprintln!("rapctl: {e}");
+                    USAGE
+                }
+            }
+        }
+        ConfigCmd::Apply { proposed, no_rollback, wait } => {
+            let json = proposed.json;
+            match proposal(proposed, false, !no_rollback) {
+                Ok(args) => apply_and_report(socket, &args, json, wait && !no_rollback),
+                Err(e) => {
+                    eprintln!("rapctl: {e}");
+                    USAGE
+                }
+            }
+        }
+    }
+}
+
+/// The request's arguments from the command line.
+fn proposal(p: Proposed, dry_run: bool, rollback: bool) -> Result<ApplyArgs, String> {
+    let mut args = ApplyArgs { dry_run, rollback, ..ApplyArgs::default() };
+    if let Some(f) = &p.file {
+        args.document = Some(std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?);
+        return Ok(args);
+    }
+    if p.set.is_empty() && p.unset.is_empty() {
+        return Err("nothing to do: give KEY=VALUE changes, --unset KEY or --file PATH".into());
+    }
+    let mut changes = Vec::new();
+    for a in &p.set {
+        changes.push(keys::parse_assignment(a).map_err(|e| e.to_string())?);
+    }
+    for k in &p.unset {
+        changes.push(keys::Change::Unset(k.parse().map_err(|e: keys::KeyError| e.to_string())?));
+    }
+    args.keys = Some(keys::to_json(&changes));
+    Ok(args)
+}
+
+fn apply_and_report(socket: &Path, args: &ApplyArgs, json: bool, wait: bool) -> i32 {
+    let rep = match control::request_with_timeout(socket, &Request::ConfigApply(args.clone()), APPLY_TIMEOUT) {
+        Ok(r) if r.ok => match r.config_apply {
+            Some(rep) => rep,
+            None => {
+                eprintln!("rapctl: rapd answered without a result");
+                return NOT_ASKED;
+            }
+        },
+        Ok(r) => {
+            eprintln!("rapctl: rapd refused: {}", r.error.unwrap_or_default());
+            return NOT_ASKED;
+        }
+        Err(e) => {
+            eprintln!("rapctl: cannot reach rapd: {e}\n  is rapd running? (systemctl status rapd)");
+            return NOT_ASKED;
+        }
+    };
+    if json && !wait {
+        println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+    } else if !json {
+        print_report(&rep);
+    }
+    let code = match rep.outcome {
+        ApplyOutcome::Valid | ApplyOutcome::Applied | ApplyOutcome::Unchanged => 0,
+        ApplyOutcome::Refused | ApplyOutcome::Failed => REFUSED,
+    };
+    if !wait || rep.outcome != ApplyOutcome::Applied {
+        if json && wait {
+            println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+        }
+        return code;
+    }
+    let (Some(id), Some(trial)) = (rep.id.clone(), rep.trial.clone()) else { return code };
+    if !json {
+        println!("waiting for the data center (up to {} s) ...", trial.rollback_after_s);
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(trial.rollback_after_s + 60);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Ok(Response { config_show: Some(sh), .. }) = control::request(socket, &Request::ConfigShow) {
+            let done = sh.history.iter().rev().find(|h| {
+                h.id.as_deref() == Some(id.as_str())
+                    && matches!(h.event.as_str(), "confirmed" | "rolled_back" | "rollback_failed")
+            });
+            if let Some(h) = done {
+                if json {
+                    println!("{}", serde_json::json!({ "apply": rep, "end": h }));
+                } else {
+                    println!("{}", h.message);
+                }
+                return if h.event == "confirmed" { 0 } else { ROLLED_BACK };
+            }
+        }
+        if std::time::Instant::now() > end {
+            eprintln!("rapctl: configuration {id}: no confirmation or rollback seen; see rapctl config show");
+            return NOT_ASKED;
+        }
+    }
+}
+
+/// An apply can wait for the uplink's batch in flight (up to its timeouts).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn print_report(r: &ApplyReport) {
+    match r.outcome {
+        ApplyOutcome::Refused | ApplyOutcome::Failed => {
+            let head = if r.outcome == ApplyOutcome::Refused {
+                "refused, nothing was changed"
+            } else {
+                "failed, the configuration in force was put back"
+            };
+            eprintln!("rapctl: {head}:");
+            for e in &r.errors {
+                eprintln!("  {}", e.message);
+            }
+        }
+        _ => {
+            println!("{}", r.message);
+            if let Some(id) = &r.id {
+                println!("  id       {id}");
+            }
+            if !r.changed_keys.is_empty() {
+                println!("  changes  {}", r.changed_keys.join(", "));
+            }
+        }
+    }
+}
+
+fn show_text(sh: &ShowReport) -> String {
+    let mut o = format!("configuration {}", sh.path.display());
+    if sh.file != sh.path {
+        o += &format!(" ({})", sh.file.display());
+    }
+    o += &format!("\n  sha256   {}\n", sh.sha256);
+    match &sh.trial {
+        Some(t) => {
+            o += &format!(
+                "  trial    {} applied by {} {}: rolled back in {} s unless the data center acknowledges a batch{}\n",
+                t.id,
+                t.actor,
+                ago(Some(t.applied_ms)),
+                t.remaining_s,
+                if t.restart { " (applied through a restart)" } else { "" }
+            )
+        }
+        None => o += "  trial    none (the configuration in force is confirmed)\n",
+    }
+    if let Some(p) = &sh.previous {
+        o += &format!("  previous {}\n", p.display());
+    }
+    o += &format!("  restart  needed to change: {}\n", sh.restart_sections.join(", "));
+    if !sh.history.is_empty() {
+        o += "recent\n";
+        for h in &sh.history {
+            o += &format!(
+                "  {:>9}  {:<15} {}  {}  {}\n",
+                ago(Some(h.time_ms)),
+                h.event,
+                h.id.as_deref().unwrap_or("-"),
+                h.actor,
+                h.message
+            );
+        }
+    }
+    o += "---\n";
+    o += &sh.document;
+    if !sh.document.ends_with('\n') {
+        o.push('\n');
+    }
+    o
 }
 
 /// One request; a refusal or an unreachable rapd as a message.

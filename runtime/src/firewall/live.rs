@@ -73,6 +73,15 @@ pub fn apply(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {
     restore_all(rs, tools)
 }
 
+/// Checks the policy without changing anything: the interfaces exist and
+/// `iptables-restore --test` accepts both documents (what a new configuration must pass
+/// before it is applied at run time).
+pub fn test(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {
+    check_interfaces(rs)?;
+    restore(&tools.restore6, &rs.ipv6, true)?;
+    restore(&tools.restore4, &rs.ipv4, true)
+}
+
 /// [`apply`] without the interface check: both documents tested, then restored, then
 /// forwarding set.
 pub fn restore_all(rs: &Ruleset, tools: &Tools) -> Result<(), FirewallError> {

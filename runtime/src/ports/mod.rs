@@ -97,6 +97,8 @@ pub type SharedLinks = Arc<Mutex<Vec<LinkStatus>>>;
 /// the data center (and logs it with [`LogEvents`]); [`LogEvents`] alone only logs.
 pub trait LinkEvents: Send + Sync {
     fn link_changed(&self, link: &LinkStatus);
+    /// The state of a link when rapd (or a new configuration) took it over.
+    fn link_at_start(&self, _link: &LinkStatus) {}
 }
 
 /// Link changes as log lines (`event: ...`).

@@ -203,6 +203,18 @@ impl Rtnl {
         m.attributes.push(RouteAttribute::Oif(index));
         self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE).map(drop)
     }
+
+    /// Removes the main table's default route via `gateway` on the link (ESRCH when there is none).
+    pub fn del_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = 0;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.scope = RouteScope::NoWhere;
+        m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        m.attributes.push(RouteAttribute::Oif(index));
+        self.request(RouteNetlinkMessage::DelRoute(m), NLM_F_ACK).map(drop)
+    }
 }
 
 /// A socket subscribed to link notifications (`RTM_NEWLINK`/`RTM_DELLINK`).

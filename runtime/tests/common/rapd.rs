@@ -112,6 +112,23 @@ impl Rapd {
         Rapd { spec: spec.clone(), child: Some(child), log }
     }
 
+    /// Starts rapd again on the configuration file as it is now (after a kill, say).
+    pub fn respawn(&mut self) {
+        let cfg = self.spec.dir.join("rapd.toml");
+        let n = std::fs::read_dir(&self.spec.dir).unwrap().count();
+        self.log = self.spec.dir.join(format!("rapd-{n}.log"));
+        let out = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rapd"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start rapd");
+        self.child = Some(child);
+    }
+
     /// Starts rapd and waits until its control socket answers.
     pub fn start(spec: &Spec) -> Rapd {
         let mut r = Rapd::spawn(spec);
