@@ -65,6 +65,9 @@ enum Cmd {
         /// Data-center batch endpoint, https://...
         #[arg(long)]
         url: String,
+        /// The vendor's manifest-signing public key (PEM), trusted for downloads.
+        #[arg(long)]
+        vendor_key: Option<PathBuf>,
     },
 }
 
@@ -101,8 +104,11 @@ fn run() -> Result<()> {
             let recipe = Recipe::load(&recipe)?;
             build::lock(&recipe, &rapimage::cmd::absolute(&cache)).context("lock failed")?;
         }
-        Cmd::Provision { image, manifest, template, ca, cert, key, url } => {
+        Cmd::Provision { image, manifest, template, ca, cert, key, url, vendor_key } => {
             provision::provision(&image, &manifest, &template, &Identity { ca, cert, key, url })?;
+            if let Some(k) = vendor_key {
+                provision::add_files(&image, &manifest, &[(&k, provision::VENDOR_KEY_DEST, "0100644")])?;
+            }
             println!("provisioned {}", image.display());
         }
     }
