@@ -73,6 +73,9 @@ enum Cmd {
         /// `[network.uplink] syslog` in rapd.toml).
         #[arg(long, value_name = "NAME")]
         syslog_name: Option<String>,
+        /// The vendor's manifest-signing public key (PEM), trusted for downloads.
+        #[arg(long)]
+        vendor_key: Option<PathBuf>,
     },
 }
 
@@ -109,9 +112,12 @@ fn run() -> Result<()> {
             let recipe = Recipe::load(&recipe)?;
             build::lock(&recipe, &rapimage::cmd::absolute(&cache)).context("lock failed")?;
         }
-        Cmd::Provision { image, manifest, template, ca, cert, key, url, technicians, syslog_name } => {
+        Cmd::Provision { image, manifest, template, ca, cert, key, url, technicians, syslog_name, vendor_key } => {
             let extras = Extras { technicians, syslog_name };
             provision::provision_with(&image, &manifest, &template, &Identity { ca, cert, key, url }, &extras)?;
+            if let Some(k) = vendor_key {
+                provision::add_files(&image, &manifest, &[(&k, provision::VENDOR_KEY_DEST, "0100644")])?;
+            }
             println!("provisioned {}", image.display());
         }
     }

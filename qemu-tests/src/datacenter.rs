@@ -26,6 +26,8 @@ pub struct DataCenter {
     pub nginx: Option<Nginx>,
     /// The host loopback port nginx listens on (pass as `VmConfig::uplink_port`).
     pub port: u16,
+    /// The front door's configuration (to start it again after [`DataCenter::stop_front_door`]).
+    pub front_door: FrontDoor,
 }
 
 impl std::fmt::Debug for DataCenter {
@@ -72,7 +74,7 @@ impl DataCenter {
             prefix,
         );
         let nginx = Nginx::start(&fd).map_err(setup("nginx"))?;
-        Ok(DataCenter { dir, pki, backend, client, nginx: Some(nginx), port })
+        Ok(DataCenter { dir, pki, backend, client, nginx: Some(nginx), port, front_door: fd })
     }
 
     /// Starts nginx again after `nginx.take().stop()` (an outage of the data center), on
@@ -93,6 +95,21 @@ impl DataCenter {
     /// The URL the box is provisioned with.
     pub fn url(&self) -> String {
         format!("https://{GUEST_DC_IP}/api/v1/batches")
+    }
+
+    /// Cuts the uplink: stops nginx (the guest-forward then reaches nothing).
+    pub fn stop_front_door(&mut self) {
+        if let Some(n) = self.nginx.take() {
+            n.stop();
+        }
+    }
+
+    /// Starts nginx again on the same port.
+    pub fn start_front_door(&mut self) -> Result<(), HarnessError> {
+        if self.nginx.is_none() {
+            self.nginx = Some(Nginx::start(&self.front_door).map_err(setup("nginx"))?);
+        }
+        Ok(())
     }
 
     /// Every instrument report (not the box's own records: audit records, and box events

@@ -62,3 +62,15 @@ impl SimRun {
         self.handle.join().unwrap_or_else(|_| Err("instrument thread panicked".into()))
     }
 }
+
+/// Starts a simulated instrument's file agent in the network namespace `ns` (its threads
+/// are started from a thread that joined the namespace, so they inherit it).
+pub fn spawn_file_agent(ns: &str, agent: rapsim::FileAgent) -> Result<rapsim::RunningFileAgent, String> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns).map_err(|e| e.to_string())?;
+        agent.spawn().map_err(|e| e.to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("file agent thread panicked".into()))
+}

@@ -344,3 +344,103 @@ impl Drop for Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use rapwire::agent::{self as wire, Frame};
+
+    use super::*;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        (s, c)
+    }
+
+    fn read(c: &mut TcpStream) -> Message {
+        let mut body = Vec::new();
+        wire::read_body(c, &mut body).unwrap();
+        match wire::decode(&body).unwrap() {
+            Frame::Request(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    struct Echo;
+    impl RequestHandler for Echo {
+        fn handle(&self, session: &SessionInfo, msg: &Message) -> Option<Message> {
+            match msg {
+                Message::UploadEnd { req, upload } => Some(Message::Refused {
+                    req: *req,
+                    code: ErrorCode::UnknownTransfer,
+                    reason: format!("{} has no upload {upload}", session.serial),
+                }),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn hello_sessions_requests_and_answers() {
+        let agents = Agents::new();
+        agents.register(Arc::new(Echo));
+        let (server, mut client) = pair();
+        let mut conn = agents.connection(Arc::from("I-1"), Arc::new(Mutex::new(server)));
+
+        conn.on_frame(Message::UploadEnd { req: 1, upload: 5 });
+        assert!(matches!(read(&mut client), Message::Refused { req: 1, code: ErrorCode::NotNegotiated, .. }));
+        assert!(agents.sessions("I-1", 0).is_empty());
+
+        conn.on_frame(Message::Hello { req: 2, max_version: 2, capabilities: 0xff, software: "t\u{7}est".into() });
+        assert_eq!(
+            read(&mut client),
+            Message::Welcome {
+                req: 2,
+                version: 2,
+                capabilities: cap::KNOWN,
+                max_chunk: rapwire::requests::MAX_CHUNK as u32
+            }
+        );
+        let ids = agents.sessions("I-1", cap::DOWNLOADS);
+        assert_eq!(ids.len(), 1);
+        assert_eq!(agents.status()[0].software, "test");
+        assert!(agents.sessions("I-2", 0).is_empty());
+
+        // Agent requests go to the handlers; unknown ones are refused by name.
+        conn.on_frame(Message::UploadEnd { req: 3, upload: 5 });
+        assert_eq!(
+            read(&mut client),
+            Message::Refused { req: 3, code: ErrorCode::UnknownTransfer, reason: "I-1 has no upload 5".into() }
+        );
+        conn.on_frame(Message::Read { req: 4, transfer: 1, offset: 0, length: 1 });
+        assert!(matches!(read(&mut client), Message::Refused { req: 4, code: ErrorCode::UnknownFrameType, .. }));
+        conn.on_frame(Message::Offer {
+            req: 5,
+            transfer: 1,
+            size: 1,
+            sha256: [0; 32],
+            category: rapwire::transfer::Category::Help,
+            name: "a".into(),
+        });
+        assert!(matches!(read(&mut client), Message::Refused { req: 5, code: ErrorCode::UnknownFrameType, .. }));
+
+        // Box requests: the answer reaches the callback; a connection that ends answers Closed.
+        let (tx, rx) = mpsc::channel();
+        let t2 = tx.clone();
+        agents.request(ids[0], |req| Message::Ok { req }, Box::new(move |a| t2.send(a).unwrap())).unwrap();
+        let sent = read(&mut client);
+        conn.on_frame(Message::Refused { req: sent.req(), code: ErrorCode::Declined, reason: "no".into() });
+        assert_eq!(rx.recv().unwrap(), Answer::Refused { code: ErrorCode::Declined, reason: "no".into() });
+        agents.request(ids[0], |req| Message::Ok { req }, Box::new(move |a| tx.send(a).unwrap())).unwrap();
+        let g = agents.generation();
+        drop(conn);
+        assert_eq!(rx.recv().unwrap(), Answer::Closed);
+        assert!(agents.generation() > g);
+        assert!(agents.request(ids[0], |req| Message::Ok { req }, Box::new(|_| {})).is_err());
+    }
+}
