@@ -47,6 +47,15 @@ enum Cmd {
         #[arg(long, env = "RAPBOX_DEB_CACHE", default_value = "image/cache")]
         cache: PathBuf,
     },
+    /// Refresh the apt lists of the recipe's mirrors in the cache (what the suite and its
+    /// security suite offer now: hardening control 25 compares the image with them) and
+    /// print the lists directory.
+    Lists {
+        #[arg(long, default_value = "image/recipe.toml")]
+        recipe: PathBuf,
+        #[arg(long, env = "RAPBOX_DEB_CACHE", default_value = "image/cache")]
+        cache: PathBuf,
+    },
     /// Write a box's certificate, key, CA and data-center URL into an image's data partition.
     Provision {
         #[arg(long, default_value = "build/image/rapbox.img")]
@@ -65,6 +74,9 @@ enum Cmd {
         /// Data-center batch endpoint, https://...
         #[arg(long)]
         url: String,
+        /// Remote log host (TLS syslog, port 6514; its certificate must name it).
+        #[arg(long)]
+        loghost: Option<String>,
     },
 }
 
@@ -101,8 +113,17 @@ fn run() -> Result<()> {
             let recipe = Recipe::load(&recipe)?;
             build::lock(&recipe, &rapimage::cmd::absolute(&cache)).context("lock failed")?;
         }
-        Cmd::Provision { image, manifest, template, ca, cert, key, url } => {
+        Cmd::Lists { recipe, cache } => {
+            let recipe = Recipe::load(&recipe)?;
+            let cache = rapimage::cache::Cache::new(rapimage::cmd::absolute(&cache));
+            cache.update(&recipe.debian.mirrors).context("refreshing the apt lists")?;
+            println!("{}", cache.lists().display());
+        }
+        Cmd::Provision { image, manifest, template, ca, cert, key, url, loghost } => {
             provision::provision(&image, &manifest, &template, &Identity { ca, cert, key, url })?;
+            if let Some(name) = loghost {
+                provision::provision_loghost(&image, &manifest, &name)?;
+            }
             println!("provisioned {}", image.display());
         }
     }

@@ -18,6 +18,8 @@ pub enum ProvisionError {
     Manifest { path: PathBuf, message: String },
     #[error("data-center URL `{0}` must start with https://")]
     Url(String),
+    #[error("log host `{0}`: a host name or IPv4 address (letters, digits, `.`, `-`) is required")]
+    LogHost(String),
 }
 
 /// What one box receives.
@@ -53,18 +55,9 @@ pub fn provision(image: &Path, manifest: &Path, template: &Path, id: &Identity) 
     if !id.url.starts_with("https://") {
         return Err(ProvisionError::Url(id.url.clone()));
     }
-    let (start, size) = partition(manifest, "data")?;
     let tmpdir = image.with_extension("provision.d");
     let _ = std::fs::remove_dir_all(&tmpdir);
     std::fs::create_dir_all(&tmpdir).map_err(io(&tmpdir))?;
-    let part = tmpdir.join("data.part");
-    cmd::output(
-        cmd::new("dd", ["bs=1M", "status=none", "conv=sparse"])
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", part.display()))
-            .arg(format!("skip={start}"))
-            .arg(format!("count={size}")),
-    )?;
     let cfg = tmpdir.join("rapd.toml");
     let text = std::fs::read_to_string(template).map_err(io(template))?;
     std::fs::write(&cfg, text.replace("@DATACENTER_URL@", &id.url)).map_err(io(&cfg))?;
@@ -74,8 +67,47 @@ pub fn provision(image: &Path, manifest: &Path, template: &Path, id: &Identity) 
         (&id.key, "/provision/box.key", "0100640"),
         (&cfg, "/config/rapd.toml", "0100644"),
     ];
+    write_data_files(image, manifest, &tmpdir, &files)
+}
+
+/// Writes the box's remote log host (hardening control 44: rsyslog forwards the system
+/// and audit logs to it over TLS, port 6514, and checks that its certificate names it)
+/// as `/data/config/loghost.env` (`RAPBOX_LOGHOST=<name>`, read by rsyslog.service).
+pub fn provision_loghost(image: &Path, manifest: &Path, name: &str) -> Result<(), ProvisionError> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && !name.starts_with(['-', '.']);
+    if !valid {
+        return Err(ProvisionError::LogHost(name.into()));
+    }
+    let tmpdir = image.with_extension("loghost.d");
+    let _ = std::fs::remove_dir_all(&tmpdir);
+    std::fs::create_dir_all(&tmpdir).map_err(io(&tmpdir))?;
+    let env = tmpdir.join("loghost.env");
+    std::fs::write(&env, format!("RAPBOX_LOGHOST={name}\n")).map_err(io(&env))?;
+    write_data_files(image, manifest, &tmpdir, &[(&env, "/config/loghost.env", "0100644")])
+}
+
+/// Writes `files` (source, path on the data partition, debugfs mode) into the data
+/// partition of `image`, root-owned, with `tmpdir` as scratch space (removed after).
+fn write_data_files(
+    image: &Path,
+    manifest: &Path,
+    tmpdir: &Path,
+    files: &[(&Path, &str, &str)],
+) -> Result<(), ProvisionError> {
+    let (start, size) = partition(manifest, "data")?;
+    let part = tmpdir.join("data.part");
+    cmd::output(
+        cmd::new("dd", ["bs=1M", "status=none", "conv=sparse"])
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", part.display()))
+            .arg(format!("skip={start}"))
+            .arg(format!("count={size}")),
+    )?;
     let mut script = String::new();
-    for (src, dest, mode) in files {
+    for &(src, dest, mode) in files {
         if !src.is_file() {
             return Err(ProvisionError::Io {
                 path: src.into(),
@@ -97,6 +129,6 @@ pub fn provision(image: &Path, manifest: &Path, template: &Path, id: &Identity) 
             .arg(format!("of={}", image.display()))
             .arg(format!("seek={start}")),
     )?;
-    std::fs::remove_dir_all(&tmpdir).map_err(io(&tmpdir))?;
+    std::fs::remove_dir_all(tmpdir).map_err(io(tmpdir))?;
     Ok(())
 }
