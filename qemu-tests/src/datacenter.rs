@@ -26,6 +26,7 @@ pub struct DataCenter {
     pub nginx: Option<Nginx>,
     /// The host loopback port nginx listens on (pass as `VmConfig::uplink_port`).
     pub port: u16,
+    front_door: FrontDoor,
 }
 
 impl std::fmt::Debug for DataCenter {
@@ -66,7 +67,23 @@ impl DataCenter {
             prefix,
         );
         let nginx = Nginx::start(&fd).map_err(setup("nginx"))?;
-        Ok(DataCenter { dir, pki, backend, client, nginx: Some(nginx), port })
+        Ok(DataCenter { dir, pki, backend, client, nginx: Some(nginx), port, front_door: fd })
+    }
+
+    /// Stops nginx: the data center is down for the box (connections to the uplink
+    /// forward are refused) until `start_front_door`.
+    pub fn stop_front_door(&mut self) {
+        if let Some(n) = self.nginx.take() {
+            n.stop();
+        }
+    }
+
+    /// Starts nginx again on the same port with the same configuration.
+    pub fn start_front_door(&mut self) -> Result<(), HarnessError> {
+        if self.nginx.is_none() {
+            self.nginx = Some(Nginx::start(&self.front_door).map_err(setup("nginx"))?);
+        }
+        Ok(())
     }
 
     /// The URL the box is provisioned with.

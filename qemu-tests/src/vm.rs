@@ -39,6 +39,7 @@ pub struct Vm {
     pub console: Console,
     pub started: Instant,
     _bridge: Option<crate::bridge::UnixToTcp>,
+    _extra_bridges: Vec<crate::bridge::UnixToTcp>,
     _netns: Netns,
     _guard: MutexGuard<'static, ()>,
 }
@@ -85,6 +86,18 @@ fn kvm_probe(built: &Built) -> bool {
 impl Vm {
     /// Boots `built` as configured; the serial log is target/qemu-logs/<test>.log.
     pub fn start(test: &str, built: &Built, cfg: &VmConfig) -> Result<Vm, HarnessError> {
+        Vm::start_with_forwards(test, built, cfg, &[])
+    }
+
+    /// Like `start`, with further guest-forwards: each `(guest_port, host_port)` makes
+    /// 10.0.2.100:guest_port in the guest reach 127.0.0.1:host_port on the host (e.g. a
+    /// TLS syslog collector on 6514).
+    pub fn start_with_forwards(
+        test: &str,
+        built: &Built,
+        cfg: &VmConfig,
+        forwards: &[(u16, u16)],
+    ) -> Result<Vm, HarnessError> {
         let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let netns = Netns::create(&test.chars().take(6).collect::<String>(), 2)?;
         let log = log_dir().join(format!("{test}.log"));
@@ -126,6 +139,12 @@ impl Vm {
             let sock = crate::workspace().join(format!("target/qemu-tests/{test}-uplink.sock"));
             bridge = Some(crate::bridge::UnixToTcp::start(&sock, port)?);
             netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:443-cmd:socat - UNIX-CONNECT:{}", sock.display()));
+        }
+        let mut extra_bridges = Vec::new();
+        for (guest, host) in forwards {
+            let sock = crate::workspace().join(format!("target/qemu-tests/{test}-fwd{guest}.sock"));
+            extra_bridges.push(crate::bridge::UnixToTcp::start(&sock, *host)?);
+            netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:{guest}-cmd:socat - UNIX-CONNECT:{}", sock.display()));
         }
         args.extend([
             "-netdev".into(),
@@ -174,7 +193,15 @@ impl Vm {
         let out = child.stdout.take().ok_or_else(|| HarnessError::Setup("no qemu stdout".into()))?;
         let inp = child.stdin.take().ok_or_else(|| HarnessError::Setup("no qemu stdin".into()))?;
         let console = Console::new(out, inp, &log);
-        Ok(Vm { child, console, started: Instant::now(), _bridge: bridge, _netns: netns, _guard: guard })
+        Ok(Vm {
+            child,
+            console,
+            started: Instant::now(),
+            _bridge: bridge,
+            _extra_bridges: extra_bridges,
+            _netns: netns,
+            _guard: guard,
+        })
     }
 
     /// The network namespace QEMU runs in (its tap devices are the instrument ports).
