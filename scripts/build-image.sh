@@ -14,7 +14,9 @@
 # fresh machine can still build and test the recipe after a Debian point or security
 # release. Without it such a build fails with the message naming the package.
 # Release images must then pass the offline hardening check (RAPBOX_HARDENING_GATE=0
-# skips it).
+# skips it). Its control 25 compares every shipped package with what bookworm and
+# bookworm-security offer at build time: the apt lists are refreshed first (network);
+# RAPBOX_OFFLINE=1 builds without network and reports control 25 as not evaluated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +28,8 @@ OUT=${RAPBOX_IMAGE_OUT:-build/image}
 export RAPBOX_DEB_CACHE=${RAPBOX_DEB_CACHE:-/var/cache/rapbox/image}
 JOBS=${CARGO_BUILD_JOBS:-2}
 
-cargo build -j"$JOBS" --release -p rapimage
+# rapimage, and raphard (in the image for `raphard check-live`, and the build's gate).
+cargo build -j"$JOBS" --release -p rapimage -p raphard
 args=(build --recipe image/recipe.toml --out "$OUT")
 if [ "${RAPBOX_IMAGE_STUB:-0}" = 1 ]; then
   cargo build -j"$JOBS" --release -p qemu-tests --bin rapbox-stub
@@ -69,14 +72,21 @@ fi
 # went into root-a (hardening/checker, docs/hardening.md): a failing control fails
 # the build. Reports land beside manifest.json.
 build "${args[@]}" --keep-root "$@"
-cargo build -q -j"$JOBS" -p raphard
-cache=$RAPBOX_DEB_CACHE
 check=(check --root "$OUT/work/root" --esp "$OUT/work/esp" --cmdline "$OUT/boot/cmdline-a"
-       --waivers hardening/waivers.toml
+       --manifest "$OUT/manifest.json" --waivers hardening/waivers.toml
        --report-json "$OUT/hardening-report.json" --report-html "$OUT/hardening-report.html")
-[ -d "$cache/apt/state/lists" ] && check+=(--apt-lists "$cache/apt/state/lists")
+if [ "${RAPBOX_OFFLINE:-0}" = 1 ]; then
+  echo "build-image.sh: RAPBOX_OFFLINE=1: apt lists not refreshed, control 25 (package currency) not evaluated" >&2
+elif lists=$(target/release/rapimage lists --recipe image/recipe.toml); then
+  check+=(--apt-lists "$lists")
+else
+  echo "build-image.sh: refreshing the apt lists failed: control 25 compares the packages with what" >&2
+  echo "  bookworm and bookworm-security offer now; without network run with RAPBOX_OFFLINE=1" >&2
+  rm -rf "$OUT/work/root"
+  exit 1
+fi
 set +e
-target/debug/raphard "${check[@]}" > "$OUT/hardening-report.txt"
+target/release/raphard "${check[@]}" > "$OUT/hardening-report.txt"
 rc=$?
 set -e
 tail -n 1 "$OUT/hardening-report.txt"

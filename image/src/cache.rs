@@ -49,6 +49,11 @@ impl Cache {
         self.dir.join("debs")
     }
 
+    /// The private apt lists (`apt-get update` of the recipe's mirrors).
+    pub fn lists(&self) -> PathBuf {
+        self.dir.join("apt/state/lists")
+    }
+
     pub fn path_of(&self, p: &Package) -> PathBuf {
         self.debs().join(p.filename())
     }

@@ -47,6 +47,15 @@ enum Cmd {
         #[arg(long, env = "RAPBOX_DEB_CACHE", default_value = "image/cache")]
         cache: PathBuf,
     },
+    /// Refresh the apt lists of the recipe's mirrors in the cache (what the suite and its
+    /// security suite offer now: hardening control 25 compares the image with them) and
+    /// print the lists directory.
+    Lists {
+        #[arg(long, default_value = "image/recipe.toml")]
+        recipe: PathBuf,
+        #[arg(long, env = "RAPBOX_DEB_CACHE", default_value = "image/cache")]
+        cache: PathBuf,
+    },
     /// Write a box's certificate, key, CA and data-center URL into an image's data partition.
     Provision {
         #[arg(long, default_value = "build/image/rapbox.img")]
@@ -111,6 +120,12 @@ fn run() -> Result<()> {
         Cmd::Lock { recipe, cache } => {
             let recipe = Recipe::load(&recipe)?;
             build::lock(&recipe, &rapimage::cmd::absolute(&cache)).context("lock failed")?;
+        }
+        Cmd::Lists { recipe, cache } => {
+            let recipe = Recipe::load(&recipe)?;
+            let cache = rapimage::cache::Cache::new(rapimage::cmd::absolute(&cache));
+            cache.update(&recipe.debian.mirrors).context("refreshing the apt lists")?;
+            println!("{}", cache.lists().display());
         }
         Cmd::Provision { image, manifest, template, ca, cert, key, url, technicians, syslog_name, vendor_key } => {
             let extras = Extras { technicians, syslog_name };

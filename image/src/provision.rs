@@ -167,18 +167,9 @@ pub fn provision_with(
         return Err(ProvisionError::Url(id.url.clone()));
     }
     extras.validate()?;
-    let (start, size) = partition(manifest, "data")?;
     let tmpdir = image.with_extension("provision.d");
     let _ = std::fs::remove_dir_all(&tmpdir);
     std::fs::create_dir_all(&tmpdir).map_err(io(&tmpdir))?;
-    let part = tmpdir.join("data.part");
-    cmd::output(
-        cmd::new("dd", ["bs=1M", "status=none", "conv=sparse"])
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", part.display()))
-            .arg(format!("skip={start}"))
-            .arg(format!("count={size}")),
-    )?;
     let cfg = tmpdir.join("rapd.toml");
     let text = std::fs::read_to_string(template).map_err(io(template))?;
     std::fs::write(&cfg, text.replace("@DATACENTER_URL@", &id.url)).map_err(io(&cfg))?;
@@ -199,8 +190,28 @@ pub fn provision_with(
         std::fs::write(&loghost, format!("RAPBOX_SYSLOG_NAME={n}\n")).map_err(io(&loghost))?;
         files.push((&loghost, "/config/loghost.env", "0100644"));
     }
+    write_data_files(image, manifest, &tmpdir, &files)
+}
+
+/// Writes `files` (source, path on the data partition, debugfs mode) into the data
+/// partition of `image`, root-owned, with `tmpdir` as scratch space (removed after).
+fn write_data_files(
+    image: &Path,
+    manifest: &Path,
+    tmpdir: &Path,
+    files: &[(&Path, &str, &str)],
+) -> Result<(), ProvisionError> {
+    let (start, size) = partition(manifest, "data")?;
+    let part = tmpdir.join("data.part");
+    cmd::output(
+        cmd::new("dd", ["bs=1M", "status=none", "conv=sparse"])
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", part.display()))
+            .arg(format!("skip={start}"))
+            .arg(format!("count={size}")),
+    )?;
     let mut script = String::new();
-    for (src, dest, mode) in files {
+    for &(src, dest, mode) in files {
         if !src.is_file() {
             return Err(ProvisionError::Io {
                 path: src.into(),
@@ -222,7 +233,7 @@ pub fn provision_with(
             .arg(format!("of={}", image.display()))
             .arg(format!("seek={start}")),
     )?;
-    std::fs::remove_dir_all(&tmpdir).map_err(io(&tmpdir))?;
+    std::fs::remove_dir_all(tmpdir).map_err(io(tmpdir))?;
     Ok(())
 }
 
@@ -233,43 +244,10 @@ pub const VENDOR_KEY_DEST: &str = "/provision/vendor-signing.pem";
 /// Writes more files into the data partition of `image`: (source, destination in the data
 /// partition, mode as debugfs takes it, e.g. `0100644`), owned by root.
 pub fn add_files(image: &Path, manifest: &Path, files: &[(&Path, &str, &str)]) -> Result<(), ProvisionError> {
-    let (start, size) = partition(manifest, "data")?;
     let tmpdir = image.with_extension("provision-extra.d");
     let _ = std::fs::remove_dir_all(&tmpdir);
     std::fs::create_dir_all(&tmpdir).map_err(io(&tmpdir))?;
-    let part = tmpdir.join("data.part");
-    cmd::output(
-        cmd::new("dd", ["bs=1M", "status=none", "conv=sparse"])
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", part.display()))
-            .arg(format!("skip={start}"))
-            .arg(format!("count={size}")),
-    )?;
-    let mut script = String::new();
-    for (src, dest, mode) in files {
-        if !src.is_file() {
-            return Err(ProvisionError::Io {
-                path: (*src).into(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
-        }
-        script.push_str(&format!(
-            "rm {dest}\nwrite {} {dest}\nsif {dest} mode {mode}\nsif {dest} uid 0\nsif {dest} gid 0\n",
-            src.display()
-        ));
-    }
-    let cmds = tmpdir.join("debugfs.cmds");
-    std::fs::write(&cmds, script).map_err(io(&cmds))?;
-    cmd::output(cmd::new("debugfs", ["-w", "-f"]).arg(&cmds).arg(&part))?;
-    cmd::output(cmd::new("e2fsck", ["-fn"]).arg(&part))?;
-    cmd::output(
-        cmd::new("dd", ["bs=1M", "status=none", "conv=notrunc"])
-            .arg(format!("if={}", part.display()))
-            .arg(format!("of={}", image.display()))
-            .arg(format!("seek={start}")),
-    )?;
-    std::fs::remove_dir_all(&tmpdir).map_err(io(&tmpdir))?;
-    Ok(())
+    write_data_files(image, manifest, &tmpdir, files)
 }
 
 #[cfg(test)]

@@ -66,8 +66,43 @@ fn setup_tree(recipe: &Recipe, dir: &Path) -> Result<(), RootfsError> {
     );
     std::fs::write(&h, text).map_err(io(&h))?;
     set_mode(&h, 0o755)?;
+    // No udev in the initramfs: the modules to mount the root are loaded explicitly
+    // (above), devtmpfs creates /dev/vdaN as the disk is probed, and initramfs-tools
+    // resolves root=PARTUUID= with blkid, polling every 0.1 s until it appears.
+    // Starting udevd, triggering and settling every device only to throw that away
+    // when systemd's udevd does it again on the root cost seconds under TCG. What
+    // udev's init-bottom script also did, moving /dev onto the root, stays.
+    let h = hooks.join("rapbox-no-udev");
+    std::fs::write(&h, NO_UDEV_HOOK).map_err(io(&h))?;
+    set_mode(&h, 0o755)?;
     Ok(())
 }
+
+const NO_UDEV_HOOK: &str = r#"#!/bin/sh
+# rapbox: the initramfs runs without udev (see image/src/rootfs.rs). Hooks in
+# /etc/initramfs-tools run after those of /usr/share (udev's), and the boot scripts
+# are copied in before any hook runs, so this edits what udev put in.
+set -e
+PREREQ=""
+case "$1" in prereqs) echo "$PREREQ"; exit 0 ;; esac
+rm -f "$DESTDIR/bin/udevadm" "$DESTDIR/usr/bin/udevadm" "$DESTDIR/lib/systemd/systemd-udevd" \
+      "$DESTDIR/usr/lib/systemd/systemd-udevd"
+rm -rf "$DESTDIR/lib/udev" "$DESTDIR/usr/lib/udev" "$DESTDIR/etc/udev"
+if [ -f "$DESTDIR/scripts/init-top/udev" ]; then
+    printf '#!/bin/sh\n# rapbox: no udevd in the initramfs\nexit 0\n' > "$DESTDIR/scripts/init-top/udev"
+fi
+if [ -f "$DESTDIR/scripts/init-bottom/udev" ]; then
+    cat > "$DESTDIR/scripts/init-bottom/udev" <<'EOS'
+#!/bin/sh
+case "$1" in prereqs) exit 0 ;; esac
+# rapbox: no udevd to stop; move /dev onto the root as udev's script did.
+mount -n -o move /dev "${rootmnt:?}/dev"
+nuke /dev
+ln -s "${rootmnt}/dev" /dev
+EOS
+fi
+exit 0
+"#;
 
 fn set_mode(p: &Path, mode: u32) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;

@@ -77,39 +77,25 @@ impl DataCenter {
         Ok(DataCenter { dir, pki, backend, client, nginx: Some(nginx), port, front_door: fd })
     }
 
-    /// Starts nginx again after `nginx.take().stop()` (an outage of the data center), on
-    /// the same port with the same configuration.
-    pub fn restart_nginx(&mut self) -> Result<(), HarnessError> {
-        let fd = FrontDoor::new(
-            SocketAddr::from(([127, 0, 0, 1], self.port)),
-            &self.pki.server.cert,
-            &self.pki.server.key,
-            &self.pki.ca.cert,
-            self.backend.addr().port(),
-            self.dir.join("nginx"),
-        );
-        self.nginx = Some(Nginx::start(&fd).map_err(setup("nginx"))?);
-        Ok(())
-    }
-
-    /// The URL the box is provisioned with.
-    pub fn url(&self) -> String {
-        format!("https://{GUEST_DC_IP}/api/v1/batches")
-    }
-
-    /// Cuts the uplink: stops nginx (the guest-forward then reaches nothing).
+    /// Stops nginx: the data center is down for the box (connections to the uplink
+    /// forward are refused) until `start_front_door`.
     pub fn stop_front_door(&mut self) {
         if let Some(n) = self.nginx.take() {
             n.stop();
         }
     }
 
-    /// Starts nginx again on the same port.
+    /// Starts nginx again on the same port with the same configuration.
     pub fn start_front_door(&mut self) -> Result<(), HarnessError> {
         if self.nginx.is_none() {
             self.nginx = Some(Nginx::start(&self.front_door).map_err(setup("nginx"))?);
         }
         Ok(())
+    }
+
+    /// The URL the box is provisioned with.
+    pub fn url(&self) -> String {
+        format!("https://{GUEST_DC_IP}/api/v1/batches")
     }
 
     /// Every instrument report (not the box's own records: audit records, and box events

@@ -1,8 +1,6 @@
 //! End-to-end boot tests of the built rapbox image under QEMU. Each test skips (with
 //! the reason printed) only when the image has not been built.
 
-use std::time::Instant;
-
 use qemu_tests::image::{self, TEST_PASSWORD};
 use qemu_tests::timeout;
 use qemu_tests::vm::{Boot, Vm, VmConfig};
@@ -85,43 +83,10 @@ fn direct_boot_shows_banner_login_and_rapd_unit() {
     }
 }
 
-#[test]
-fn data_partition_and_identity_survive_reboot() {
-    let Some((_built, mut vm)) = start("reboot", Boot::Direct) else {
-        return;
-    };
-    banner_and_login(&mut vm, 90);
-    vm.console.login("root", TEST_PASSWORD, timeout(30));
-    let mid1 = vm.console.run_ok("cat /etc/machine-id", timeout(10));
-    let key1 = vm.console.run_ok("ssh-keygen -lf /data/identity/ssh/ssh_host_ecdsa_key.pub", timeout(10));
-    vm.console.run_ok("echo rapq-persist-42 > /data/config/rapq-marker && sync /data/config/rapq-marker", timeout(10));
-    vm.console.send("systemctl reboot");
-    let t0 = Instant::now();
-    banner_and_login(&mut vm, 120);
-    println!("reboot to login prompt: {:.1} s", t0.elapsed().as_secs_f64());
-    vm.console.login("root", TEST_PASSWORD, timeout(30));
-    assert_eq!(vm.console.run_ok("cat /data/config/rapq-marker", timeout(10)).trim(), "rapq-persist-42");
-    assert_eq!(vm.console.run_ok("cat /etc/machine-id", timeout(10)), mid1, "machine-id changed across reboot");
-    assert_eq!(
-        vm.console.run_ok("ssh-keygen -lf /data/identity/ssh/ssh_host_ecdsa_key.pub", timeout(10)),
-        key1,
-        "SSH host key changed across reboot"
-    );
-}
-
-#[test]
-fn uefi_boot_through_systemd_boot_slot_a() {
-    let Some((_built, mut vm)) = start("uefi_boot", Boot::Uefi) else {
-        return;
-    };
-    let t = banner_and_login(&mut vm, 180);
-    println!("UEFI boot: banner and login prompt after {t:.1} s");
-    vm.console.login("root", TEST_PASSWORD, timeout(30));
-    let cmdline = vm.console.run_ok("cat /proc/cmdline", timeout(10));
-    assert!(cmdline.contains("rapbox.slot=a"), "{cmdline}");
-    let show = vm.console.run_ok("systemctl show -p LoadState rapd.service", timeout(20));
-    assert_eq!(show.trim(), "LoadState=loaded");
-}
+// The reboot test (configuration, queue, machine-id and SSH host key survive
+// `systemctl reboot`) and the OVMF + systemd-boot boot are in datapath.rs, where they
+// also carry data: `queue_and_configuration_survive_reboot_and_are_delivered_after`,
+// `uefi_boot_through_systemd_boot_delivers_reports`.
 
 /// Boot-time figures for docs/image.md (not part of the regular suite):
 /// `RAPBOX_BOOT_RUNS=5 cargo test -p qemu-tests --test boot boot_times -- --ignored --nocapture`.

@@ -398,7 +398,7 @@ fn technician_console_audit_trail_and_syslog_over_tls() {
     let outage = vm.console.run_ok("rapctl audit log -n 1", timeout(30));
     let seq: u64 = outage.split_whitespace().next().and_then(|s| s.parse().ok()).expect("seq of the outage record");
     assert!(outage.contains("  console:root  uplink.test  failure  https://10.0.2.100/api/v1/batches  "), "{outage}");
-    dc.restart_nginx().expect("nginx again");
+    dc.start_front_door().expect("nginx again");
     let end = Instant::now() + timeout(120);
     loop {
         let at_dc: Vec<rapdc::api::Report> = dc

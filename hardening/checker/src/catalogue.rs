@@ -95,7 +95,7 @@ pub const CONTROLS: &[Control] = &[
     c(24, "No compilers or debuggers in the image", &[], &[], Offline,
       "no compiler, assembler, linker or debugger package or program (control 24 in hardening/policy/packages.deny)", ""),
     c(25, "Shipped packages at the newest bookworm/bookworm-security version", &["security_patches_up_to_date"], &["RHEL-08-010010"], Offline,
-      "every installed package (var/lib/dpkg/status) at the newest version offered by the build's apt lists (--apt-lists)", ""),
+      "every shipped package (var/lib/dpkg/status, plus the boot loader packages of --manifest) at the newest version offered by the build's apt lists (--apt-lists, refreshed at build time; the suite and its -security suite must both be there); every package that is not is listed", ""),
     c(26, "SSH ciphers only AES-GCM/AES-CTR", &["sshd_use_approved_ciphers"], &[], Offline,
       "effective Ciphers within aes256-gcm@openssh.com, aes128-gcm@openssh.com, aes256-ctr, aes192-ctr, aes128-ctr", ""),
     c(27, "SSH MACs only hmac-sha2-512/256", &["sshd_use_approved_macs"], &[], Offline,

@@ -63,13 +63,23 @@ pub fn installed(status_text: &str) -> Vec<Installed> {
         .collect()
 }
 
-/// The newest version of every package the apt lists in `dir` offer, and the Date of
-/// each Release/InRelease file found (for the report).
+/// The newest version of every package the apt lists in `dir` offer, the suite whose
+/// list offers it, the suites that have a Packages list, and the Date of each
+/// Release/InRelease file found (for the report).
 #[derive(Debug, Clone, Default)]
 pub struct Offered {
     pub newest: BTreeMap<String, String>,
+    pub newest_from: BTreeMap<String, String>,
+    pub suites: std::collections::BTreeSet<String>,
     pub lists: Vec<String>,
     pub dates: Vec<String>,
+}
+
+/// The suite an apt list file belongs to, from apt's file naming
+/// (`deb.debian.org_debian-security_dists_bookworm-security_main_binary-amd64_Packages`).
+pub fn list_suite(file_name: &str) -> Option<&str> {
+    let rest = &file_name[file_name.find("_dists_")? + "_dists_".len()..];
+    rest.split('_').next().filter(|s| !s.is_empty())
 }
 
 pub fn offered(dir: &Path) -> Result<Offered, Error> {
@@ -106,14 +116,17 @@ pub fn offered(dir: &Path) -> Result<Offered, Error> {
             }
             _ => String::from_utf8_lossy(&raw).into_owned(),
         };
+        let suite = list_suite(&name).unwrap_or("?").to_string();
         for p in paragraphs(&text) {
             if let (Some(n), Some(v)) = (p.get("Package"), p.get("Version")) {
                 let newer = o.newest.get(n).is_none_or(|cur| compare(v, cur) == Ordering::Greater);
                 if newer {
                     o.newest.insert(n.clone(), v.clone());
+                    o.newest_from.insert(n.clone(), suite.clone());
                 }
             }
         }
+        o.suites.insert(suite);
         o.lists.push(name);
     }
     Ok(o)
@@ -207,6 +220,16 @@ mod tests {
         ] {
             assert_eq!(compare(a, b), o, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn suite_from_list_file_names() {
+        assert_eq!(
+            list_suite("deb.debian.org_debian-security_dists_bookworm-security_main_binary-amd64_Packages.lz4"),
+            Some("bookworm-security")
+        );
+        assert_eq!(list_suite("deb.debian.org_debian_dists_bookworm_InRelease"), Some("bookworm"));
+        assert_eq!(list_suite("Packages"), None);
     }
 
     #[test]

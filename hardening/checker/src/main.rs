@@ -55,6 +55,10 @@ enum Cmd {
         /// A file holding a kernel command line (repeatable) for control 45.
         #[arg(long)]
         cmdline: Vec<PathBuf>,
+        /// The image's manifest.json: control 25 also checks the packages shipped outside
+        /// the root's dpkg database (the boot loader).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -112,9 +116,9 @@ fn emit(report: &Report, common: &Common) -> Result<bool> {
 
 fn run() -> Result<bool> {
     match Cli::parse().cmd {
-        Cmd::Check { root, apt_lists, esp, cmdline, common } => {
+        Cmd::Check { root, apt_lists, esp, cmdline, manifest, common } => {
             let (policy, waivers) = load(&common)?;
-            let inputs = Inputs { apt_lists, esp, cmdlines: cmdline };
+            let inputs = Inputs { apt_lists, esp, cmdlines: cmdline, manifest };
             let report = raphard::check_offline(&root, &policy, &inputs, &waivers)?;
             emit(&report, &common)
         }

@@ -114,7 +114,17 @@ impl Fixture {
             "Origin: Debian\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n",
         )
         .unwrap();
+        std::fs::write(
+            lists.join("deb.debian.org_debian-security_dists_bookworm-security_InRelease"),
+            "Origin: Debian\nDate: Wed, 25 Nov 2026 18:03:11 UTC\n",
+        )
+        .unwrap();
         let f = Fixture { _dir: dir, root, esp, lists };
+        f.offer_security(&[]);
+        f.write(
+            "usr/lib/os-release",
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n",
+        );
         f.offer(&[
             ("base-files", "12.4+deb12u13"),
             ("gcc-12-base", "12.2.0-14+deb12u1"),
@@ -155,8 +165,18 @@ impl Fixture {
         std::fs::write(self.lists.join("deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"), text)
             .unwrap();
     }
+    /// The bookworm-security list (`offer` writes bookworm's).
+    fn offer_security(&self, pkgs: &[(&str, &str)]) {
+        let text: String =
+            pkgs.iter().map(|(n, v)| format!("Package: {n}\nVersion: {v}\nArchitecture: amd64\n\n")).collect();
+        std::fs::write(
+            self.lists.join("deb.debian.org_debian-security_dists_bookworm-security_main_binary-amd64_Packages"),
+            text,
+        )
+        .unwrap();
+    }
     fn inputs(&self) -> Inputs {
-        Inputs { apt_lists: Some(self.lists.clone()), esp: Some(self.esp.clone()), cmdlines: vec![] }
+        Inputs { apt_lists: Some(self.lists.clone()), esp: Some(self.esp.clone()), ..Inputs::default() }
     }
     fn check(&self) -> Report {
         raphard::check_offline(&self.root, &Policy::embedded(), &self.inputs(), &Waivers::none()).unwrap()
@@ -396,6 +416,85 @@ negative!(c25_outdated_package, 25, "openssh-server 1:9.2p1-2+deb12u7 installed,
         ("openssh-server", "1:9.2p1-2+deb12u8"),
     ]);
 });
+negative!(
+    c25_security_update_not_shipped,
+    25,
+    "libc6 2.36-9+deb12u14 installed, 2.36-9+deb12u15 offered by bookworm-security",
+    |f| {
+        f.offer_security(&[("libc6", "2.36-9+deb12u15")]);
+    }
+);
+negative!(c25_no_security_list, 25, "no bookworm-security Packages list", |f| {
+    std::fs::remove_file(
+        f.lists.join("deb.debian.org_debian-security_dists_bookworm-security_main_binary-amd64_Packages"),
+    )
+    .unwrap();
+});
+negative!(c25_package_not_in_the_lists, 25, "openssh-server 1:9.2p1-2+deb12u7 is not in the apt lists", |f| {
+    f.offer(&[("base-files", "12.4+deb12u13"), ("gcc-12-base", "12.2.0-14+deb12u1"), ("libc6", "2.36-9+deb12u14")]);
+});
+negative!(c25_no_codename, 25, "no VERSION_CODENAME in etc/os-release", |f| {
+    f.remove("usr/lib/os-release");
+});
+
+/// The boot loader is shipped on the ESP, outside the root's dpkg database: with the
+/// manifest, an outdated boot package fails control 25 too.
+#[test]
+fn c25_outdated_boot_package_from_the_manifest() {
+    let Some(f) = Fixture::good("c25_outdated_boot_package") else { return };
+    let manifest = f.root.parent().unwrap().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        r#"{"packages": [{"name": "libc6", "version": "2.36-9+deb12u14", "arch": "amd64", "sha256": "x", "role": "rootfs"},
+                         {"name": "systemd-boot-efi", "version": "252.38-1~deb12u1", "arch": "amd64", "sha256": "y", "role": "boot"}]}"#,
+    )
+    .unwrap();
+    f.offer_security(&[("systemd-boot-efi", "252.39-1~deb12u1")]);
+    let inputs = Inputs { manifest: Some(manifest.clone()), ..f.inputs() };
+    let r = raphard::check_offline(&f.root, &Policy::embedded(), &inputs, &Waivers::none()).unwrap();
+    let c = r.get(25).unwrap();
+    assert_eq!(c.status, Status::Fail, "{}", c.found);
+    assert!(
+        c.found.contains(
+            "systemd-boot-efi (boot package) 252.38-1~deb12u1 installed, 252.39-1~deb12u1 offered by bookworm-security"
+        ),
+        "{}",
+        c.found
+    );
+    // current boot package: passes, and the count names both sources
+    f.offer_security(&[("systemd-boot-efi", "252.38-1~deb12u1")]);
+    let r = raphard::check_offline(&f.root, &Policy::embedded(), &inputs, &Waivers::none()).unwrap();
+    let c = r.get(25).unwrap();
+    assert_eq!(c.status, Status::Pass, "{}", c.found);
+    assert!(c.found.contains("5 packages (4 in var/lib/dpkg/status, 1 from the manifest)"), "{}", c.found);
+}
+
+/// The report lists every package that is not current, not a sample.
+#[test]
+fn c25_lists_every_outdated_package() {
+    let Some(f) = Fixture::good("c25_lists_every_outdated_package") else { return };
+    let mut status = String::new();
+    let mut offered = Vec::new();
+    for i in 0..30 {
+        status.push_str(&format!("\nPackage: rapq-pkg{i}\nStatus: install ok installed\nVersion: 1.{i}-1\n"));
+        offered.push((format!("rapq-pkg{i}"), format!("1.{i}-2")));
+    }
+    f.append("var/lib/dpkg/status", &status);
+    let offered: Vec<(&str, &str)> = offered.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    f.offer_security(&offered);
+    let r = f.check();
+    let c = r.get(25).unwrap();
+    assert_eq!(c.status, Status::Fail);
+    for i in 0..30 {
+        assert!(
+            c.found.contains(&format!("rapq-pkg{i} 1.{i}-1 installed, 1.{i}-2 offered by bookworm-security")),
+            "{i}: {}",
+            c.found
+        );
+    }
+    assert!(c.found.starts_with("30 of 34 packages not current"), "{}", c.found);
+}
+
 negative!(c26_chacha20_cipher, 26, "Ciphers allows chacha20-poly1305@openssh.com", |f| {
     f.write("etc/ssh/sshd_config.d/00-aaa.conf", "Ciphers chacha20-poly1305@openssh.com,aes128-ctr\n");
 });

@@ -26,6 +26,9 @@ pub struct Inputs {
     pub esp: Option<PathBuf>,
     /// Kernel command line files (control 45), e.g. build/image/boot/cmdline-a.
     pub cmdlines: Vec<PathBuf>,
+    /// The image's manifest.json (control 25: packages shipped outside the root's dpkg
+    /// database, i.e. the boot loader on the ESP).
+    pub manifest: Option<PathBuf>,
 }
 
 /// Everything a check may look at, read once.

@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 
 use super::files::system_dir_prefixes;
-use super::{sample, Ctx};
+use super::Ctx;
 use crate::dpkg;
 use crate::policy::{glob, DenyKind};
 use crate::report::Verdict;
@@ -76,6 +76,39 @@ fn denied(ctx: &Ctx, id: u8) -> Verdict {
     Verdict::from_problems(bad, format!("none of {} installed or present", kinds.join(", ")))
 }
 
+/// The codename of the tree's Debian release (VERSION_CODENAME in etc/os-release or
+/// usr/lib/os-release).
+fn codename(ctx: &Ctx) -> Option<String> {
+    let text = ctx.root.read("/etc/os-release").or_else(|| ctx.root.read("/usr/lib/os-release"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Packages the image ships outside the root file system's dpkg database: the
+/// manifest's packages of another role than `rootfs` (the boot loader on the ESP).
+fn shipped_outside_dpkg(path: &std::path::Path) -> Result<Vec<(String, String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pkgs = v["packages"].as_array().ok_or_else(|| format!("{}: no `packages` list", path.display()))?;
+    let mut out = Vec::new();
+    for p in pkgs {
+        let role = p["role"].as_str().unwrap_or("rootfs");
+        if role == "rootfs" {
+            continue;
+        }
+        match (p["name"].as_str(), p["version"].as_str()) {
+            (Some(n), Some(v)) => out.push((n.to_string(), v.to_string(), role.to_string())),
+            _ => return Err(format!("{}: a package without name or version: {p}", path.display())),
+        }
+    }
+    Ok(out)
+}
+
+/// Control 25: every shipped Debian package at the newest version that the suite and
+/// its security suite offer in the apt lists of the build (refreshed at build time by
+/// scripts/build-image.sh). Every package that is not is listed, none left out.
 fn current(ctx: &Ctx) -> Verdict {
     let Some(dir) = &ctx.inputs.apt_lists else {
         return Verdict::not_evaluated(
@@ -92,23 +125,50 @@ fn current(ctx: &Ctx) -> Verdict {
             dir.display()
         ));
     }
-    let Some(pkgs) = installed(ctx) else {
-        return Verdict::fail("var/lib/dpkg/status is missing");
+    let Some(suite) = codename(ctx) else {
+        return Verdict::fail("no VERSION_CODENAME in etc/os-release: the suites to compare against are unknown");
     };
     let mut bad = Vec::new();
-    for p in &pkgs {
-        match offered.newest.get(&p.name) {
-            Some(v) if dpkg::compare(&p.version, v) == Ordering::Less => {
-                bad.push(format!("{} {} installed, {} offered", p.name, p.version, v))
-            }
+    for need in [suite.clone(), format!("{suite}-security")] {
+        if !offered.suites.contains(&need) {
+            bad.push(format!(
+                "no {need} Packages list in {} (lists of: {}): currency against {need} unknown",
+                dir.display(),
+                offered.suites.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    let Some(mut pkgs) = installed(ctx)
+        .map(|p| p.into_iter().map(|p| (p.name, p.version, String::new())).collect::<Vec<(String, String, String)>>())
+    else {
+        return Verdict::fail("var/lib/dpkg/status is missing");
+    };
+    let from_dpkg = pkgs.len();
+    if let Some(m) = &ctx.inputs.manifest {
+        match shipped_outside_dpkg(m) {
+            Ok(extra) => pkgs.extend(extra.into_iter().map(|(n, v, r)| (n, v, format!(" ({r} package)")))),
+            Err(e) => bad.push(format!("manifest unreadable: {e}")),
+        }
+    }
+    for (name, version, note) in &pkgs {
+        match offered.newest.get(name) {
+            Some(v) if dpkg::compare(version, v) == Ordering::Less => bad.push(format!(
+                "{name}{note} {version} installed, {v} offered by {}",
+                offered.newest_from.get(name).map(String::as_str).unwrap_or("?")
+            )),
             Some(_) => {}
-            None => bad.push(format!("{} {} is not in the apt lists (currency unknown)", p.name, p.version)),
+            None => bad.push(format!("{name}{note} {version} is not in the apt lists (currency unknown)")),
         }
     }
     let lists = format!("{} lists ({})", offered.lists.len(), offered.dates.join("; "));
+    let counted = match pkgs.len() - from_dpkg {
+        0 => format!("{from_dpkg} packages"),
+        n => format!("{} packages ({from_dpkg} in var/lib/dpkg/status, {n} from the manifest)", pkgs.len()),
+    };
     if bad.is_empty() {
-        Verdict::pass(format!("{} packages at the newest version of {lists}", pkgs.len()))
+        Verdict::pass(format!("{counted} at the newest version of {lists}"))
     } else {
-        Verdict::fail(format!("not the newest version: {} [{lists}]", sample(&bad, 20)))
+        // All of them: the report is the list of what must be updated.
+        Verdict::fail(format!("{} of {counted} not current: {} [{lists}]", bad.len(), bad.join(", ")))
     }
 }
