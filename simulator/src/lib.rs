@@ -9,6 +9,8 @@
 //!   message ids that kill tests compare with what reached the data center.
 //! * [`raw`]: deliberately wrong clients for negative tests (garbage, oversized
 //!   frames, slowloris, idle connection floods).
+//! * [`load`]: many concurrent connections in mixed misbehaviours against one box, and
+//!   a probe that measures a well-behaved instrument's ack latency meanwhile.
 //! * [`StatusText`]: realistic, slowly varying status payloads.
 //!
 //! The frame format is [`rapwire::agent`]'s; this crate never defines its own.
@@ -17,6 +19,7 @@
 mod fakebox;
 mod idset;
 mod instrument;
+pub mod load;
 mod payload;
 pub mod raw;
 mod stats;
