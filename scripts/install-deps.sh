@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs on a fresh Debian 12 (bookworm) machine everything rapbox's build, host tests,
 # demo and benchmark need: the C toolchain pieces for the openssl/rusqlite/zstd crates,
-# the real peers the tests start (nginx, tinyproxy, dante, syslog-ng), and — through
+# the real peers the tests and the benchmark start (nginx, tinyproxy, dante, syslog-ng,
+# collectd), and — through
 # scripts/install-image-deps.sh — what the image build and the QEMU tests need.
 # Idempotent: quiet when everything is present. Run as root.
 set -euo pipefail
@@ -11,8 +12,9 @@ PKGS=(
   build-essential pkg-config libssl-dev openssl perl unifdef
   # peers for the data-path tests and the demo
   nginx-light tinyproxy dante-server
-  # the benchmark's reference peer
-  syslog-ng-core syslog-ng-mod-http
+  # the benchmark's reference peers (collectd's write_http plugin needs libcurl3-gnutls
+  # and libyajl2, which collectd-core only recommends)
+  syslog-ng-core syslog-ng-mod-http collectd-core libcurl3-gnutls libyajl2
   # network namespaces, sqlite inspection
   iproute2 sqlite3 procps iptables
   # headless Chromium (with a font) for the data center's dashboard test and, driven over
@@ -33,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packaged services must not run on their own: the tests start their own instances.
-  for svc in nginx tinyproxy danted syslog-ng; do
+  for svc in nginx tinyproxy danted syslog-ng collectd; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
   done
 else

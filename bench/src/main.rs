@@ -10,9 +10,19 @@
 //!    empty; bytes on the wire per message from nginx's `$request_length`;
 //! 4. the syslog-ng reference: TCP source → `http()` destination with a reliable disk buffer
 //!    into the same kind of front door, same measurements;
+//! 5. the collectd reference (`collectd.rs`): unixsock input → `write_http` into the same
+//!    front door; it has no disk queue, which the columns say;
+//! 6. a kill -9 experiment per peer (`kill9.rs`): what the senders saw acknowledged against
+//!    what the data center stored after the peer was killed and started again;
 //!
 //! then prints a table with the targets of the issue and regenerates `docs/benchmarks.md`.
+//! `rapbench load` (`load.rs`) is the load benchmark: 1000 misbehaving connections against
+//! one rapd while a well-behaved instrument measures its ack latency.
 //! Not a test: nothing here asserts timings.
+
+mod collectd;
+mod kill9;
+mod load;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,9 +41,24 @@ use rapdc::frontdoor::Nginx;
 use rapdc::{Client, FrontDoor, Server, ServerConfig, Store};
 use rapsim::{Instrument, StatusText};
 
-/// rapbox benchmark: rapd vs. syslog-ng vs. raw SQLite, one run, one machine.
+/// rapbox benchmark: rapd vs. syslog-ng vs. collectd vs. raw SQLite, one run, one machine.
 #[derive(Parser)]
-#[command(about)]
+#[command(about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// 1000 concurrent misbehaving agent connections against one rapd; a well-behaved
+    /// instrument's ack latency and rapd's memory meanwhile.
+    Load(load::LoadArgs),
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Messages in total (split evenly over the instruments / TCP senders).
     #[arg(long, default_value_t = 1_000_000)]
@@ -50,6 +75,15 @@ struct Args {
     /// Do not run the syslog-ng reference.
     #[arg(long)]
     skip_syslog_ng: bool,
+    /// Do not run the collectd reference.
+    #[arg(long)]
+    skip_collectd: bool,
+    /// Do not run the kill -9 experiments.
+    #[arg(long)]
+    skip_kill9: bool,
+    /// Messages per kill -9 experiment (the peer is killed after a third is acknowledged).
+    #[arg(long, default_value_t = 300_000)]
+    kill9_messages: u64,
     /// Markdown file to (re)generate with the results.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -70,7 +104,12 @@ struct Args {
 const BOX_ID: &str = "box-bench-0001";
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Some(Cmd::Load(l)) => load::run(&l),
+        None => run(cli.args),
+    };
+    if let Err(e) = res {
         eprintln!("rapbench: {e:#}");
         std::process::exit(1);
     }
@@ -110,11 +149,28 @@ fn run(a: Args) -> Result<()> {
         say("syslog-ng");
         Some(bench_syslog_ng(&a, &dir, &dc, &backend)?)
     };
+    let collectd = if a.skip_collectd {
+        None
+    } else {
+        say("collectd");
+        Some(collectd::bench(&a, &dir, &dc, &backend)?)
+    };
     backend.shutdown();
+    let kill9 =
+        if a.skip_kill9 { [None, None, None] } else { kill9::all(&a, &dir, &dc, !a.skip_syslog_ng, !a.skip_collectd)? };
     let load_after = loadavg();
 
-    let report =
-        Report { args: &a, raw, rapd, syslog, load_before, load_after, total_s: started.elapsed().as_secs_f64() };
+    let report = Report {
+        args: &a,
+        raw,
+        rapd,
+        syslog,
+        collectd,
+        kill9,
+        load_before,
+        load_after,
+        total_s: started.elapsed().as_secs_f64(),
+    };
     let md = report.markdown();
     println!("\n{}", report.table());
     println!("{}", report.targets());
@@ -366,6 +422,13 @@ fn sigterm_and_wait(child: &mut Child, timeout: Duration) {
 struct Guard(Option<Child>);
 
 impl Guard {
+    /// SIGKILL and reap: a crash at an arbitrary moment.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
     fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("running")
     }
@@ -467,14 +530,18 @@ fn depth(s: &Status) -> u64 {
     s.queue["depth"].as_u64().unwrap_or(0)
 }
 
-fn bench_rapd(a: &Args, dir: &Path, dc: &Dc, client: &Client) -> Result<RapdResult> {
-    let bdir = dir.join("rapd");
-    std::fs::create_dir_all(&bdir)?;
-    let timeout = Duration::from_secs(a.timeout_s);
-    let instruments: Vec<(String, SocketAddr)> =
-        (0..a.instruments).map(|i| Ok((format!("DXI-{:04}", i + 1), ports::unique_addr()?))).collect::<Result<_>>()?;
+/// Writes a rapd configuration for `instruments` in `bdir` (quota sized for `messages`);
+/// returns the file and the control socket.
+fn rapd_config(
+    a: &Args,
+    bdir: &Path,
+    dc: &Dc,
+    instruments: &[(String, SocketAddr)],
+    messages: u64,
+) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(bdir)?;
     let socket = bdir.join("control.sock");
-    let quota = (a.messages * 1024).max(1 << 30);
+    let quota = (messages * 1024).max(1 << 30);
     let mut cfg = format!(
         "[queue]\npath = {:?}\nquota_bytes = {quota}\n\n[uplink]\nurl = \"https://{}/api/v1/batches\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
          backoff_initial_ms = 100\nbackoff_max_ms = 500\nconnect_timeout_ms = 2000\nio_timeout_ms = 60000\n\n\
@@ -487,29 +554,44 @@ fn bench_rapd(a: &Args, dir: &Path, dc: &Dc, client: &Client) -> Result<RapdResu
         std::fs::canonicalize(&a.fips_conf).with_context(|| format!("{}: run scripts/build-fips.sh", a.fips_conf.display()))?,
         socket
     );
-    for (s, addr) in &instruments {
+    for (s, addr) in instruments {
         cfg += &format!("[[instrument]]\nserial = \"{s}\"\nmodel = \"bench\"\nlisten = \"{addr}\"\n\n");
     }
     let cfg_path = bdir.join("rapd.toml");
     std::fs::write(&cfg_path, cfg)?;
-    let log = std::fs::File::create(bdir.join("rapd.log"))?;
+    Ok((cfg_path, socket))
+}
+
+/// Starts the release rapd on `cfg`, logging to `log`, and waits until its control socket answers.
+fn spawn_rapd(a: &Args, cfg: &Path, log_path: &Path, socket: &Path) -> Result<Guard> {
+    let log = std::fs::File::create(log_path)?;
     let child = Command::new(&a.rapd)
         .arg("--config")
-        .arg(&cfg_path)
+        .arg(cfg)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", a.rapd.display()))?;
     let mut rapd = Guard(Some(child));
-    let pid = rapd.pid();
     wait_until("rapd's control socket", Duration::from_secs(20), Duration::from_millis(50), || {
         if let Some(st) = rapd.child().try_wait()? {
-            let log = std::fs::read_to_string(bdir.join("rapd.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
             bail!("rapd exited with {st}:\n{log}");
         }
-        Ok(control::request(&socket, &Request::Status).ok().map(|_| ()))
+        Ok(control::request(socket, &Request::Status).ok().map(|_| ()))
     })?;
+    Ok(rapd)
+}
+
+fn bench_rapd(a: &Args, dir: &Path, dc: &Dc, client: &Client) -> Result<RapdResult> {
+    let bdir = dir.join("rapd");
+    let timeout = Duration::from_secs(a.timeout_s);
+    let instruments: Vec<(String, SocketAddr)> =
+        (0..a.instruments).map(|i| Ok((format!("DXI-{:04}", i + 1), ports::unique_addr()?))).collect::<Result<_>>()?;
+    let (cfg_path, socket) = rapd_config(a, &bdir, dc, &instruments, a.messages)?;
+    let mut rapd = spawn_rapd(a, &cfg_path, &bdir.join("rapd.log"), &socket)?;
+    let pid = rapd.pid();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     say(&format!("  idle RSS {idle_rss_kib} KiB"));
@@ -740,20 +822,14 @@ fn syslog_received(ctl: &Path) -> Result<u64> {
     Ok(m.iter().filter(|(k, _)| k.starts_with("src.network;s_tcp") && k.ends_with(";processed")).map(|(_, v)| v).sum())
 }
 
-fn bench_syslog_ng(a: &Args, dir: &Path, dc: &Dc, backend: &Server) -> Result<SyslogResult> {
-    let sdir = dir.join("syslog-ng");
+/// Starts syslog-ng with the benchmark's configuration in `sdir` (persist file, disk buffer
+/// and log there: a second start resumes from them) and waits until it listens.
+fn start_syslog_ng(sdir: &Path, listen: SocketAddr, dc: &Dc) -> Result<Guard> {
     std::fs::create_dir_all(sdir.join("buffer"))?;
-    let timeout = Duration::from_secs(a.timeout_s);
-    let version = Command::new("syslog-ng")
-        .arg("--version")
-        .output()
-        .context("syslog-ng not installed: apt-get install syslog-ng-core syslog-ng-mod-http")?;
-    let version = String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("?").to_owned();
-    let listen = ports::unique_addr()?;
     let conf = sdir.join("syslog-ng.conf");
-    std::fs::write(&conf, syslog_ng_conf(listen, dc, &sdir))?;
-    let ctl = sdir.join("syslog-ng.ctl");
-    let log = std::fs::File::create(sdir.join("syslog-ng.log"))?;
+    std::fs::write(&conf, syslog_ng_conf(listen, dc, sdir))?;
+    let log_path = sdir.join("syslog-ng.log");
+    let log = std::fs::File::options().create(true).append(true).open(&log_path)?;
     let child = Command::new("syslog-ng")
         .arg("-F")
         .arg("--no-caps")
@@ -764,21 +840,35 @@ fn bench_syslog_ng(a: &Args, dir: &Path, dc: &Dc, backend: &Server) -> Result<Sy
         .arg("-p")
         .arg(sdir.join("syslog-ng.pid"))
         .arg("-c")
-        .arg(&ctl)
+        .arg(sdir.join("syslog-ng.ctl"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .context("starting syslog-ng")?;
     let mut sng = Guard(Some(child));
-    let pid = sng.pid();
     wait_until("syslog-ng to listen", Duration::from_secs(20), Duration::from_millis(50), || {
         if let Some(st) = sng.child().try_wait()? {
-            let log = std::fs::read_to_string(sdir.join("syslog-ng.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             bail!("syslog-ng exited with {st}:\n{log}");
         }
         Ok(TcpStream::connect(listen).ok().map(|_| ()))
     })?;
+    Ok(sng)
+}
+
+fn bench_syslog_ng(a: &Args, dir: &Path, dc: &Dc, backend: &Server) -> Result<SyslogResult> {
+    let sdir = dir.join("syslog-ng");
+    let timeout = Duration::from_secs(a.timeout_s);
+    let version = Command::new("syslog-ng")
+        .arg("--version")
+        .output()
+        .context("syslog-ng not installed: apt-get install syslog-ng-core syslog-ng-mod-http")?;
+    let version = String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("?").to_owned();
+    let listen = ports::unique_addr()?;
+    let mut sng = start_syslog_ng(&sdir, listen, dc)?;
+    let ctl = sdir.join("syslog-ng.ctl");
+    let pid = sng.pid();
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss_kib = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
     let base = syslog_received(&ctl)?;
@@ -875,6 +965,9 @@ struct Report<'a> {
     raw: Raw,
     rapd: RapdResult,
     syslog: Option<SyslogResult>,
+    collectd: Option<collectd::CollectdResult>,
+    /// rapd, syslog-ng, collectd.
+    kill9: [Option<kill9::Kill9>; 3],
     load_before: String,
     load_after: String,
     total_s: f64,
@@ -909,15 +1002,30 @@ impl Report<'_> {
         self.args.messages
     }
 
+    /// The kill -9 column of one peer.
+    fn kill9_cell(&self, i: usize, unit: &str, accepted_means: &str) -> String {
+        match &self.kill9[i] {
+            None => "(not measured: `--skip-kill9`)".into(),
+            Some(k) => format!(
+                "{}: {} of {} {unit} {accepted_means} lost ({:.1}%){}",
+                if k.survived() { "**yes**" } else { "**no**" },
+                k.lost,
+                k.accepted,
+                100.0 * k.lost as f64 / k.accepted.max(1) as f64,
+                if k.redelivered > 0 { format!("; {} sent twice", k.redelivered) } else { String::new() }
+            ),
+        }
+    }
+
     fn table(&self) -> String {
         let n = self.n();
         let r = &self.rapd;
         let mut s = String::new();
-        s += "| | durable ingest msg/s | drain msg/s | bytes on the wire / msg | peak RSS | idle RSS | acked data survives kill -9 |\n";
+        s += "| | durable ingest msg/s | drain msg/s | bytes on the wire / msg | peak RSS | idle RSS | acked data survives kill -9 (measured) |\n";
         s += "|---|---:|---:|---:|---:|---:|---|\n";
         let _ = writeln!(
             s,
-            "| rapd | {} (acked after fsync'ed commit) | {} | {:.1} (compressed body alone {:.1}) | {} ingest / {} drain | {} | yes (runtime/tests/datapath.rs `kill9_during_heavy_ingest_loses_nothing_and_duplicates_nothing`) |",
+            "| rapd | {} (acked after fsync'ed commit) | {} | {:.1} (compressed body alone {:.1}) | {} ingest / {} drain | {} | {} |",
             k(rate(r.acked, r.ingest_s)),
             k(rate(n, r.drain_s)),
             r.wire.bytes as f64 / n as f64,
@@ -925,21 +1033,42 @@ impl Report<'_> {
             mib(r.ingest_hwm_kib),
             mib(r.drain_hwm_kib),
             mib(r.idle_rss_kib),
+            self.kill9_cell(0, "acknowledged messages", "were"),
         );
         match &self.syslog {
             Some(g) => {
                 let _ = writeln!(
                     s,
-                    "| syslog-ng | {} (no fsync, no application acks) | {} | {:.1} | {} ingest / {} drain | {} | no: TCP syslog has no application acks; its disk buffer is never fsync'ed |",
+                    "| syslog-ng | {} (no fsync, no application acks) | {} | {:.1} | {} ingest / {} drain | {} | {} |",
                     k(rate(n, g.ingest_s)),
                     k(rate(n, g.drain_s)),
                     g.wire.bytes as f64 / n as f64,
                     mib(g.ingest_hwm_kib),
                     mib(g.drain_hwm_kib),
                     mib(g.idle_rss_kib),
+                    self.kill9_cell(1, "lines", "accepted by TCP were"),
                 );
             }
             None => s += "| syslog-ng | (skipped) | | | | | |\n",
+        }
+        match &self.collectd {
+            Some(c) => {
+                let posted = c.after_outage_delivered + c.live_n;
+                let _ = writeln!(
+                    s,
+                    "| collectd | none: no disk queue ({} values/s acknowledged into memory) | no backlog: {} of {} values acknowledged during the outage arrived; live forwarding {} | {:.1} | {} ingest / {} live | {} | {} |",
+                    k(rate(c.ingest_n, c.ingest_s)),
+                    c.after_outage_delivered,
+                    c.ingest_n,
+                    k(rate(c.live_n, c.live_s)),
+                    c.wire.bytes as f64 / posted.max(1) as f64,
+                    mib(c.ingest_hwm_kib),
+                    mib(c.live_hwm_kib),
+                    mib(c.idle_rss_kib),
+                    self.kill9_cell(2, "acknowledged values", "were"),
+                );
+            }
+            None => s += "| collectd | (skipped) | | | | | |\n",
         }
         let _ = writeln!(
             s,
@@ -1073,6 +1202,39 @@ impl Report<'_> {
                 g.version, g.senders_done_s, g.ingest_s, g.drain_s, g.counted, g.wire.requests, g.wire.non_200, g.wire.bytes
             );
         }
+        if let Some(c) = &self.collectd {
+            let _ = writeln!(
+                s,
+                "- {}: data center down, {} values acknowledged by the unixsock plugin in {:.2} s; {} of them reached the data \
+                 center within 15 s of it coming up. Live, data center up: {} values stored by the data center {:.2} s after the \
+                 first was sent; {} POSTs ({} not answered 200), {} bytes by `$request_length`.",
+                c.version,
+                c.ingest_n,
+                c.ingest_s,
+                c.after_outage_delivered,
+                c.live_n,
+                c.live_s,
+                c.wire.requests,
+                c.wire.non_200,
+                c.wire.bytes
+            );
+        }
+        let names = ["rapd", "syslog-ng", "collectd"];
+        for (i, k9) in self.kill9.iter().enumerate() {
+            if let Some(k9) = k9 {
+                let _ = writeln!(
+                    s,
+                    "- kill -9, {}: killed with {} accepted{}; {} accepted in all (until the senders saw the peer gone), \
+                     {} never reached the data center, {} delivered more than once.",
+                    names[i],
+                    k9.at_kill,
+                    k9.peer_had.map(|n| format!(" ({n} of them read by the peer itself)")).unwrap_or_default(),
+                    k9.accepted,
+                    k9.lost,
+                    k9.redelivered
+                );
+            }
+        }
         let _ = writeln!(
             s,
             "- raw SQLite: {} rows at 1000 rows/txn, {} rows at 1 row/txn.",
@@ -1105,6 +1267,23 @@ impl Report<'_> {
               every line received. Drain: nginx up, time until the backend has counted every line. syslog-ng's disk \
               buffer never calls fsync and TCP syslog has no application acks, so its \"ingest\" is not durable in \
               rapd's sense.\n";
+        s += "- **collectd**: Debian's collectd-core (5.12) with libcurl3-gnutls; `unixsock` plugin as input, one connection \
+              per sender, each value one `PUTVAL` of a gauge (the sender's sequence number as value, strictly increasing \
+              times), pipelined, every \"0 Success\" answer counted as an acknowledgement; `write_http` with `Format \"Command\"`, \
+              `BufferSize 1048576`, client certificate and key, `VerifyPeer`/`VerifyHost`, into the same kind of nginx front door \
+              at `POST /api/v1/lines` (one stored line per value). collectd's unit is a numeric value list, not a 200-byte \
+              report, so its bytes per message are those of its own text line. It has no disk queue: its \"ingest\" is into \
+              memory; with the data center down write_http discards each buffer after the failed POST, so there is no backlog \
+              to drain (the drain column counts what arrived after the outage, and gives the live forwarding rate with the data \
+              center up instead); a kill -9 loses its write queue and buffer.\n";
+        s += "- **kill -9**: per peer, a fresh data-center store; the peer gets messages from as many senders as instruments and \
+              is killed with SIGKILL once a third of them were accepted, then started again on the same files (rapd on the \
+              same queue, syslog-ng on the same persist file and disk buffer; collectd keeps nothing), the data center comes up \
+              and the run waits until nothing more arrives. rapd and syslog-ng are killed with the data center down (everything \
+              accepted is only in the peer), collectd with it up (down, it loses every value even without a kill). \"Accepted\" \
+              is what the sender can know: rapd's ack (after fsync), syslog-ng's TCP `write` returning (no application \
+              acks), collectd's unixsock answer. Lines carry the sender and sequence number, so losses are counted by identity, \
+              not by totals.\n";
         s += "- The payloads are `rapsim::StatusText`: consecutive reports of one instrument differ in a few \
               characters (slowly drifting readings), so zstd over a batch of thousands of records shrinks them to about 1–2 bytes \
               each. Real instruments may vary more; syslog-ng's `http()` sends the lines uncompressed.\n";

@@ -163,8 +163,45 @@ fn refused(name: &str, configure: impl FnOnce(&World) -> rapdc::FrontDoor, expec
     assert_eq!(depth(&st), 50 + audit_queued(&st), "{name}: nothing leaves the queue");
     assert_eq!(st.uplink["records_sent"], 0);
     assert_eq!(w.batch_posts(), 0, "{name}: no request reached the data center");
-    let log = rapd.log_text();
-    assert!(log.contains("not delivered"), "{name}: rapd logs the refusal:\n{log}");
+    assert_logged_refusal(name, &rapd.log_text(), expect);
+}
+
+/// rapd's log has a line saying the batch was not delivered, naming the reason.
+fn assert_logged_refusal(name: &str, log: &str, expect: &[&str]) {
+    let line = log.lines().find(|l| l.contains("not delivered") && expect.iter().any(|e| l.contains(e)));
+    assert!(line.is_some(), "{name}: no log line says \"not delivered\" with any of {expect:?}:\n{log}");
+    eprintln!("{name}: {}", line.unwrap_or_default().trim());
+}
+
+/// Drives rapd against a deliberately misconfigured `openssl s_server` at the data
+/// center's address and proves that no application byte reached it.
+fn refused_by_s_server(
+    name: &str,
+    configure: impl FnOnce(&World) -> rapbox_testkit::peers::TlsServerConfig,
+    expect: &[&str],
+) {
+    use rapbox_testkit::peers::TlsServer;
+    let w = World::new(name);
+    let server = TlsServer::start(&w.dir.subdir("s_server").unwrap(), &configure(&w)).expect("openssl s_server");
+    let inst = vec![("INST-0001".to_string(), instrument_addr())];
+    let mut spec = w.rapd_spec();
+    spec.instruments = inst.clone();
+    let rapd = Rapd::start(&spec);
+    send_all(&inst, 50, 0, 1);
+    let st = rapd.wait_status("an uplink failure", Duration::from_secs(30), |s| {
+        s.uplink["consecutive_failures"].as_u64().unwrap_or(0) >= 2
+    });
+    let err = st.uplink["last_error"].as_str().unwrap_or("").to_string();
+    assert!(
+        expect.iter().any(|e| err.contains(e)),
+        "{name}: last error {err:?} does not mention any of {expect:?}\ns_server log:\n{}",
+        server.log()
+    );
+    assert_eq!(depth(&st), 50 + audit_queued(&st), "{name}: nothing leaves the queue");
+    assert_eq!(st.uplink["records_sent"], 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!server.received_any(), "{name}: application data reached the server: {:?}", server.received());
+    assert_logged_refusal(name, &rapd.log_text(), expect);
 }
 
 #[test]
@@ -213,6 +250,50 @@ fn refuses_server_offering_only_tls_1_1() {
 }
 
 #[test]
+fn refuses_server_offering_only_tls_1_0() {
+    refused(
+        "tls10",
+        |w| {
+            let mut fd = w.front_door(&w.pki.server.clone()).tls11_only();
+            fd.tls_protocols = "TLSv1".into();
+            fd
+        },
+        &["unsupported protocol", "no protocols available", "wrong version number", "protocol version"],
+    );
+}
+
+#[test]
+fn refuses_server_offering_only_non_fips_suites_aria_camellia() {
+    // openssl s_server, TLS 1.2 only, with ARIA-GCM and Camellia suites: real, strong
+    // ciphers, but not FIPS 140-3 approved. (ChaCha20-Poly1305 is covered through nginx.)
+    refused_by_s_server(
+        "aria_camellia",
+        |w| {
+            rapbox_testkit::peers::TlsServerConfig::new(w.dc_addr, &w.pki.server.cert, &w.pki.server.key).args([
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-ARIA128-GCM-SHA256:ECDHE-ECDSA-ARIA256-GCM-SHA384:ECDHE-ECDSA-CAMELLIA128-SHA256:ECDHE-ECDSA-CAMELLIA256-SHA384",
+            ])
+        },
+        &["handshake failure", "no shared cipher", "no cipher"],
+    );
+}
+
+#[test]
+fn refuses_client_certificate_request_for_an_unknown_ca() {
+    // The server asks for a client certificate issued by a CA the box has no
+    // certificate from: the box's own certificate is refused, nothing is accepted.
+    refused_by_s_server(
+        "client_cert_unknown_ca",
+        |w| {
+            rapbox_testkit::peers::TlsServerConfig::new(w.dc_addr, &w.pki.server.cert, &w.pki.server.key)
+                .require_client_cert(&w.pki.other_ca.cert)
+        },
+        &["alert unknown ca", "unknown ca"],
+    );
+}
+
+#[test]
 fn refuses_server_offering_only_chacha20() {
     refused(
         "chacha20",
@@ -238,6 +319,11 @@ fn refused_by_data_center_without_client_certificate_from_its_ca() {
     });
     assert_eq!(depth(&st), 20 + audit_queued(&st));
     assert_eq!(w.batch_posts(), 0);
+    // nginx (`ssl_verify_client on`) answers a certificate it cannot verify with HTTP 400.
+    let expect = ["HTTP 400"];
+    let err = st.uplink["last_error"].as_str().unwrap_or("");
+    assert!(err.contains(expect[0]) && err.contains("certificate"), "last error {err:?}");
+    assert_logged_refusal("unknown_client_ca", &rapd.log_text(), &expect);
 }
 
 fn fips_refusal(name: &str, break_it: impl FnOnce(&std::path::Path), expect: &str) {

@@ -9,6 +9,8 @@
 //!   message ids that kill tests compare with what reached the data center.
 //! * [`raw`]: deliberately wrong clients for negative tests (garbage, oversized
 //!   frames, slowloris, idle connection floods).
+//! * [`load`]: many concurrent connections in mixed misbehaviours against one box, and
+//!   a probe that measures a well-behaved instrument's ack latency meanwhile.
 //! * [`StatusText`]: realistic, slowly varying status payloads.
 //! * [`FileAgent`]: the agent's file side (protocol version 2 on a connection of its own):
 //!   pulls the files the box offers, checks and stores them, offers uploads and resumes them.
@@ -20,6 +22,7 @@ mod fakebox;
 mod files;
 mod idset;
 mod instrument;
+pub mod load;
 mod payload;
 pub mod raw;
 mod stats;
