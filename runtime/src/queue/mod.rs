@@ -8,19 +8,20 @@
 //! separate read-only connection (WAL readers never block the writer).
 //!
 //! Storage: a group commit stores the messages of each priority as one **segment** — one
-//! row holding all their records (see [`segment`]) — so the cost per message is a copy,
-//! not a B-tree insert per row and index. Every message has a seq (strictly increasing,
-//! never reused while rapd runs); a segment holds a contiguous run of seqs, and the part
-//! of it still queued is the window `skip..live_end` kept in the small `segment_live`
-//! row, so that delivering or evicting the front of a segment rewrites a few integers,
-//! not its body.
+//! row holding their heads and their payloads as two blobs (see [`segment`]) — so the
+//! cost per message is a copy, not a B-tree insert per row and index. Every message has
+//! a seq (strictly increasing, never reused while rapd runs); a segment holds a
+//! contiguous run of seqs, and the part of it still queued is the window `skip..live_end`
+//! kept in the small `segment_live` row, so that delivering or evicting the front of a
+//! segment rewrites a few integers, not its blobs. Ingest hands the writer the messages
+//! of a connection in batches, so channel operations and wake-ups are per batch too.
 //!
 //! Ordering: batches leave by priority (0 first), then arrival. Quota: when the queued
 //! bytes would exceed the quota, droppable messages are evicted, least important
 //! priority first and oldest first, and counted; alarms and audit records are never
 //! evicted, and when only they remain a new message is refused with `QueueFull`.
 //! Dedup: `(instrument, msg_id)` is recognised while queued (an index in memory, rebuilt
-//! at start from each segment's key runs), and remembered after delivery for the
+//! at start from the segments' heads), and remembered after delivery for the
 //! retention period (`delivered_ranges`), so a resend is acked again but stored once.
 
 mod rangeset;
@@ -46,7 +47,10 @@ use self::segment::MAX_RECORDS;
 pub const ROW_OVERHEAD: u64 = 64;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 4;
-const WRITE_CHANNEL: usize = 2 * 1024;
+/// Commands (each up to [`MAX_SUBMIT`] messages) waiting for the writer.
+const WRITE_CHANNEL: usize = 256;
+/// Most messages in one [`Queue::submit_many`].
+pub const MAX_SUBMIT: usize = 64;
 /// Most messages in one group commit (so also in one segment).
 const MAX_GROUP: usize = 2 * 1024;
 /// Most payload bytes in one group commit: bounds the writer's memory.
@@ -118,13 +122,12 @@ const SEGMENT_SCHEMA: &str = "CREATE TABLE segments(
          first_seq INTEGER NOT NULL,
          count INTEGER NOT NULL,
          received INTEGER NOT NULL,
-         keys BLOB NOT NULL,
-         body BLOB NOT NULL);
+         heads BLOB NOT NULL,
+         payloads BLOB NOT NULL);
      CREATE INDEX segments_drain ON segments(priority, first_seq);
      CREATE TABLE segment_live(
          id INTEGER PRIMARY KEY,
          skip INTEGER NOT NULL,
-         skip_off INTEGER NOT NULL,
          live_end INTEGER NOT NULL,
          live_count INTEGER NOT NULL,
          live_bytes INTEGER NOT NULL);";
@@ -145,7 +148,6 @@ fn migrate_to_segments(conn: &Connection) -> rusqlite::Result<()> {
             let priority: i64 = r.get(0)?;
             if (priority != seg_priority || seg.count >= MAX_RECORDS) && seg.count > 0 {
                 next_seq = seg.insert(conn, seg_priority as u8, next_seq, seg_received)?;
-                seg = SegmentBuilder::default();
             }
             if seg.count == 0 {
                 seg_priority = priority;
@@ -270,7 +272,8 @@ pub struct QueueStats {
 }
 
 enum Cmd {
-    Insert(Incoming, ReplyTo),
+    /// Messages of one sender; each outcome goes to the sender on its own.
+    Insert(Vec<Incoming>, ReplyTo),
     /// Delete delivered messages; answer when committed.
     Complete(Vec<SeqRange>, Sender<Result<(), String>>),
 }
@@ -423,7 +426,17 @@ impl Queue {
     /// Hands a message to the writer; the outcome arrives on `reply`. Blocks while the
     /// writer's channel is full (back-pressure from the disk).
     pub fn submit(&self, msg: Incoming, reply: ReplyTo) -> Result<(), QueueError> {
-        self.tx.send(Cmd::Insert(msg, reply)).map_err(|_| QueueError::Stopped)
+        self.tx.send(Cmd::Insert(vec![msg], reply)).map_err(|_| QueueError::Stopped)
+    }
+
+    /// Like [`Queue::submit`] for several messages of one sender (at most [`MAX_SUBMIT`]
+    /// are sensible; more only make the writer's groups uneven); one outcome per message
+    /// arrives on `reply`, in order.
+    pub fn submit_many(&self, msgs: Vec<Incoming>, reply: ReplyTo) -> Result<(), QueueError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Cmd::Insert(msgs, reply)).map_err(|_| QueueError::Stopped)
     }
 
     /// Deletes delivered messages (after the data center acknowledged them); returns once committed.
@@ -494,7 +507,7 @@ impl Queue {
             let after = cursor.0[priority as usize];
             let mut st = tx
                 .prepare_cached(
-                    "SELECT s.first_seq, l.skip, l.skip_off, l.live_end, s.received, s.body
+                    "SELECT s.first_seq, l.skip, l.live_end, s.received, s.heads, s.payloads
                      FROM segments s JOIN segment_live l ON l.id=s.id
                      WHERE s.priority=?1 AND s.first_seq>?2 AND s.first_seq+l.live_end>?3
                      ORDER BY s.first_seq",
@@ -503,21 +516,25 @@ impl Queue {
             let mut rows = st.query(params![priority, after - MAX_RECORDS as i64, after + 1]).map_err(sq(path))?;
             while let Some(r) = rows.next().map_err(sq(path))? {
                 let first_seq: i64 = r.get(0).map_err(sq(path))?;
-                let (skip, skip_off, live_end): (i64, i64, i64) =
-                    (r.get(1).map_err(sq(path))?, r.get(2).map_err(sq(path))?, r.get(3).map_err(sq(path))?);
-                let received_ms: i64 = r.get(4).map_err(sq(path))?;
-                let body = r.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into)).map_err(sq(path))?;
-                let mut pos = usize::try_from(skip_off).map_err(|_| damaged(first_seq))?;
-                for index in skip..live_end {
-                    let rec = segment::next(body, &mut pos).ok_or_else(|| damaged(first_seq))?;
+                let (skip, live_end): (i64, i64) = (r.get(1).map_err(sq(path))?, r.get(2).map_err(sq(path))?);
+                let received_ms: i64 = r.get(3).map_err(sq(path))?;
+                let heads = r.get_ref(4).and_then(|v| v.as_blob().map_err(Into::into)).map_err(sq(path))?;
+                let payloads = r.get_ref(5).and_then(|v| v.as_blob().map_err(Into::into)).map_err(sq(path))?;
+                let mut recs = segment::Records::new(heads);
+                for index in 0..live_end {
+                    let placed = recs.next_placed().ok_or_else(|| damaged(first_seq))?;
                     let seq = first_seq + index;
-                    if seq <= after {
+                    if index < skip || seq <= after {
                         continue;
                     }
-                    if count >= max_records || (count > 0 && bytes + rec.payload.len() > max_bytes) {
+                    let rec = placed.head;
+                    let payload = payloads
+                        .get(placed.payload_off..placed.payload_off + rec.len)
+                        .ok_or_else(|| damaged(first_seq))?;
+                    if count >= max_records || (count > 0 && bytes + rec.len > max_bytes) {
                         break 'priorities;
                     }
-                    bytes += rec.payload.len() + 32;
+                    bytes += rec.len + 32;
                     count += 1;
                     match ranges.last_mut() {
                         Some(last) if last.priority == priority => last.last = seq,
@@ -537,7 +554,7 @@ impl Queue {
                         received_ms,
                         kind: Kind::from_u8(rec.kind).unwrap_or(Kind::Status),
                         priority,
-                        payload: rec.payload,
+                        payload,
                     });
                 }
             }
@@ -610,42 +627,63 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// The records of a segment being built.
+/// The records of a segment being built (its buffers are reused from segment to segment).
 #[derive(Default)]
 struct SegmentBuilder {
-    body: Vec<u8>,
-    keys: segment::Keys,
+    heads: Vec<u8>,
+    payloads: Vec<u8>,
     count: usize,
     bytes: u64,
 }
 
 impl SegmentBuilder {
     fn push(&mut self, instrument: i64, msg_id: u64, timestamp_ms: i64, kind: u8, payload: &[u8]) {
-        segment::push(&mut self.body, instrument, msg_id, timestamp_ms, kind, payload);
-        self.keys.push(instrument, msg_id);
+        segment::push(&mut self.heads, &mut self.payloads, instrument, msg_id, timestamp_ms, kind, payload);
         self.count += 1;
     }
 
-    /// Stores the segment with seqs from `first_seq`; returns the next free seq.
-    fn insert(self, conn: &Connection, priority: u8, first_seq: i64, received: i64) -> rusqlite::Result<i64> {
+    /// Stores the segment with seqs from `first_seq` and empties the builder; returns the
+    /// next free seq.
+    fn insert(&mut self, conn: &Connection, priority: u8, first_seq: i64, received: i64) -> rusqlite::Result<i64> {
         let n = self.count as i64;
-        conn.prepare_cached(
-            "INSERT INTO segments(priority, first_seq, count, received, keys, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![priority, first_seq, n, received, self.keys.finish(), self.body])?;
-        let id = conn.last_insert_rowid();
-        conn.prepare_cached(
-            "INSERT INTO segment_live(id, skip, skip_off, live_end, live_count, live_bytes) VALUES (?1, 0, 0, ?2, ?2, ?3)",
-        )?
-        .execute(params![id, n, self.bytes as i64])?;
+        insert_segment(conn, priority, first_seq, n, received, &self.heads, &self.payloads, self.bytes)?;
+        self.heads.clear();
+        self.payloads.clear();
+        self.count = 0;
+        self.bytes = 0;
         Ok(first_seq + n)
     }
 }
 
+/// Inserts one segment whose records are all queued.
+#[allow(clippy::too_many_arguments)]
+fn insert_segment(
+    conn: &Connection,
+    priority: u8,
+    first_seq: i64,
+    count: i64,
+    received: i64,
+    heads: &[u8],
+    payloads: &[u8],
+    bytes: u64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO segments(priority, first_seq, count, received, heads, payloads) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![priority, first_seq, count, received, heads, payloads])?;
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO segment_live(id, skip, live_end, live_count, live_bytes) VALUES (?1, 0, ?2, ?2, ?3)",
+    )?
+    .execute(params![id, count, bytes as i64])?;
+    Ok(())
+}
+
 /// A message of the group being committed, waiting for its segment.
 struct Pend {
-    /// Index of its command in the group.
+    /// Index of its command in the group, and of the message in the command.
     cmd: usize,
+    msg: usize,
     instrument: i64,
     msg_id: u64,
     size: u64,
@@ -725,7 +763,7 @@ impl Writer {
     }
 
     /// Reads the instrument table and rebuilds the index of queued ids from the segments'
-    /// key runs (at start, and after a failed commit).
+    /// heads (at start, and after a failed commit).
     fn reload(&mut self) -> Result<(), StoreError> {
         self.instruments.clear();
         self.queued.clear();
@@ -736,91 +774,106 @@ impl Writer {
             self.instruments.insert(Arc::from(s), id);
         }
         let mut st = self.conn.prepare(
-            "SELECT s.first_seq, l.skip, l.live_end, s.keys FROM segments s JOIN segment_live l ON l.id=s.id",
+            "SELECT s.first_seq, l.skip, l.live_end, s.heads FROM segments s JOIN segment_live l ON l.id=s.id",
         )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let (first_seq, skip, end): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            let keys = r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
-            let queued = &mut self.queued;
-            let ok = segment::for_each_key(keys, skip.max(0) as u64, end.max(0) as u64, |i, a, b| {
-                queued.entry(i).or_default().insert_range(a, b);
-            });
-            if !ok {
-                return Err(StoreError::Damaged(format!(
-                    "the key runs of the segment at seq {first_seq} do not decode"
-                )));
+            let heads = r.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+            let mut recs = segment::Records::new(heads);
+            for index in 0..end {
+                let Some(p) = recs.next_placed() else {
+                    return Err(StoreError::Damaged(format!(
+                        "the heads of the segment at seq {first_seq} do not decode"
+                    )));
+                };
+                if index >= skip {
+                    self.queued.entry(p.head.instrument).or_default().insert(p.head.msg_id);
+                }
             }
         }
         Ok(())
     }
 
     fn run(mut self, rx: Receiver<Cmd>) {
-        let mut group: Vec<Cmd> = Vec::with_capacity(MAX_GROUP);
+        let mut group: Vec<Cmd> = Vec::with_capacity(WRITE_CHANNEL);
+        let mut builder = SegmentBuilder::default();
+        let size = |c: &Cmd| match c {
+            Cmd::Insert(m, _) => (m.len(), m.iter().map(|m| m.payload.len()).sum::<usize>()),
+            Cmd::Complete(..) => (1, 0),
+        };
         loop {
             self.shared.heartbeat_ms.store(now_ms() as u64, Ordering::Relaxed);
-            match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(cmd) => group.push(cmd),
+            let (mut msgs, mut bytes) = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(cmd) => {
+                    let n = size(&cmd);
+                    group.push(cmd);
+                    n
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.shared.stop.load(Ordering::SeqCst) {
                         break;
                     }
                     self.maybe_prune();
+                    trim_heap();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
-            }
-            let mut bytes = 0usize;
-            while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+            };
+            while msgs < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match rx.try_recv() {
                     Ok(cmd) => {
-                        if let Cmd::Insert(m, _) = &cmd {
-                            bytes += m.payload.len();
-                        }
-                        group.push(cmd)
+                        let (n, b) = size(&cmd);
+                        msgs += n;
+                        bytes += b;
+                        group.push(cmd);
                     }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.commit_group(&mut group);
+            self.commit_group(&mut group, &mut builder);
         }
         // Drain what is left so that no sender waits forever.
         while let Ok(cmd) = rx.try_recv() {
             group.push(cmd);
-            if group.len() == MAX_GROUP {
-                self.commit_group(&mut group);
+            if group.len() >= MAX_GROUP / MAX_SUBMIT {
+                self.commit_group(&mut group, &mut builder);
             }
         }
         if !group.is_empty() {
-            self.commit_group(&mut group);
+            self.commit_group(&mut group, &mut builder);
         }
         log::info!("queue writer stopped");
     }
 
-    fn commit_group(&mut self, group: &mut Vec<Cmd>) {
+    fn commit_group(&mut self, group: &mut Vec<Cmd>, builder: &mut SegmentBuilder) {
         let mut state = GroupState {
             stats: self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             max_delivered: self.max_delivered.clone(),
             next_seq: self.next_seq,
         };
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(group.len());
-        let result = self.store_group(group, &mut state, &mut outcomes);
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(MAX_GROUP);
+        let result = self.store_group(group, &mut state, &mut outcomes, builder);
         match result {
             Ok(stored_any) => {
                 *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = state.stats;
                 self.max_delivered = state.max_delivered;
                 self.next_seq = state.next_seq;
-                for (cmd, outcome) in group.drain(..).zip(outcomes) {
+                let mut outcomes = outcomes.into_iter();
+                for cmd in group.drain(..) {
                     match cmd {
-                        Cmd::Insert(m, reply) => {
-                            let r = match outcome {
-                                Outcome::Stored => Reply::Ack { msg_id: m.msg_id, duplicate: false },
-                                Outcome::Duplicate => Reply::Ack { msg_id: m.msg_id, duplicate: true },
-                                Outcome::Refused(code, reason) => Reply::Error { msg_id: m.msg_id, code, reason },
-                            };
-                            let _ = reply.send(r);
+                        Cmd::Insert(msgs, reply) => {
+                            for (m, outcome) in msgs.into_iter().zip(&mut outcomes) {
+                                let r = match outcome {
+                                    Outcome::Stored => Reply::Ack { msg_id: m.msg_id, duplicate: false },
+                                    Outcome::Duplicate => Reply::Ack { msg_id: m.msg_id, duplicate: true },
+                                    Outcome::Refused(code, reason) => Reply::Error { msg_id: m.msg_id, code, reason },
+                                };
+                                let _ = reply.send(r);
+                            }
                         }
                         Cmd::Complete(_, done) => {
+                            let _ = outcomes.next();
                             let _ = done.send(Ok(()));
                         }
                     }
@@ -835,14 +888,20 @@ impl Writer {
                 log::error!("queue commit failed ({} commands): {reason}", group.len());
                 for cmd in group.drain(..) {
                     match cmd {
-                        Cmd::Insert(m, reply) => {
-                            let _ = reply.send(Reply::Error { msg_id: m.msg_id, code, reason: reason.clone() });
+                        Cmd::Insert(msgs, reply) => {
+                            for m in msgs {
+                                let _ = reply.send(Reply::Error { msg_id: m.msg_id, code, reason: reason.clone() });
+                            }
                         }
                         Cmd::Complete(_, done) => {
                             let _ = done.send(Err(reason.clone()));
                         }
                     }
                 }
+                builder.heads.clear();
+                builder.payloads.clear();
+                builder.count = 0;
+                builder.bytes = 0;
                 // The in-memory index may hold what the failed transaction did not store.
                 if let Err(e) = self.reload() {
                     let (_, reason) = storage_error(&self.path, &e);
@@ -858,6 +917,7 @@ impl Writer {
         group: &[Cmd],
         st: &mut GroupState,
         outcomes: &mut Vec<Outcome>,
+        builder: &mut SegmentBuilder,
     ) -> Result<bool, StoreError> {
         let tx = self.conn.unchecked_transaction()?;
         let mut segs = GroupSegments::default();
@@ -871,9 +931,11 @@ impl Writer {
         };
         for (i, cmd) in group.iter().enumerate() {
             match cmd {
-                Cmd::Insert(m, _) => {
-                    let o = ctx.insert(i, m)?;
-                    outcomes.push(o);
+                Cmd::Insert(msgs, _) => {
+                    for (j, m) in msgs.iter().enumerate() {
+                        let o = ctx.insert(i, j, m)?;
+                        outcomes.push(o);
+                    }
                 }
                 Cmd::Complete(ranges, _) => {
                     ctx.delete_delivered(ranges)?;
@@ -885,13 +947,13 @@ impl Writer {
         let mut stored_any = false;
         for p in 0..4 {
             for chunk in segs.recs[p][segs.front[p]..].chunks(MAX_RECORDS) {
-                let mut b = SegmentBuilder::default();
                 for r in chunk {
-                    let Cmd::Insert(m, _) = &group[r.cmd] else { continue };
-                    b.push(r.instrument, r.msg_id, m.timestamp_ms, m.kind as u8, &m.payload);
-                    b.bytes += r.size;
+                    let Cmd::Insert(msgs, _) = &group[r.cmd] else { continue };
+                    let m = &msgs[r.msg];
+                    builder.push(r.instrument, r.msg_id, m.timestamp_ms, m.kind as u8, &m.payload);
+                    builder.bytes += r.size;
                 }
-                st.next_seq = b.insert(&tx, p as u8, st.next_seq, received)?;
+                st.next_seq = builder.insert(&tx, p as u8, st.next_seq, received)?;
                 stored_any = true;
             }
         }
@@ -923,6 +985,15 @@ impl Writer {
     }
 }
 
+/// Gives memory freed after a burst back to the system, so that the resident set follows
+/// what is live rather than the largest group ever committed.
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory held by the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What one group's commands work on.
 struct Ctx<'a> {
     tx: &'a Connection,
@@ -933,22 +1004,32 @@ struct Ctx<'a> {
     segs: &'a mut GroupSegments,
 }
 
-/// The queued part of one stored segment, as read for a deletion or an eviction.
+/// The queued part of one stored segment, as read for a deletion or an eviction (heads
+/// only: payloads are copied with SQL when a segment must be split).
 struct LiveSegment {
     id: i64,
     priority: u8,
     first_seq: i64,
     skip: i64,
-    skip_off: i64,
     live_end: i64,
     live_bytes: i64,
-    received: i64,
-    body: Vec<u8>,
+    heads: Vec<u8>,
+}
+
+/// One queued record of a [`LiveSegment`].
+#[derive(Clone, Copy)]
+struct LiveRecord {
+    head_off: usize,
+    payload_off: usize,
+    instrument: i64,
+    msg_id: u64,
+    /// Quota bytes.
+    size: u64,
 }
 
 impl LiveSegment {
-    const COLUMNS: &'static str = "s.id, s.priority, s.first_seq, l.skip, l.skip_off, l.live_end, l.live_bytes,
-         s.received, s.body FROM segments s JOIN segment_live l ON l.id=s.id";
+    const COLUMNS: &'static str = "s.id, s.priority, s.first_seq, l.skip, l.live_end, l.live_bytes, s.heads
+         FROM segments s JOIN segment_live l ON l.id=s.id";
 
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LiveSegment> {
         Ok(LiveSegment {
@@ -956,26 +1037,31 @@ impl LiveSegment {
             priority: r.get::<_, i64>(1)?.clamp(0, 3) as u8,
             first_seq: r.get(2)?,
             skip: r.get(3)?,
-            skip_off: r.get(4)?,
-            live_end: r.get(5)?,
-            live_bytes: r.get(6)?,
-            received: r.get(7)?,
-            body: r.get(8)?,
+            live_end: r.get(4)?,
+            live_bytes: r.get(5)?,
+            heads: r.get(6)?,
         })
     }
 
-    /// (byte offset, instrument, msg_id, quota bytes) of each queued record, plus the
-    /// offset just past the last one.
-    fn records(&self) -> Result<(Vec<(usize, i64, u64, u64)>, usize), StoreError> {
-        let damaged = || StoreError::Damaged(format!("the segment at seq {} does not decode", self.first_seq));
-        let mut pos = usize::try_from(self.skip_off).map_err(|_| damaged())?;
+    /// The queued records, plus the blob offsets just past the last one.
+    fn records(&self) -> Result<(Vec<LiveRecord>, (usize, usize)), StoreError> {
+        let damaged =
+            || StoreError::Damaged(format!("the heads of the segment at seq {} do not decode", self.first_seq));
+        let mut recs = segment::Records::new(&self.heads);
         let mut out = Vec::with_capacity((self.live_end - self.skip).max(0) as usize);
-        for _ in self.skip..self.live_end {
-            let at = pos;
-            let r = segment::next(&self.body, &mut pos).ok_or_else(damaged)?;
-            out.push((at, r.instrument, r.msg_id, r.payload.len() as u64 + ROW_OVERHEAD));
+        for index in 0..self.live_end {
+            let p = recs.next_placed().ok_or_else(damaged)?;
+            if index >= self.skip {
+                out.push(LiveRecord {
+                    head_off: p.head_off,
+                    payload_off: p.payload_off,
+                    instrument: p.head.instrument,
+                    msg_id: p.head.msg_id,
+                    size: p.head.len as u64 + ROW_OVERHEAD,
+                });
+            }
         }
-        Ok((out, pos))
+        Ok((out, recs.offsets()))
     }
 }
 
@@ -994,7 +1080,7 @@ fn runs(mut ids: Vec<(i64, u64)>) -> Vec<(i64, u64, u64)> {
 }
 
 impl Ctx<'_> {
-    fn insert(&mut self, cmd: usize, m: &Incoming) -> Result<Outcome, StoreError> {
+    fn insert(&mut self, cmd: usize, msg: usize, m: &Incoming) -> Result<Outcome, StoreError> {
         let iid = instrument_id(self.tx, self.instruments, &m.instrument)?;
         let id = m.msg_id;
         if self.queued.get(&iid).is_some_and(|s| s.contains(id)) || self.delivered(iid, id)? {
@@ -1053,7 +1139,7 @@ impl Ctx<'_> {
             }
         }
         self.queued.entry(iid).or_default().insert(id);
-        self.segs.recs[p].push(Pend { cmd, instrument: iid, msg_id: id, size });
+        self.segs.recs[p].push(Pend { cmd, msg, instrument: iid, msg_id: id, size });
         self.st.stats.stored_total += 1;
         Ok(Outcome::Stored)
     }
@@ -1086,22 +1172,19 @@ impl Ctx<'_> {
             .query_row([priority], LiveSegment::from_row)
             .optional()?;
         let Some(seg) = seg else { return Ok(0) };
-        let (recs, _) = seg.records()?;
+        let (recs, end) = seg.records()?;
         let (mut n, mut freed) = (0usize, 0u64);
         while n < recs.len() && freed < need {
-            freed += recs[n].3;
+            freed += recs[n].size;
             n += 1;
         }
-        let removed: Vec<(i64, u64)> = recs[..n].iter().map(|r| (r.1, r.2)).collect();
-        let next_off = recs.get(n).map_or(0, |r| r.0);
-        self.trim(&seg, 0, n, next_off, freed)?;
-        for (i, a, b) in runs(removed) {
+        self.trim(&seg, &recs, end, 0, n, freed)?;
+        for (i, a, b) in runs(recs[..n].iter().map(|r| (r.instrument, r.msg_id)).collect()) {
             if let Some(s) = self.queued.get_mut(&i) {
                 s.remove_range(a, b);
             }
         }
-        let stats = &mut self.st.stats;
-        stats.dropped_total += n as u64;
+        self.st.stats.dropped_total += n as u64;
         Ok(freed)
     }
 
@@ -1125,66 +1208,73 @@ impl Ctx<'_> {
         freed
     }
 
-    /// Removes the queued records `lo..hi` (indices into `seg`'s queued records) of a
-    /// stored segment: `next_off` is the body offset of record `hi` (if any), `bytes`
-    /// their quota bytes. Adjusts the depth and byte figures.
-    fn trim(&mut self, seg: &LiveSegment, lo: usize, hi: usize, next_off: usize, bytes: u64) -> Result<(), StoreError> {
+    /// Removes the queued records `lo..hi` (indices into `recs`, the queued records of a
+    /// stored segment; `end` the blob offsets past the last) whose quota bytes are
+    /// `bytes`. Adjusts the depth and byte figures.
+    fn trim(
+        &mut self,
+        seg: &LiveSegment,
+        recs: &[LiveRecord],
+        end: (usize, usize),
+        lo: usize,
+        hi: usize,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
         let n = (hi - lo) as i64;
         if n == 0 {
             return Ok(());
         }
-        let queued = seg.live_end - seg.skip;
-        let (lo_i, hi_i) = (lo as i64, hi as i64);
-        if lo_i == 0 && hi_i == queued {
+        if lo == 0 && hi == recs.len() {
             self.tx.prepare_cached("DELETE FROM segments WHERE id=?1")?.execute([seg.id])?;
             self.tx.prepare_cached("DELETE FROM segment_live WHERE id=?1")?.execute([seg.id])?;
-        } else if lo_i == 0 {
+        } else if lo == 0 {
             self.tx
                 .prepare_cached(
-                    "UPDATE segment_live SET skip=?2, skip_off=?3, live_count=live_count-?4, live_bytes=live_bytes-?5
-                     WHERE id=?1",
+                    "UPDATE segment_live SET skip=?2, live_count=live_count-?3, live_bytes=live_bytes-?4 WHERE id=?1",
                 )?
-                .execute(params![seg.id, seg.skip + hi_i, next_off as i64, n, bytes as i64])?;
-        } else if hi_i == queued {
+                .execute(params![seg.id, seg.skip + hi as i64, n, bytes as i64])?;
+        } else if hi == recs.len() {
             self.tx
                 .prepare_cached(
                     "UPDATE segment_live SET live_end=?2, live_count=live_count-?3, live_bytes=live_bytes-?4 WHERE id=?1",
                 )?
-                .execute(params![seg.id, seg.skip + lo_i, n, bytes as i64])?;
+                .execute(params![seg.id, seg.skip + lo as i64, n, bytes as i64])?;
         } else {
             // A hole in the middle (rare: a delivery that is not a prefix): the tail
-            // becomes a segment of its own.
-            let (recs, end_off) = seg.records()?;
+            // becomes a segment of its own, its blobs cut out of this one's by SQL.
             let tail = &recs[hi..];
-            let tail_bytes: u64 = tail.iter().map(|r| r.3).sum();
-            let mut keys = segment::Keys::default();
-            for r in tail {
-                keys.push(r.1, r.2);
-            }
-            let tail_first = seg.first_seq + seg.skip + hi_i;
-            let tail_count = tail.len() as i64;
+            let tail_bytes: u64 = tail.iter().map(|r| r.size).sum();
+            let (h0, p0) = (tail[0].head_off as i64, tail[0].payload_off as i64);
+            let (h1, p1) = (end.0 as i64, end.1 as i64);
             self.tx
                 .prepare_cached(
-                    "INSERT INTO segments(priority, first_seq, count, received, keys, body) VALUES (?1,?2,?3,?4,?5,?6)",
+                    "INSERT INTO segments(priority, first_seq, count, received, heads, payloads)
+                     SELECT priority, ?2, ?3, received, substr(heads, ?4, ?5), substr(payloads, ?6, ?7)
+                     FROM segments WHERE id=?1",
                 )?
                 .execute(params![
-                    seg.priority,
-                    tail_first,
-                    tail_count,
-                    seg.received,
-                    keys.finish(),
-                    &seg.body[next_off..end_off]
+                    seg.id,
+                    seg.first_seq + seg.skip + hi as i64,
+                    tail.len() as i64,
+                    h0 + 1,
+                    h1 - h0,
+                    p0 + 1,
+                    p1 - p0
                 ])?;
             let id = self.tx.last_insert_rowid();
             self.tx
                 .prepare_cached(
-                    "INSERT INTO segment_live(id, skip, skip_off, live_end, live_count, live_bytes)
-                     VALUES (?1, 0, 0, ?2, ?2, ?3)",
+                    "INSERT INTO segment_live(id, skip, live_end, live_count, live_bytes) VALUES (?1, 0, ?2, ?2, ?3)",
                 )?
-                .execute(params![id, tail_count, tail_bytes as i64])?;
+                .execute(params![id, tail.len() as i64, tail_bytes as i64])?;
             self.tx
                 .prepare_cached("UPDATE segment_live SET live_end=?2, live_count=?3, live_bytes=?4 WHERE id=?1")?
-                .execute(params![seg.id, seg.skip + lo_i, lo_i, seg.live_bytes - bytes as i64 - tail_bytes as i64])?;
+                .execute(params![
+                    seg.id,
+                    seg.skip + lo as i64,
+                    lo as i64,
+                    seg.live_bytes - (bytes + tail_bytes) as i64
+                ])?;
         }
         let stats = &mut self.st.stats;
         let p = seg.priority as usize;
@@ -1209,17 +1299,16 @@ impl Ctx<'_> {
                 .query_map(params![r.priority, r.first - MAX_RECORDS as i64, r.last, r.first], LiveSegment::from_row)?
                 .collect::<Result<_, _>>()?;
             for seg in segs {
-                let (recs, _) = seg.records()?;
+                let (recs, end) = seg.records()?;
                 let base = seg.first_seq + seg.skip;
                 let lo = (r.first - base).clamp(0, recs.len() as i64) as usize;
                 let hi = (r.last + 1 - base).clamp(0, recs.len() as i64) as usize;
                 if lo >= hi {
                     continue;
                 }
-                let bytes: u64 = recs[lo..hi].iter().map(|x| x.3).sum();
-                ids.extend(recs[lo..hi].iter().map(|x| (x.1, x.2)));
-                let next_off = recs.get(hi).map_or(0, |x| x.0);
-                self.trim(&seg, lo, hi, next_off, bytes)?;
+                let bytes: u64 = recs[lo..hi].iter().map(|x| x.size).sum();
+                ids.extend(recs[lo..hi].iter().map(|x| (x.instrument, x.msg_id)));
+                self.trim(&seg, &recs, end, lo, hi, bytes)?;
             }
         }
         // Remember the delivered ids as runs of consecutive ids per instrument.

@@ -2,23 +2,22 @@
 //! stored, as one SQLite row instead of one row per message.
 //!
 //! ```text
-//! body:  record*     record = instrument varint | msg_id varint | ts zigzag varint
-//!                             | kind u8 | payload_len varint | payload
-//! keys:  run*        run    = instrument varint | first msg_id varint | count varint
+//! heads:    head*      head = instrument varint | msg_id varint | ts zigzag varint
+//!                             | kind u8 | payload_len varint
+//! payloads: the payloads, concatenated in the same order
 //! ```
 //!
-//! Record `i` of a segment has seq `first_seq + i`. `keys` repeats the identities of the
-//! body's records as runs of consecutive ids per instrument, so that the dedup index is
-//! rebuilt at start-up without reading any payload. Only rapd writes these blobs, but a
-//! damaged database must fail with an error, never a panic: every decoder is
-//! bounds-checked.
+//! Record `i` of a segment has seq `first_seq + i`. Heads and payloads are separate
+//! blobs so that what only needs identities and sizes — the dedup index rebuilt at start,
+//! a delivery or an eviction trimming a segment — reads a few bytes per message and never
+//! the payloads. Only rapd writes these blobs, but a damaged database must fail with an
+//! error, never a panic: every decoder is bounds-checked.
 
 /// Most records in one segment. Readers rely on it to bound index range scans
 /// (`first_seq > cursor - MAX_RECORDS`), so it may grow only with a schema change.
 pub const MAX_RECORDS: usize = 4096;
 
-/// Appends an unsigned LEB128 varint.
-pub fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+fn put_u64(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -48,95 +47,80 @@ fn get_i64(buf: &[u8], pos: &mut usize) -> Option<i64> {
     Some(((z >> 1) as i64) ^ -((z & 1) as i64))
 }
 
-/// One record as encoded in a body.
+/// One record's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rec<'a> {
+pub struct Head {
     pub instrument: i64,
     pub msg_id: u64,
     pub timestamp_ms: i64,
     pub kind: u8,
-    pub payload: &'a [u8],
+    pub len: usize,
 }
 
-/// Appends one record to a body.
-pub fn push(body: &mut Vec<u8>, instrument: i64, msg_id: u64, timestamp_ms: i64, kind: u8, payload: &[u8]) {
-    put_u64(body, instrument as u64);
-    put_u64(body, msg_id);
-    put_i64(body, timestamp_ms);
-    body.push(kind);
-    put_u64(body, payload.len() as u64);
-    body.extend_from_slice(payload);
+/// Appends one record: its head to `heads`, its payload to `payloads`.
+pub fn push(
+    heads: &mut Vec<u8>,
+    payloads: &mut Vec<u8>,
+    instrument: i64,
+    msg_id: u64,
+    timestamp_ms: i64,
+    kind: u8,
+    payload: &[u8],
+) {
+    put_u64(heads, instrument as u64);
+    put_u64(heads, msg_id);
+    put_i64(heads, timestamp_ms);
+    heads.push(kind);
+    put_u64(heads, payload.len() as u64);
+    payloads.extend_from_slice(payload);
 }
 
-/// Decodes the record at `*pos` and moves past it; None at the end or on damage
-/// (`*pos == body.len()` tells the two apart).
-pub fn next<'a>(body: &'a [u8], pos: &mut usize) -> Option<Rec<'a>> {
+/// Decodes the head at `*pos` and moves past it; None at the end or on damage.
+pub fn next_head(heads: &[u8], pos: &mut usize) -> Option<Head> {
     let mut p = *pos;
-    let instrument = get_u64(body, &mut p)? as i64;
-    let msg_id = get_u64(body, &mut p)?;
-    let timestamp_ms = get_i64(body, &mut p)?;
-    let kind = *body.get(p)?;
+    let instrument = get_u64(heads, &mut p)? as i64;
+    let msg_id = get_u64(heads, &mut p)?;
+    let timestamp_ms = get_i64(heads, &mut p)?;
+    let kind = *heads.get(p)?;
     p += 1;
-    let len = usize::try_from(get_u64(body, &mut p)?).ok()?;
-    let payload = body.get(p..p.checked_add(len)?)?;
-    *pos = p + len;
-    Some(Rec { instrument, msg_id, timestamp_ms, kind, payload })
+    let len = usize::try_from(get_u64(heads, &mut p)?).ok()?;
+    *pos = p;
+    Some(Head { instrument, msg_id, timestamp_ms, kind, len })
 }
 
-/// Builds the `keys` blob of a segment, record by record.
-#[derive(Debug, Default)]
-pub struct Keys {
-    out: Vec<u8>,
-    run: Option<(i64, u64, u64)>,
+/// Walks a segment's records: head, the head's offset and the payload's offset.
+pub struct Records<'a> {
+    heads: &'a [u8],
+    pos: usize,
+    payload_off: usize,
 }
 
-impl Keys {
-    pub fn push(&mut self, instrument: i64, msg_id: u64) {
-        if let Some((i, first, n)) = &mut self.run {
-            if *i == instrument && first.checked_add(*n) == Some(msg_id) {
-                *n += 1;
-                return;
-            }
-        }
-        self.flush();
-        self.run = Some((instrument, msg_id, 1));
-    }
-
-    fn flush(&mut self) {
-        if let Some((i, first, n)) = self.run.take() {
-            put_u64(&mut self.out, i as u64);
-            put_u64(&mut self.out, first);
-            put_u64(&mut self.out, n);
-        }
-    }
-
-    pub fn finish(mut self) -> Vec<u8> {
-        self.flush();
-        self.out
-    }
+/// A record's place in its segment's blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub head: Head,
+    pub head_off: usize,
+    pub payload_off: usize,
 }
 
-/// Calls `f(instrument, first_id, last_id)` for the identities of records `from..to` of a
-/// segment, from its `keys` blob; false if the blob is damaged.
-pub fn for_each_key(keys: &[u8], from: u64, to: u64, mut f: impl FnMut(i64, u64, u64)) -> bool {
-    let (mut pos, mut index) = (0usize, 0u64);
-    while pos < keys.len() && index < to {
-        let (Some(i), Some(first), Some(n)) =
-            (get_u64(keys, &mut pos), get_u64(keys, &mut pos), get_u64(keys, &mut pos))
-        else {
-            return false;
-        };
-        if n == 0 {
-            return false;
-        }
-        // The part of this run inside from..to.
-        let (lo, hi) = (index.max(from), (index + n).min(to));
-        if lo < hi {
-            f(i as i64, first + (lo - index), first + (hi - index) - 1);
-        }
-        index += n;
+impl<'a> Records<'a> {
+    pub fn new(heads: &'a [u8]) -> Self {
+        Records { heads, pos: 0, payload_off: 0 }
     }
-    index >= to
+
+    /// The next record, or None at the end or on damage (see [`Records::at_end`]).
+    pub fn next_placed(&mut self) -> Option<Placed> {
+        let head_off = self.pos;
+        let head = next_head(self.heads, &mut self.pos)?;
+        let payload_off = self.payload_off;
+        self.payload_off = payload_off.checked_add(head.len)?;
+        Some(Placed { head, head_off, payload_off })
+    }
+
+    /// Offsets just past the records read so far: (heads, payloads).
+    pub fn offsets(&self) -> (usize, usize) {
+        (self.pos, self.payload_off)
+    }
 }
 
 #[cfg(test)]
@@ -145,49 +129,44 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let mut body = Vec::new();
-        push(&mut body, 1, 7, -5, 2, b"hello");
-        push(&mut body, 300, u64::MAX, i64::MAX, 1, b"");
-        let mut pos = 0;
-        assert_eq!(
-            next(&body, &mut pos),
-            Some(Rec { instrument: 1, msg_id: 7, timestamp_ms: -5, kind: 2, payload: b"hello" })
-        );
-        assert_eq!(
-            next(&body, &mut pos),
-            Some(Rec { instrument: 300, msg_id: u64::MAX, timestamp_ms: i64::MAX, kind: 1, payload: b"" })
-        );
-        assert_eq!(pos, body.len());
-        assert_eq!(next(&body, &mut pos), None);
+        let (mut h, mut p) = (Vec::new(), Vec::new());
+        push(&mut h, &mut p, 1, 7, -5, 2, b"hello");
+        push(&mut h, &mut p, 300, u64::MAX, i64::MAX, 1, b"");
+        push(&mut h, &mut p, 2, 8, 0, 3, b"!");
+        assert_eq!(p, b"hello!");
+        let mut r = Records::new(&h);
+        let a = r.next_placed().unwrap();
+        assert_eq!(a.head, Head { instrument: 1, msg_id: 7, timestamp_ms: -5, kind: 2, len: 5 });
+        assert_eq!((a.head_off, a.payload_off), (0, 0));
+        let b = r.next_placed().unwrap();
+        assert_eq!(b.head, Head { instrument: 300, msg_id: u64::MAX, timestamp_ms: i64::MAX, kind: 1, len: 0 });
+        assert_eq!(b.payload_off, 5);
+        let c = r.next_placed().unwrap();
+        assert_eq!((c.head.msg_id, c.payload_off), (8, 5));
+        assert_eq!(r.offsets(), (h.len(), 6));
+        assert_eq!(r.next_placed(), None);
     }
 
     #[test]
-    fn damaged_bodies_are_refused_not_overread() {
-        let mut body = Vec::new();
-        push(&mut body, 1, 7, 0, 2, b"hello");
-        for cut in 0..body.len() {
+    fn damaged_heads_are_refused_not_overread() {
+        let (mut h, mut p) = (Vec::new(), Vec::new());
+        push(&mut h, &mut p, 1, 7, 0, 2, b"hello");
+        for cut in 0..h.len() {
             let mut pos = 0;
-            assert_eq!(next(&body[..cut], &mut pos), None, "cut at {cut}");
+            assert_eq!(next_head(&h[..cut], &mut pos), None, "cut at {cut}");
         }
         let mut pos = 0;
-        assert_eq!(next(&[0xff; 12], &mut pos), None);
-    }
-
-    #[test]
-    fn keys_are_runs_and_can_be_sliced() {
-        let mut k = Keys::default();
-        for (i, id) in [(1, 10), (1, 11), (1, 12), (2, 5), (1, 13), (1, 20)] {
-            k.push(i, id);
-        }
-        let keys = k.finish();
-        let mut all = Vec::new();
-        assert!(for_each_key(&keys, 0, 6, |i, a, b| all.push((i, a, b))));
-        assert_eq!(all, vec![(1, 10, 12), (2, 5, 5), (1, 13, 13), (1, 20, 20)]);
-        let mut part = Vec::new();
-        assert!(for_each_key(&keys, 1, 4, |i, a, b| part.push((i, a, b))));
-        assert_eq!(part, vec![(1, 11, 12), (2, 5, 5)]);
-        // Asking for more records than the keys hold means damage.
-        assert!(!for_each_key(&keys, 0, 7, |_, _, _| {}));
-        assert!(!for_each_key(&keys[..keys.len() - 1], 0, 6, |_, _, _| {}));
+        assert_eq!(next_head(&[0xff; 12], &mut pos), None);
+        // A length that overflows the payload offset.
+        let mut h = Vec::new();
+        push(&mut h, &mut Vec::new(), 1, 1, 0, 1, b"x");
+        h.pop();
+        h.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        push(&mut h, &mut Vec::new(), 1, 2, 0, 1, b"x");
+        h.pop();
+        h.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        let mut r = Records::new(&h);
+        assert!(r.next_placed().is_some());
+        assert_eq!(r.next_placed(), None);
     }
 }

@@ -372,19 +372,42 @@ fn a_damaged_segment_is_an_error_not_a_panic() {
         w.join();
     }
     {
+        // Payloads cut short: reading the batch fails, naming the segment.
         let c = Connection::open(&p).unwrap();
-        c.execute("UPDATE segments SET body = substr(body, 1, 30)", []).unwrap();
+        c.execute("UPDATE segments SET payloads = substr(payloads, 1, 30)", []).unwrap();
     }
     let (q, w) = Queue::open(&p, 64 << 20, Duration::from_secs(3600)).unwrap();
     let e = q.next_batch(&Cursor::default(), 100, 1 << 20).unwrap_err().to_string();
-    assert!(e.contains("integrity check failed: segment at seq"), "{e}");
+    assert!(e.contains("integrity check failed: segment at seq 1"), "{e}");
     q.shutdown();
     drop(q);
     w.join();
     {
+        // Heads that do not decode: the queue refuses to open.
         let c = Connection::open(&p).unwrap();
-        c.execute("UPDATE segments SET keys = x'01'", []).unwrap();
+        c.execute("UPDATE segments SET heads = x'01'", []).unwrap();
     }
     let e = Queue::open(&p, 64 << 20, Duration::from_secs(3600)).err().expect("refused").to_string();
-    assert!(e.contains("the key runs of the segment at seq 1 do not decode"), "{e}");
+    assert!(e.contains("the heads of the segment at seq 1 do not decode"), "{e}");
+}
+
+#[test]
+fn batched_submissions_get_one_outcome_each_in_order() {
+    let p = tmp("many");
+    let (q, w) = Queue::open(&p, 64 << 20, Duration::from_secs(3600)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut msgs: Vec<Incoming> = (0..MAX_SUBMIT as u64).map(|i| msg("A", i, Kind::Status, 10)).collect();
+    msgs[5].msg_id = 3; // a resend inside the same batch
+    q.submit_many(msgs, tx.clone()).unwrap();
+    q.submit_many(Vec::new(), tx).unwrap();
+    let replies: Vec<Reply> = rx.iter().collect();
+    assert_eq!(replies.len(), MAX_SUBMIT);
+    for (i, r) in replies.iter().enumerate() {
+        let id = if i == 5 { 3 } else { i as u64 };
+        assert_eq!(*r, Reply::Ack { msg_id: id, duplicate: i == 5 }, "{i}");
+    }
+    assert_eq!(q.stats().depth, MAX_SUBMIT as u64 - 1);
+    q.shutdown();
+    drop(q);
+    w.join();
 }
