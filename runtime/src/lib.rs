@@ -14,6 +14,7 @@ pub mod fips;
 pub mod firewall;
 pub mod ingest;
 pub mod logging;
+pub mod memory;
 pub mod ports;
 pub mod queue;
 pub mod tls;

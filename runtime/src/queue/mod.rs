@@ -48,7 +48,7 @@ pub const ROW_OVERHEAD: u64 = 64;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 4;
 /// Commands (each up to [`MAX_SUBMIT`] messages) waiting for the writer.
-const WRITE_CHANNEL: usize = 256;
+const WRITE_CHANNEL: usize = 32;
 /// Most messages in one [`Queue::submit_many`].
 pub const MAX_SUBMIT: usize = 64;
 /// Most messages in one group commit (so also in one segment).
@@ -815,7 +815,7 @@ impl Writer {
                         break;
                     }
                     self.maybe_prune();
-                    trim_heap();
+                    crate::memory::trim_heap();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -982,15 +982,6 @@ impl Writer {
         if let Err(e) = self.conn.execute("DELETE FROM delivered_ranges WHERE at < ?1", [cutoff]) {
             log::warn!("pruning delivered ids in {}: {e}", self.path.display());
         }
-    }
-}
-
-/// Gives memory freed after a burst back to the system, so that the resident set follows
-/// what is live rather than the largest group ever committed.
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory held by the allocator.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
