@@ -419,6 +419,8 @@ fn start_and_serve(config_path: &Path) -> i32 {
     let wd = start_watchdog(queue.clone(), stop.clone());
     notify("READY=1\nSTATUS=ingesting and forwarding");
     reconfig::mark_ready();
+    // Start-up code (FIPS self-tests, configuration, migrations) is not needed again.
+    crate::memory::release_file_pages();
     log::info!("rapd ready: {} instrument ports, queue {}", cfg.instruments.len(), cfg.queue.path.display());
 
     // Wait for SIGTERM/SIGINT (SIGHUP is logged: configurations are applied through `reconfig`;

@@ -3,7 +3,8 @@
 //! The reader thread decodes frames under two deadlines (a frame, once started, must
 //! arrive whole within `frame_timeout`; a silent connection is closed after
 //! `idle_timeout`), checks that the message belongs to the instrument cabled to this
-//! port, and hands it to the queue. The writer thread sends the queue's answers back,
+//! port, and hands it to the queue — every complete frame already received in one go,
+//! so that a pipelining agent costs the queue one hand-over per read, not per message. The writer thread sends the queue's answers back,
 //! coalescing replies into one write. A connection over the per-port limit is told so
 //! and closed. Nothing a connection does can block another: each has its own threads,
 //! and the only shared resource, the queue's channel, is drained by group commits.
@@ -25,7 +26,7 @@ use serde::Serialize;
 
 use crate::agents::{self, Agents};
 use crate::config::{IngestConfig, InstrumentConfig};
-use crate::queue::{Incoming, Queue};
+use crate::queue::{Incoming, Queue, MAX_SUBMIT};
 
 const THREAD_STACK: usize = 128 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -268,7 +269,14 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
     log::info!("instrument {}: agent connected from {peer}", ctx.serial);
     let mut rd = BufReader::with_capacity(16 * 1024, DeadlineReader { stream, deadline: None });
     let mut body = Vec::with_capacity(4096);
+    // Decoded messages not yet handed to the queue: handed over before anything can block.
+    let mut batch: Vec<Incoming> = Vec::new();
     let reason = loop {
+        if !batch.is_empty() && (batch.len() >= MAX_SUBMIT || !frame_buffered(rd.buffer())) {
+            if let Err(reason) = hand_over(ctx, &mut batch, &tx) {
+                break reason;
+            }
+        }
         if ctx.stop.load(Ordering::SeqCst) {
             let _ = tx.send(Reply::Error {
                 msg_id: 0,
@@ -382,21 +390,48 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             priority: report.priority,
             payload: report.payload,
         };
-        if ctx.queue.submit(incoming, tx.clone()).is_err() {
-            let _ = tx.send(Reply::Error {
-                msg_id,
-                code: ErrorCode::ShuttingDown,
-                reason: "the box is shutting down".into(),
-            });
-            break "queue stopped".to_string();
-        }
+        batch.push(incoming);
     };
+    // What was read before the end is still stored (the agent learns of it when it resends).
+    let _ = hand_over(ctx, &mut batch, &tx);
     log::info!("instrument {}: connection from {peer} ended: {reason}", ctx.serial);
     drop(requests);
     drop(tx);
     // The writer ends when every reply (including those still in the queue) is sent.
     let _ = writer.join();
     let _ = rd.get_ref().stream.shutdown(Shutdown::Both);
+}
+
+/// Whether `buf` starts with a whole frame (so that reading it cannot block).
+fn frame_buffered(buf: &[u8]) -> bool {
+    match buf.get(..4) {
+        Some(len) => {
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            len <= agent::MAX_BODY && buf.len() >= 4 + len
+        }
+        None => false,
+    }
+}
+
+/// Hands the decoded messages to the queue; on a stopped queue each is answered
+/// `shutting_down` and the connection ends.
+fn hand_over(ctx: &PortCtx, batch: &mut Vec<Incoming>, tx: &mpsc::Sender<Reply>) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let msgs = std::mem::take(batch);
+    let ids: Vec<u64> = msgs.iter().map(|m| m.msg_id).collect();
+    if ctx.queue.submit_many(msgs, tx.clone()).is_err() {
+        for msg_id in ids {
+            let _ = tx.send(Reply::Error {
+                msg_id,
+                code: ErrorCode::ShuttingDown,
+                reason: "the box is shutting down".into(),
+            });
+        }
+        return Err("queue stopped".to_string());
+    }
+    Ok(())
 }
 
 fn note_error(ctx: &PortCtx, reason: &str) {

@@ -21,6 +21,7 @@ pub mod firewall;
 pub mod ingest;
 pub mod logging;
 pub mod logins;
+pub mod memory;
 pub mod peer;
 pub mod ports;
 pub mod queue;

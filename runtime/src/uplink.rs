@@ -197,7 +197,7 @@ fn batcher(cfg: UplinkConfig, queue: Queue, steer: Arc<Mutex<Steer>>, tx: SyncSe
             }
         };
         if ranges.is_empty() {
-            trim_heap();
+            crate::memory::relax(RELAX_EVERY);
             queue.wait_for_new(generation, Duration::from_millis(200));
             continue;
         }
@@ -389,14 +389,8 @@ fn sender(
     }
 }
 
-/// Gives memory freed after a batch back to the system, so that the resident set follows
-/// what is live rather than the largest batch ever sent.
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory held by the allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+/// How often an idle uplink lets rapd's read-only pages go (see `memory`).
+const RELAX_EVERY: Duration = Duration::from_secs(60);
 
 fn post(agent: &ureq::Agent, cfg: &UplinkConfig, batch_id: u64, body: &[u8]) -> Result<BatchAnswer, Failure> {
     let resp = agent

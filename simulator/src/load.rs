@@ -300,7 +300,7 @@ impl Conn {
                 BehaviourCounters::add(&self.c().closed_by_box);
                 true
             }
-            RawEvent::Reply(Reply::Ack { .. }) | RawEvent::Invalid(_) | RawEvent::Quiet => {
+            RawEvent::Reply(Reply::Ack { .. }) | RawEvent::Invalid(_) | RawEvent::Quiet | RawEvent::Request(_) => {
                 BehaviourCounters::add(&self.c().unexpected);
                 true
             }
