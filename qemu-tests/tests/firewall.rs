@@ -376,7 +376,7 @@ fn firewall_and_ports_in_the_booted_image() {
         "ProtectKernelTunables=yes",
         "ProtectSystem=strict",
         "CapabilityBoundingSet=cap_net_bind_service cap_net_admin",
-        "ReadWritePaths=/data/rapd /proc/sys/net/ipv4/ip_forward",
+        "ReadWritePaths=/data/rapd /data/config /proc/sys/net/ipv4/ip_forward",
     ] {
         assert!(sandbox.contains(want), "{want}: {sandbox}");
     }
