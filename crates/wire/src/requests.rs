@@ -120,12 +120,12 @@ pub enum Message {
     UploadEnd { req: u64, upload: u64 },
     /// box → agent: the data center asks for a remote session with this instrument. Shown to
     /// the person at the instrument, who answers with SESSION_APPROVE or SESSION_DECLINE within
-    /// `answer_within_s`; approving more than `max_minutes` is refused. Answer OK (shown) or
+    /// `answer_within_s`; approving more than `max_s` seconds is refused. Answer OK (shown) or
     /// REFUSED (the agent cannot ask anyone: the session is not started).
-    SessionAsk { req: u64, session: u64, max_minutes: u16, answer_within_s: u16, requester: String, reason: String },
-    /// agent → box: `who` approves session `session` for `minutes`. Answer OK (the tunnel is
-    /// being opened) or REFUSED (unknown session, expired, malformed).
-    SessionApprove { req: u64, session: u64, minutes: u16, who: String },
+    SessionAsk { req: u64, session: u64, max_s: u32, answer_within_s: u16, requester: String, reason: String },
+    /// agent → box: `who` approves session `session` for `duration_s` seconds. Answer OK (the
+    /// tunnel is being opened) or REFUSED (unknown session, expired, malformed).
+    SessionApprove { req: u64, session: u64, duration_s: u32, who: String },
     /// agent → box: the person declines session `session`. Answer OK or REFUSED.
     SessionDecline { req: u64, session: u64, reason: String },
     /// agent → box: the person ends the running session `session` now. Answer OK or REFUSED.
@@ -257,16 +257,16 @@ impl Message {
                 out.extend_from_slice(data);
             }
             Message::UploadEnd { upload, .. } => out.extend_from_slice(&upload.to_be_bytes()),
-            Message::SessionAsk { session, max_minutes, answer_within_s, requester, reason, .. } => {
+            Message::SessionAsk { session, max_s, answer_within_s, requester, reason, .. } => {
                 out.extend_from_slice(&session.to_be_bytes());
-                out.extend_from_slice(&max_minutes.to_be_bytes());
+                out.extend_from_slice(&max_s.to_be_bytes());
                 out.extend_from_slice(&answer_within_s.to_be_bytes());
                 put_str(out, requester, MAX_WHO);
                 put_str(out, reason, MAX_REASON);
             }
-            Message::SessionApprove { session, minutes, who, .. } => {
+            Message::SessionApprove { session, duration_s, who, .. } => {
                 out.extend_from_slice(&session.to_be_bytes());
-                out.extend_from_slice(&minutes.to_be_bytes());
+                out.extend_from_slice(&duration_s.to_be_bytes());
                 put_str(out, who, MAX_WHO);
             }
             Message::SessionDecline { session, reason, .. }
@@ -429,17 +429,17 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         ty::UPLOAD_END => Message::UploadEnd { req, upload: u64_(&mut r, "upload id")? },
         ty::SESSION_ASK => {
             let session = u64_(&mut r, "session id")?;
-            let max_minutes = r.be_u16().ok_or(DecodeError::Truncated("max minutes"))?;
+            let max_s = r.be_u32().ok_or(DecodeError::Truncated("max seconds"))?;
             let answer_within_s = r.be_u16().ok_or(DecodeError::Truncated("answer within"))?;
             let requester = get_str(&mut r, "requester")?;
             let reason = get_str(&mut r, "reason")?;
-            Message::SessionAsk { req, session, max_minutes, answer_within_s, requester, reason }
+            Message::SessionAsk { req, session, max_s, answer_within_s, requester, reason }
         }
         ty::SESSION_APPROVE => {
             let session = u64_(&mut r, "session id")?;
-            let minutes = r.be_u16().ok_or(DecodeError::Truncated("minutes"))?;
+            let duration_s = r.be_u32().ok_or(DecodeError::Truncated("duration"))?;
             let who = get_str(&mut r, "who")?;
-            Message::SessionApprove { req, session, minutes, who }
+            Message::SessionApprove { req, session, duration_s, who }
         }
         t @ (ty::SESSION_DECLINE | ty::SESSION_REVOKE | ty::SESSION_END) => {
             let session = u64_(&mut r, "session id")?;
@@ -504,12 +504,12 @@ mod tests {
             Message::SessionAsk {
                 req: 11,
                 session: 3,
-                max_minutes: 60,
+                max_s: 3600,
                 answer_within_s: 300,
                 requester: "service desk".into(),
                 reason: "pipette calibration".into(),
             },
-            Message::SessionApprove { req: 12, session: 3, minutes: 30, who: "A. Lab".into() },
+            Message::SessionApprove { req: 12, session: 3, duration_s: 1800, who: "A. Lab".into() },
             Message::SessionDecline { req: 13, session: 3, reason: "run in progress".into() },
             Message::SessionRevoke { req: 14, session: 3, reason: "done".into() },
             Message::SessionEnd { req: 15, session: 3, reason: "expired".into() },

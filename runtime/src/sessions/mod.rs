@@ -58,7 +58,7 @@ pub struct SessionArgs {
     /// Why (shown at the instrument).
     #[serde(default)]
     pub reason: String,
-    /// Longest session asked for (default and upper bound: `sessions.max_minutes`).
+    /// Longest session asked for, in minutes (default and upper bound: `sessions.max_minutes`).
     #[serde(default)]
     pub max_minutes: Option<u16>,
 }
@@ -82,7 +82,7 @@ pub enum Phase {
 }
 
 enum Ev {
-    Approved { who: String, minutes: u16 },
+    Approved { who: String, duration_s: u32 },
     Declined { reason: String },
     AgentGone,
     Revoked { reason: String },
@@ -96,7 +96,7 @@ struct Active {
     no: u64,
     serial: String,
     phase: Phase,
-    max_minutes: u16,
+    max_s: u32,
     ask_deadline: Instant,
     tx: Sender<Ev>,
 }
@@ -287,7 +287,7 @@ impl Sessions {
                 no,
                 serial: serial.clone(),
                 phase: Phase::Asking,
-                max_minutes,
+                max_s: u32::from(max_minutes) * 60,
                 ask_deadline: Instant::now() + inner.cfg.answer_within,
                 tx: tx.clone(),
             });
@@ -307,7 +307,14 @@ impl Sessions {
         let (id2, serial2) = (cmd.id.clone(), serial.clone());
         let sent = inner.agents.request(
             agent,
-            move |req| Message::SessionAsk { req, session: no, max_minutes, answer_within_s, requester, reason },
+            move |req| Message::SessionAsk {
+                req,
+                session: no,
+                max_s: u32::from(max_minutes) * 60,
+                answer_within_s,
+                requester,
+                reason,
+            },
             Box::new(move |a| match a {
                 Answer::Ok => record(
                     "session.asked",
@@ -375,14 +382,14 @@ impl Sessions {
         let id = cmd.id.as_str();
         let deadline = Instant::now() + self.inner.cfg.answer_within;
         // ---- asking ----
-        let (who, minutes) = loop {
+        let (who, duration_s) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let ev = match rx.recv_timeout(left) {
                 Ok(ev) => ev,
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
                     let why =
                         format!("no answer from the instrument within {} s", self.inner.cfg.answer_within.as_secs());
-                    self.forget(no, &serial, "expired");
+                    self.forget(no, &serial, "unanswered");
                     record(
                         "session.not_approved",
                         id,
@@ -394,7 +401,7 @@ impl Sessions {
                 }
             };
             let (code_, why) = match ev {
-                Ev::Approved { who, minutes } => break (who, minutes),
+                Ev::Approved { who, duration_s } => break (who, duration_s),
                 Ev::Declined { reason } => ("declined", format!("declined at the instrument: {reason}")),
                 Ev::AgentGone => ("agent_gone", "the agent disconnected before answering".to_owned()),
                 Ev::Closed { by } => ("closed", format!("closed by {by} before it was approved")),
@@ -415,8 +422,9 @@ impl Sessions {
         };
         // ---- approved: rules, then the tunnel ----
         let approved_at = Instant::now();
-        let end_at = approved_at + Duration::from_secs(u64::from(minutes) * 60);
-        let base = serde_json::json!({ "instrument": serial, "session": no, "approved_by": who, "minutes": minutes });
+        let end_at = approved_at + Duration::from_secs(u64::from(duration_s));
+        let base =
+            serde_json::json!({ "instrument": serial, "session": no, "approved_by": who, "duration_s": duration_s });
         let detail = |extra: serde_json::Value| {
             let mut d = base.clone();
             if let (Some(d), Some(e)) = (d.as_object_mut(), extra.as_object()) {
@@ -424,7 +432,7 @@ impl Sessions {
             }
             d
         };
-        done.progress(detail(serde_json::json!({ "phase": "connecting" })));
+        done.progress_now(detail(serde_json::json!({ "phase": "connecting" })));
         let inner = &self.inner;
         let Some(port) = inner.instruments.iter().find(|i| i.serial == serial).and_then(|i| i.port.clone()) else {
             self.forget(no, &serial, "failed");
@@ -510,7 +518,7 @@ impl Sessions {
             let until = if up_at.is_some() { end_at } else { connect_deadline.min(end_at) };
             if now >= until {
                 break if up_at.is_some() {
-                    ("expired", format!("the approved {minutes} minutes are over"))
+                    ("expired", format!("the approved {duration_s} s are over"))
                 } else {
                     (
                         "tunnel_timeout",
@@ -542,7 +550,7 @@ impl Sessions {
                                 "interface": inner.cfg.interface,
                             })),
                         );
-                        done.progress(detail(serde_json::json!({
+                        done.progress_now(detail(serde_json::json!({
                             "phase": "up", "tunnel_address": local, "ms_after_approval": ms,
                         })));
                     }
@@ -597,7 +605,7 @@ impl Sessions {
         info: &SessionInfo,
         no: u64,
         phases: &[Phase],
-    ) -> Result<(Sender<Ev>, String, u16), (ErrorCode, String)> {
+    ) -> Result<(Sender<Ev>, String, u32), (ErrorCode, String)> {
         let cur = lock(&self.inner.current);
         match cur.as_ref() {
             Some(a) if a.no == no && *a.serial == *info.serial => {
@@ -610,12 +618,12 @@ impl Sessions {
                 if a.phase == Phase::Asking && Instant::now() >= a.ask_deadline {
                     return Err((ErrorCode::Expired, format!("session {no}: the time to answer is over")));
                 }
-                Ok((a.tx.clone(), a.id.clone(), a.max_minutes))
+                Ok((a.tx.clone(), a.id.clone(), a.max_s))
             }
             _ => {
                 drop(cur);
                 match lock(&self.inner.last).as_ref() {
-                    Some((n, s, why)) if *n == no && **s == *info.serial && why == "expired" => {
+                    Some((n, s, why)) if *n == no && **s == *info.serial && why == "unanswered" => {
                         Err((ErrorCode::Expired, format!("session {no}: the time to answer is over")))
                     }
                     Some((n, s, why)) if *n == no && **s == *info.serial => {
@@ -674,7 +682,7 @@ impl RequestHandler for AgentSide {
         };
         let actor = format!("instrument:{}", info.serial);
         let ev = match msg {
-            Message::SessionApprove { minutes, who, .. } => {
+            Message::SessionApprove { duration_s, who, .. } => {
                 let w = printable(who, MAX_WHO);
                 if w.is_empty() || w.len() != who.trim().len() {
                     return Some(refuse(
@@ -686,21 +694,21 @@ impl RequestHandler for AgentSide {
                         format!("`who` must name the approving person in printable ASCII (got {who:?})"),
                     ));
                 }
-                if *minutes == 0 || *minutes > max {
+                if *duration_s == 0 || *duration_s > max {
                     return Some(refuse(
                         req,
                         frame,
                         info,
                         no,
                         ErrorCode::Malformed,
-                        format!("{minutes} minutes is not 1 to {max} (the longest session this request allows)"),
+                        format!("{duration_s} s is not 1 to {max} s (the longest session this request allows)"),
                     ));
                 }
                 s.set_phase(Phase::Connecting);
                 audit::record(Event::new("session.approved").actor(&actor).target(&id).detail(serde_json::json!({
-                    "session": no, "approved_by": w, "minutes": minutes,
+                    "session": no, "approved_by": w, "duration_s": duration_s,
                 })));
-                Ev::Approved { who: w, minutes: *minutes }
+                Ev::Approved { who: w, duration_s: *duration_s }
             }
             Message::SessionDecline { reason, .. } => {
                 let r = printable(reason, 256);
