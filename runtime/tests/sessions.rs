@@ -533,6 +533,33 @@ fn sessions_need_consent_reach_only_their_instrument_and_end_cleanly() {
     let routes = t.lab.boxns.sh("ip -4 route show");
     assert!(!routes.contains("10.10.0.0/16 via") && !routes.contains("0.0.0.0/1"), "pushed routes taken: {routes}");
     t.assert_only_x(tun, "direct session");
+    // The client rapd started: the FIPS configuration in its environment, the settings on its
+    // command line, and under that configuration OpenVPN offers no non-approved cipher.
+    let pid = std::fs::read_to_string(dir.join("run/session/openvpn.pid")).expect("openvpn pid file");
+    let pid = pid.trim();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let want_env = format!("OPENSSL_CONF={}", fips_conf().display());
+    assert!(env.split(|b| *b == 0).any(|e| e == want_env.as_bytes()), "{want_env} not in OpenVPN's environment");
+    let cmdline = String::from_utf8(std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).unwrap().replace('\0', " ");
+    for want in [
+        "--proto tcp-client --remote 192.0.2.1 443",
+        "--data-ciphers AES-256-GCM:AES-128-GCM",
+        "--tls-version-min 1.2",
+        "--route-nopull",
+    ] {
+        assert!(cmdline.contains(want), "{want} not in {cmdline}");
+    }
+    let ciphers = |conf: Option<&Path>| {
+        let mut c = Command::new(openvpn());
+        c.arg("--show-ciphers");
+        if let Some(conf) = conf {
+            c.env("OPENSSL_CONF", conf);
+        }
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    assert!(ciphers(None).contains("CHACHA20-POLY1305"), "the check below must be able to fail");
+    let fips = ciphers(Some(&fips_conf()));
+    assert!(fips.contains("AES-256-GCM") && !fips.contains("CHACHA20-POLY1305"), "{fips}");
     t.phase(&format!("up {} ms after the approval; waiting for the expiry", up_after.as_millis()));
     // ---- expiry ----
     let ends_at = approved + Duration::from_secs(8);
