@@ -217,11 +217,20 @@ pub fn remove(tools: &Tools) -> Result<usize, FirewallError> {
     let mut cur = lock();
     let Some(ov) = cur.take() else { return Ok(0) };
     let res = (|| {
-        let there = present(&ov, tools)?;
-        let n = there.len();
-        if n > 0 {
-            restore_noflush(tools, &Overlay::delete_doc(&there), false)?;
-        }
+        // Usually every rule is there: one transaction deletes them all. If one is missing (a
+        // deletion by hand the guard has not repaired yet), that transaction fails as a whole
+        // and the rules still there are deleted instead.
+        let all: Vec<&OverlayRule> = ov.rules.iter().collect();
+        let n = match restore_noflush(tools, &Overlay::delete_doc(&all), false) {
+            Ok(()) => all.len(),
+            Err(_) => {
+                let there = present(&ov, tools)?;
+                if !there.is_empty() {
+                    restore_noflush(tools, &Overlay::delete_doc(&there), false)?;
+                }
+                there.len()
+            }
+        };
         live::set_forwarding(tools, BASE_FORWARDING.load(Ordering::SeqCst))?;
         let left = present(&ov, tools)?;
         if !left.is_empty() {
