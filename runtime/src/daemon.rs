@@ -347,6 +347,10 @@ fn start_and_serve(config_path: &Path) -> i32 {
         };
     let reconfigurer = Reconfigurer::new(cfg.clone(), cfg_text, live.clone(), &recovered);
     reconfigurer.record_recovery(&recovered);
+    if let Some(s) = &sessions {
+        let r = reconfigurer.clone();
+        s.set_config_source(Box::new(move || r.current()));
+    }
     let daemon = Arc::new(Daemon {
         fips: fips_state,
         queue: queue.clone(),

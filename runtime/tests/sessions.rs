@@ -505,7 +505,7 @@ fn sessions_need_consent_reach_only_their_instrument_and_end_cleanly() {
     let _x_other = Service::start(&t.lab.x, SocketAddr::new(IpAddr::V4(X), 5901));
     let _y_rdp = Service::start(&t.lab.y, SocketAddr::new(IpAddr::V4(Y), RDP));
     let server = VpnServer::start(&t.lab, &dir, &t.w);
-    let mut rapd = Rapd::spawn(&t.lab, &dir, &t.config(None), "rapd");
+    let rapd = Rapd::spawn(&t.lab, &dir, &t.config(None), "rapd");
     let ax = t.consent(&t.lab.x, Ipv4Addr::new(10, 10, 1, 1), "INST-X");
     let ay = t.consent(&t.lab.y, Ipv4Addr::new(10, 10, 2, 1), "INST-Y");
 
@@ -687,10 +687,7 @@ fn sessions_need_consent_reach_only_their_instrument_and_end_cleanly() {
     assert_eq!((r.state, r.code.as_str()), (CommandState::Failed, "tunnel_dropped"), "{r:?}");
     t.assert_closed("dropped");
 
-    // ---- through a CONNECT proxy, then a SOCKS5 proxy ----
-    rapd.stop();
-    t.assert_closed("rapd stopped");
-    drop(ax);
+    // ---- through a CONNECT proxy (set at run time), then a SOCKS5 proxy (at start) ----
     drop(ay);
     let tp = t
         .lab
@@ -723,13 +720,35 @@ fn sessions_need_consent_reach_only_their_instrument_and_end_cleanly() {
             )
         })
         .expect("danted");
+    let mut first = Some((rapd, ax));
     for (n, proxy) in [("connect", "http://192.0.2.1:3128"), ("socks5", "socks5://192.0.2.1:1080")] {
         t.phase(&format!("through the {n} proxy"));
         let server = VpnServer::start(&t.lab, &dir, &t.w);
-        let mut rapd = Rapd::spawn(&t.lab, &dir, &t.config(Some(proxy)), &format!("rapd-{n}"));
-        let ax = t.consent(&t.lab.x, Ipv4Addr::new(10, 10, 1, 1), "INST-X");
+        let (mut rapd, ax, nth) = match first.take() {
+            // The running rapd gets the proxy through a run-time reconfiguration: the next
+            // session uses it without a restart.
+            Some((rapd, ax)) => {
+                let mut keys = serde_json::Map::new();
+                keys.insert("uplink.proxy".into(), proxy.into());
+                let args = rapbox::reconfig::ApplyArgs {
+                    document: None,
+                    keys: Some(keys),
+                    dry_run: false,
+                    rollback: false,
+                    on_behalf_of: None,
+                };
+                let r = control::request(&rapd.socket, &Request::ConfigApply(args)).expect("config apply");
+                let rep = r.config_apply.expect("apply report");
+                assert!(rep.changed_keys.contains(&"uplink.proxy".to_string()), "{rep:?}");
+                (rapd, ax, 7)
+            }
+            None => {
+                let rapd = Rapd::spawn(&t.lab, &dir, &t.config(Some(proxy)), &format!("rapd-{n}"));
+                (rapd, t.consent(&t.lab.x, Ipv4Addr::new(10, 10, 1, 1), "INST-X"), 1)
+            }
+        };
         let id = format!("s-{n}");
-        let s = t.ask(&ax, &id, 1);
+        let s = t.ask(&ax, &id, nth);
         t.assert_closed(&format!("{n}: before the approval"));
         let approved = Instant::now();
         ax.approve(s, "Dr. Lab", 300).expect("approval");

@@ -124,6 +124,19 @@ struct Inner {
     next_no: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     stopping: AtomicBool,
+    /// The configuration in force (a run-time reconfiguration may change the proxy, the
+    /// uplink interface or the instrument ports); without it, the one rapd started with.
+    source: std::sync::RwLock<Option<ConfigSource>>,
+}
+
+/// Where the engine reads the configuration in force.
+pub type ConfigSource = Box<dyn Fn() -> Config + Send + Sync>;
+
+/// What a session is opened with, read from the configuration in force at the approval.
+struct Current {
+    instruments: Vec<InstrumentConfig>,
+    uplink_if: String,
+    proxy: Option<Proxy>,
 }
 
 /// The session engine; cheap to clone.
@@ -179,7 +192,30 @@ impl Sessions {
                 next_no: AtomicU64::new(now_ms()),
                 thread: Mutex::new(None),
                 stopping: AtomicBool::new(false),
+                source: std::sync::RwLock::new(None),
             }),
+        }
+    }
+
+    /// Reads the configuration in force from `f` from now on (the reconfigurer's).
+    pub fn set_config_source(&self, f: ConfigSource) {
+        *self.inner.source.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    fn current(&self) -> Current {
+        let i = &self.inner;
+        match i.source.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(f) => {
+                let c = f();
+                Current {
+                    uplink_if: c.network.uplink.as_ref().map(|u| u.interface.clone()).unwrap_or_default(),
+                    proxy: c.uplink.proxy.clone(),
+                    instruments: c.instruments,
+                }
+            }
+            None => {
+                Current { instruments: i.instruments.clone(), uplink_if: i.uplink_if.clone(), proxy: i.proxy.clone() }
+            }
         }
     }
 
@@ -251,7 +287,8 @@ impl Sessions {
         let [serial] = cmd.target.as_slice() else {
             return Verdict::refused(code::BAD_TARGET, "a session is with exactly one instrument: give one target");
         };
-        let Some(port) = inner.instruments.iter().find(|i| &i.serial == serial).and_then(|i| i.port.as_ref()) else {
+        let now = self.current();
+        let Some(port) = now.instruments.iter().find(|i| &i.serial == serial).and_then(|i| i.port.as_ref()) else {
             return Verdict::refused(code::BAD_TARGET, format!("instrument {serial} has no port of its own"));
         };
         if port.remote_desktop_port.is_none() {
@@ -434,7 +471,8 @@ impl Sessions {
         };
         done.progress_now(detail(serde_json::json!({ "phase": "connecting" })));
         let inner = &self.inner;
-        let Some(port) = inner.instruments.iter().find(|i| i.serial == serial).and_then(|i| i.port.clone()) else {
+        let now = self.current();
+        let Some(port) = now.instruments.iter().find(|i| i.serial == serial).and_then(|i| i.port.clone()) else {
             self.forget(no, &serial, "failed");
             return done.finish(Verdict::failed("bad_target", "the instrument's port is gone"));
         };
@@ -442,12 +480,12 @@ impl Sessions {
             session: id,
             serial: &serial,
             tun: &inner.cfg.interface,
-            uplink: &inner.uplink_if,
+            uplink: &now.uplink_if,
             port: &port,
             remote_desktop_port: port.remote_desktop_port.unwrap_or_default(),
             endpoint_ip: inner.cfg.endpoint_ip(),
             endpoint_port: inner.cfg.port,
-            via_proxy: inner.proxy.is_some(),
+            via_proxy: now.proxy.is_some(),
             ssh_port: inner.cfg.ssh_port,
         };
         let ov = rules::overlay(&plan);
@@ -480,7 +518,7 @@ impl Sessions {
                 }
             });
         }
-        let mut client = match Client::start(&inner.cfg, inner.proxy.as_ref(), &inner.openssl_conf, vtx) {
+        let mut client = match Client::start(&inner.cfg, now.proxy.as_ref(), &inner.openssl_conf, vtx) {
             Ok(c) => c,
             Err(e) => {
                 let why = format!("OpenVPN could not be started: {e}");
@@ -506,7 +544,7 @@ impl Sessions {
             Outcome::Success,
             detail(serde_json::json!({
                 "pid": client.pid(), "endpoint": format!("{}:{}", inner.cfg.endpoint, inner.cfg.port),
-                "proxy": inner.proxy.as_ref().map(|p| format!("{:?}", p.kind)),
+                "proxy": now.proxy.as_ref().map(|p| format!("{:?}", p.kind)),
             })),
         );
         // ---- connecting, then up ----
