@@ -1,8 +1,8 @@
 #!/bin/bash
 # Installs on a fresh Debian 12 (bookworm) machine everything rapbox's build, host tests,
 # demo and benchmark need: the C toolchain pieces for the openssl/rusqlite/zstd crates,
-# the real peers the tests and the benchmark start (nginx, tinyproxy, dante, syslog-ng,
-# collectd), and — through
+# the real peers the tests and the benchmark start (nginx, tinyproxy, dante, openvpn,
+# syslog-ng, collectd), and — through
 # scripts/install-image-deps.sh — what the image build and the QEMU tests need.
 # Idempotent: quiet when everything is present. Run as root.
 set -euo pipefail
@@ -10,8 +10,8 @@ set -euo pipefail
 PKGS=(
   # building: openssl-sys links Debian's libssl3; rusqlite and zstd build bundled C
   build-essential pkg-config libssl-dev openssl perl unifdef
-  # peers for the data-path tests and the demo
-  nginx-light tinyproxy dante-server
+  # peers for the data-path tests and the demo; OpenVPN 2.6 as the remote sessions' server
+  nginx-light tinyproxy dante-server openvpn
   # the benchmark's reference peers (collectd's write_http plugin needs libcurl3-gnutls
   # and libyajl2, which collectd-core only recommends)
   syslog-ng-core syslog-ng-mod-http collectd-core libcurl3-gnutls libyajl2
@@ -35,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The packaged services must not run on their own: the tests start their own instances.
-  for svc in nginx tinyproxy danted syslog-ng collectd; do
+  for svc in nginx tinyproxy danted syslog-ng collectd openvpn; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
   done
 else

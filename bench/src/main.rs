@@ -103,6 +103,10 @@ struct Args {
 
 const BOX_ID: &str = "box-bench-0001";
 
+/// The heading of the section of docs/benchmarks.md that other commands' figures live in;
+/// a regeneration keeps it and everything after it.
+const KEPT_HEADING: &str = "## Measured by other commands";
+
 fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
@@ -171,7 +175,14 @@ fn run(a: Args) -> Result<()> {
         load_after,
         total_s: started.elapsed().as_secs_f64(),
     };
-    let md = report.markdown();
+    let mut md = report.markdown();
+    // Figures measured by other commands (kept across regenerations): from this heading on.
+    if let Some(kept) =
+        std::fs::read_to_string(&a.out).ok().and_then(|t| t.find(KEPT_HEADING).map(|i| t[i..].to_owned()))
+    {
+        md.push('\n');
+        md.push_str(&kept);
+    }
     println!("\n{}", report.table());
     println!("{}", report.targets());
     if let Some(parent) = a.out.parent() {

@@ -118,6 +118,9 @@ fn cap_names(c: u32) -> Vec<&'static str> {
     if c & cap::UPLOADS != 0 {
         v.push("uploads");
     }
+    if c & cap::SESSIONS != 0 {
+        v.push("sessions");
+    }
     v
 }
 

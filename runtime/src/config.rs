@@ -50,6 +50,8 @@ pub struct Config {
     pub transfers: TransfersConfig,
     /// The local configuration pages (`rapweb`, docs/pages.md).
     pub pages: PagesConfig,
+    /// Remote management sessions (`docs/sessions.md`).
+    pub sessions: crate::sessions::config::SessionsConfig,
 }
 
 /// Downloads (data center → instrument) and uploads (instrument → data center) kept on
@@ -388,6 +390,8 @@ struct Raw {
     transfers: RawTransfers,
     #[serde(default)]
     pages: RawPages,
+    #[serde(default)]
+    sessions: crate::sessions::config::RawSessions,
 }
 
 #[derive(Deserialize)]
@@ -1021,6 +1025,17 @@ impl Config {
         }
 
         let pages = validate_pages(&raw.pages, &instruments, &network, &bad)?;
+        let sessions = crate::sessions::config::validate(
+            &raw.sessions,
+            &crate::sessions::config::Context {
+                uplink_cert: &u.cert,
+                uplink_key: &u.key,
+                network: &network,
+                firewall: &firewall,
+                instruments: &instruments,
+                bad: &bad,
+            },
+        )?;
 
         Ok(Config {
             path: path.into(),
@@ -1071,6 +1086,7 @@ impl Config {
                 retry_max: Duration::from_millis(t.retry_max_ms),
             },
             pages,
+            sessions,
         })
     }
 }
@@ -1135,7 +1151,11 @@ fn validate_pages(
     Ok(PagesConfig { enabled: rp.enabled, port, listen, log_dir })
 }
 
-fn require_absolute(p: &Path, key: &str, bad: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+pub(crate) fn require_absolute(
+    p: &Path,
+    key: &str,
+    bad: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
     if p.is_absolute() {
         Ok(())
     } else {
@@ -1146,7 +1166,7 @@ fn require_absolute(p: &Path, key: &str, bad: &dyn Fn(&str, String) -> ConfigErr
 type Bad<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
 /// A Linux interface name: 1 to 15 bytes, no `/`, no whitespace, not `.`/`..`/`lo`.
-fn check_ifname(name: &str, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
+pub(crate) fn check_ifname(name: &str, key: &str, bad: Bad<'_>) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name != "."

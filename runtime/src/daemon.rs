@@ -311,6 +311,14 @@ fn start_and_serve(config_path: &Path) -> i32 {
         }
     };
     agents.register(Arc::new(transfers.clone()) as Arc<dyn RequestHandler>);
+    // Remote sessions (docs/sessions.md): only with [sessions] enabled = true.
+    let sessions = cfg.sessions.enabled.then(|| {
+        let s = crate::sessions::Sessions::new(&cfg, agents.clone(), crate::firewall::Tools::system());
+        agents.register(s.agent_handler());
+        dispatcher.register(crate::sessions::KIND, s.kind());
+        dispatcher.register(crate::sessions::CLOSE_KIND, s.close_kind());
+        s
+    });
 
     let control_listener = match control::bind(&cfg.control.socket).and_then(|l| {
         cfg.control.group.as_deref().map_or(Ok(()), |g| control::set_group(&cfg.control.socket, g)).map(|()| l)
@@ -339,6 +347,10 @@ fn start_and_serve(config_path: &Path) -> i32 {
         };
     let reconfigurer = Reconfigurer::new(cfg.clone(), cfg_text, live.clone(), &recovered);
     reconfigurer.record_recovery(&recovered);
+    if let Some(s) = &sessions {
+        let r = reconfigurer.clone();
+        s.set_config_source(Box::new(move || r.current()));
+    }
     let daemon = Arc::new(Daemon {
         fips: fips_state,
         queue: queue.clone(),
@@ -448,6 +460,10 @@ fn start_and_serve(config_path: &Path) -> i32 {
     };
     notify("STOPPING=1");
     stop.store(true, Ordering::SeqCst);
+    // A session in progress is torn down while the firewall guard still runs.
+    if let Some(s) = &sessions {
+        s.shutdown();
+    }
     queue.wake();
     let _ = watch.join();
     live.stop();

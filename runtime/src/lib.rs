@@ -26,6 +26,7 @@ pub mod peer;
 pub mod ports;
 pub mod queue;
 pub mod reconfig;
+pub mod sessions;
 pub mod syslog_conf;
 pub mod tls;
 pub mod transfers;

@@ -597,7 +597,9 @@ fn classify(code: ErrorCode) -> Class {
         | ErrorCode::UnknownTransfer
         | ErrorCode::BadOffset
         | ErrorCode::HashMismatch
-        | ErrorCode::Declined => Class::Permanent,
+        | ErrorCode::Declined
+        | ErrorCode::UnknownSession
+        | ErrorCode::Expired => Class::Permanent,
     }
 }
 

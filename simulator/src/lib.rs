@@ -14,9 +14,12 @@
 //! * [`StatusText`]: realistic, slowly varying status payloads.
 //! * [`FileAgent`]: the agent's file side (protocol version 2 on a connection of its own):
 //!   pulls the files the box offers, checks and stores them, offers uploads and resumes them.
+//! * [`ConsentAgent`]: the person at the instrument who approves, declines or revokes remote
+//!   sessions (protocol version 2, sessions capability).
 //!
 //! The frame format is [`rapwire::agent`]'s; this crate never defines its own.
 
+mod consent;
 #[cfg(test)]
 mod fakebox;
 mod files;
@@ -29,6 +32,7 @@ mod stats;
 
 use std::net::SocketAddr;
 
+pub use consent::{AskSeen, ConsentAgent, Decision, Reply, RunningConsent};
 pub use files::{hash_file, inventory, FileAgent, OfferSeen, RunningFileAgent, StoredFile, UploadState};
 pub use idset::IdSet;
 pub use instrument::{

@@ -69,6 +69,10 @@ pub enum ErrorCode {
     HashMismatch = 15,
     /// Version 2: the agent does not want the offered file.
     Declined = 16,
+    /// Version 2: no such remote session waits for this instrument's answer (or runs).
+    UnknownSession = 17,
+    /// Version 2: the answer came after the request's time to answer ended.
+    Expired = 18,
 }
 
 impl ErrorCode {
@@ -91,6 +95,8 @@ impl ErrorCode {
             14 => ErrorCode::BadOffset,
             15 => ErrorCode::HashMismatch,
             16 => ErrorCode::Declined,
+            17 => ErrorCode::UnknownSession,
+            18 => ErrorCode::Expired,
             _ => return None,
         })
     }
@@ -114,6 +120,8 @@ impl ErrorCode {
             ErrorCode::BadOffset => "bad_offset",
             ErrorCode::HashMismatch => "hash_mismatch",
             ErrorCode::Declined => "declined",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::Expired => "expired",
         }
     }
 

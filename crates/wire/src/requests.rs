@@ -29,6 +29,8 @@ pub const VERSION: u8 = 2;
 pub const MAX_CHUNK: usize = 60 * 1024;
 /// Longest agent software description in HELLO.
 pub const MAX_SOFTWARE: usize = 64;
+/// Longest name of the person who approves a remote session (SESSION_APPROVE `who`).
+pub const MAX_WHO: usize = 64;
 
 /// Capability bits of HELLO and WELCOME.
 pub mod cap {
@@ -36,8 +38,10 @@ pub mod cap {
     pub const DOWNLOADS: u32 = 1;
     /// The agent offers files to the box (uploads).
     pub const UPLOADS: u32 = 2;
+    /// A person at the instrument answers remote-session requests (`docs/sessions.md`).
+    pub const SESSIONS: u32 = 4;
     /// Every bit this version defines.
-    pub const KNOWN: u32 = DOWNLOADS | UPLOADS;
+    pub const KNOWN: u32 = DOWNLOADS | UPLOADS | SESSIONS;
 }
 
 /// Frame type codes.
@@ -54,6 +58,11 @@ mod ty {
     pub const UPLOAD_READY: u8 = 0x31;
     pub const CHUNK: u8 = 0x32;
     pub const UPLOAD_END: u8 = 0x33;
+    pub const SESSION_ASK: u8 = 0x40;
+    pub const SESSION_APPROVE: u8 = 0x41;
+    pub const SESSION_DECLINE: u8 = 0x42;
+    pub const SESSION_REVOKE: u8 = 0x43;
+    pub const SESSION_END: u8 = 0x44;
 }
 
 /// How an agent ended a download it was offered.
@@ -109,6 +118,21 @@ pub enum Message {
     /// agent → box: all bytes sent. Answer OK once stored durably and the SHA-256 matched, or
     /// REFUSED (`hash_mismatch`: the box discarded it; offer it again).
     UploadEnd { req: u64, upload: u64 },
+    /// box → agent: the data center asks for a remote session with this instrument. Shown to
+    /// the person at the instrument, who answers with SESSION_APPROVE or SESSION_DECLINE within
+    /// `answer_within_s`; approving more than `max_s` seconds is refused. Answer OK (shown) or
+    /// REFUSED (the agent cannot ask anyone: the session is not started).
+    SessionAsk { req: u64, session: u64, max_s: u32, answer_within_s: u16, requester: String, reason: String },
+    /// agent → box: `who` approves session `session` for `duration_s` seconds. Answer OK (the
+    /// tunnel is being opened) or REFUSED (unknown session, expired, malformed).
+    SessionApprove { req: u64, session: u64, duration_s: u32, who: String },
+    /// agent → box: the person declines session `session`. Answer OK or REFUSED.
+    SessionDecline { req: u64, session: u64, reason: String },
+    /// agent → box: the person ends the running session `session` now. Answer OK or REFUSED.
+    SessionRevoke { req: u64, session: u64, reason: String },
+    /// box → agent: session `session` has ended (tunnel closed, rules removed); `reason` says
+    /// why. Answer OK.
+    SessionEnd { req: u64, session: u64, reason: String },
 }
 
 impl Message {
@@ -126,7 +150,12 @@ impl Message {
             | Message::Upload { req, .. }
             | Message::UploadReady { req, .. }
             | Message::Chunk { req, .. }
-            | Message::UploadEnd { req, .. } => *req,
+            | Message::UploadEnd { req, .. }
+            | Message::SessionAsk { req, .. }
+            | Message::SessionApprove { req, .. }
+            | Message::SessionDecline { req, .. }
+            | Message::SessionRevoke { req, .. }
+            | Message::SessionEnd { req, .. } => *req,
         }
     }
 
@@ -134,7 +163,12 @@ impl Message {
     pub fn from_agent(&self) -> bool {
         !matches!(
             self,
-            Message::Welcome { .. } | Message::Offer { .. } | Message::Data { .. } | Message::UploadReady { .. }
+            Message::Welcome { .. }
+                | Message::Offer { .. }
+                | Message::Data { .. }
+                | Message::UploadReady { .. }
+                | Message::SessionAsk { .. }
+                | Message::SessionEnd { .. }
         )
     }
 
@@ -153,6 +187,11 @@ impl Message {
             Message::UploadReady { .. } => "UPLOAD_READY",
             Message::Chunk { .. } => "CHUNK",
             Message::UploadEnd { .. } => "UPLOAD_END",
+            Message::SessionAsk { .. } => "SESSION_ASK",
+            Message::SessionApprove { .. } => "SESSION_APPROVE",
+            Message::SessionDecline { .. } => "SESSION_DECLINE",
+            Message::SessionRevoke { .. } => "SESSION_REVOKE",
+            Message::SessionEnd { .. } => "SESSION_END",
         }
     }
 
@@ -218,6 +257,24 @@ impl Message {
                 out.extend_from_slice(data);
             }
             Message::UploadEnd { upload, .. } => out.extend_from_slice(&upload.to_be_bytes()),
+            Message::SessionAsk { session, max_s, answer_within_s, requester, reason, .. } => {
+                out.extend_from_slice(&session.to_be_bytes());
+                out.extend_from_slice(&max_s.to_be_bytes());
+                out.extend_from_slice(&answer_within_s.to_be_bytes());
+                put_str(out, requester, MAX_WHO);
+                put_str(out, reason, MAX_REASON);
+            }
+            Message::SessionApprove { session, duration_s, who, .. } => {
+                out.extend_from_slice(&session.to_be_bytes());
+                out.extend_from_slice(&duration_s.to_be_bytes());
+                put_str(out, who, MAX_WHO);
+            }
+            Message::SessionDecline { session, reason, .. }
+            | Message::SessionRevoke { session, reason, .. }
+            | Message::SessionEnd { session, reason, .. } => {
+                out.extend_from_slice(&session.to_be_bytes());
+                put_str(out, reason, MAX_REASON);
+            }
             Message::Ok { .. } => {}
         }
         let len = (out.len() - start - 4) as u32;
@@ -238,6 +295,11 @@ impl Message {
             Message::UploadReady { .. } => ty::UPLOAD_READY,
             Message::Chunk { .. } => ty::CHUNK,
             Message::UploadEnd { .. } => ty::UPLOAD_END,
+            Message::SessionAsk { .. } => ty::SESSION_ASK,
+            Message::SessionApprove { .. } => ty::SESSION_APPROVE,
+            Message::SessionDecline { .. } => ty::SESSION_DECLINE,
+            Message::SessionRevoke { .. } => ty::SESSION_REVOKE,
+            Message::SessionEnd { .. } => ty::SESSION_END,
         }
     }
 
@@ -365,6 +427,29 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             Message::Chunk { req, upload, offset, data: get_data(&mut r)? }
         }
         ty::UPLOAD_END => Message::UploadEnd { req, upload: u64_(&mut r, "upload id")? },
+        ty::SESSION_ASK => {
+            let session = u64_(&mut r, "session id")?;
+            let max_s = r.be_u32().ok_or(DecodeError::Truncated("max seconds"))?;
+            let answer_within_s = r.be_u16().ok_or(DecodeError::Truncated("answer within"))?;
+            let requester = get_str(&mut r, "requester")?;
+            let reason = get_str(&mut r, "reason")?;
+            Message::SessionAsk { req, session, max_s, answer_within_s, requester, reason }
+        }
+        ty::SESSION_APPROVE => {
+            let session = u64_(&mut r, "session id")?;
+            let duration_s = r.be_u32().ok_or(DecodeError::Truncated("duration"))?;
+            let who = get_str(&mut r, "who")?;
+            Message::SessionApprove { req, session, duration_s, who }
+        }
+        t @ (ty::SESSION_DECLINE | ty::SESSION_REVOKE | ty::SESSION_END) => {
+            let session = u64_(&mut r, "session id")?;
+            let reason = get_str(&mut r, "reason")?;
+            match t {
+                ty::SESSION_DECLINE => Message::SessionDecline { req, session, reason },
+                ty::SESSION_REVOKE => Message::SessionRevoke { req, session, reason },
+                _ => Message::SessionEnd { req, session, reason },
+            }
+        }
         other => return Err(DecodeError::FrameType(other)),
     };
     if r.remaining() != 0 {
@@ -416,6 +501,18 @@ mod tests {
             Message::UploadReady { req: 7, upload: 77, offset: 4096 },
             Message::Chunk { req: 8, upload: 77, offset: 4096, data: vec![0; MAX_CHUNK] },
             Message::UploadEnd { req: 10, upload: 77 },
+            Message::SessionAsk {
+                req: 11,
+                session: 3,
+                max_s: 3600,
+                answer_within_s: 300,
+                requester: "service desk".into(),
+                reason: "pipette calibration".into(),
+            },
+            Message::SessionApprove { req: 12, session: 3, duration_s: 1800, who: "A. Lab".into() },
+            Message::SessionDecline { req: 13, session: 3, reason: "run in progress".into() },
+            Message::SessionRevoke { req: 14, session: 3, reason: "done".into() },
+            Message::SessionEnd { req: 15, session: 3, reason: "expired".into() },
         ]
     }
 

@@ -130,6 +130,16 @@ impl Completion {
         self.inner.store_result(&r);
     }
 
+    /// Updates the detail of the `accepted` result now, whatever the rate limit (a change of
+    /// phase the data center must see, e.g. a remote session's tunnel up).
+    pub fn progress_now(&self, detail: serde_json::Value) {
+        let now = now_ms();
+        self.last_progress_ms.store(now as u64, Ordering::Relaxed);
+        let mut r = CommandResult::new(&self.cmd.id, Outcome::Accepted, now);
+        r.detail = detail;
+        self.inner.store_result(&r);
+    }
+
     /// Ends the command. Only the first final result counts; `Running` only updates the detail.
     pub fn finish(&self, verdict: Verdict) {
         self.inner.conclude(&self.cmd, verdict);
@@ -191,6 +201,8 @@ struct Inner {
     counters: Counters,
     last_error: Mutex<Option<String>>,
     tx: Mutex<Option<Sender<Msg>>>,
+    /// The results last handed to the uplink, by id: `recorded` marks exactly these.
+    sent: Mutex<HashMap<String, CommandResult>>,
 }
 
 enum Msg {
@@ -245,6 +257,7 @@ impl Dispatcher {
                 counters: Counters::default(),
                 last_error: Mutex::new(None),
                 tx: Mutex::new(None),
+                sent: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -311,7 +324,13 @@ impl CommandLink for Dispatcher {
     fn results(&self, max: usize) -> Vec<CommandResult> {
         let st = lock(&self.inner.store);
         match st.unreported(max) {
-            Ok(r) => r,
+            Ok(r) => {
+                let mut sent = lock(&self.inner.sent);
+                for x in &r {
+                    sent.insert(x.id.clone(), x.clone());
+                }
+                r
+            }
             Err(e) => {
                 drop(st);
                 self.inner.note_error(&e);
@@ -322,8 +341,14 @@ impl CommandLink for Dispatcher {
 
     fn recorded(&self, recorded: &[Recorded]) {
         let st = lock(&self.inner.store);
+        let mut sent = lock(&self.inner.sent);
         for r in recorded {
-            if let Err(e) = st.mark_reported(&r.id, r.outcome) {
+            // Only the result that was sent: a progress update stored meanwhile is reported next.
+            let res = match sent.remove(&r.id) {
+                Some(x) if x.outcome == r.outcome => st.mark_reported_exact(&x),
+                _ => st.mark_reported(&r.id, r.outcome),
+            };
+            if let Err(e) = res {
                 log::error!("{e}");
             }
         }

@@ -223,6 +223,16 @@ impl Store {
             .map(drop)
     }
 
+    /// Marks `result` reported if it is still the stored result of its command (a newer
+    /// progress update stored while `result` was on its way stays unreported).
+    pub fn mark_reported_exact(&self, result: &CommandResult) -> Result<(), StoreError> {
+        let text = serde_json::to_string(result).unwrap_or_default();
+        self.conn
+            .execute("UPDATE commands SET reported = 1 WHERE id = ?1 AND result = ?2", params![result.id, text])
+            .map_err(self.err("mark reported"))
+            .map(drop)
+    }
+
     /// Commands in `state`, oldest first.
     pub fn in_state(&self, state: State) -> Result<Vec<Command>, StoreError> {
         let mut stmt = self
@@ -301,6 +311,20 @@ mod tests {
         s.mark_reported("a", Outcome::Succeeded).unwrap();
         assert_eq!(s.prune(1000).unwrap(), 0);
         assert_eq!(s.prune(1001 + KEEP_AFTER_EXPIRY_MS).unwrap(), 1);
+
+        // A progress update stored while the previous one was on its way is reported next.
+        s.insert(&cmd("p"), State::Running, 20).unwrap();
+        let mut first = CommandResult::new("p", Outcome::Accepted, 21);
+        first.detail = serde_json::json!({ "phase": "connecting" });
+        s.set_result(&first).unwrap();
+        let sent = s.unreported(10).unwrap().remove(0);
+        let mut second = CommandResult::new("p", Outcome::Accepted, 22);
+        second.detail = serde_json::json!({ "phase": "up" });
+        s.set_result(&second).unwrap();
+        s.mark_reported_exact(&sent).unwrap();
+        assert_eq!(s.unreported(10).unwrap(), vec![second.clone()]);
+        s.mark_reported_exact(&second).unwrap();
+        assert_eq!(s.unreported_count().unwrap(), 0);
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

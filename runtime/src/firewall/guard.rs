@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::live::{self, FirewallError, Normal, Tools};
+use super::overlay::{self, Overlay};
 use super::Ruleset;
 
 /// What the audit trail is told about the firewall.
@@ -89,6 +90,7 @@ impl Firewall {
     /// On error nothing was changed (see [`live::apply`]).
     pub fn apply(rules: Ruleset, tools: Tools, audit: Arc<dyn Audit>) -> Result<Firewall, FirewallError> {
         live::apply(&rules, &tools)?;
+        overlay::note_policy_forwarding(rules.forwarding);
         let mut expected4 = live::normalise(&rules.ipv4);
         let mut expected6 = live::normalise(&rules.ipv6);
         let got4 = live::normalise(&live::save(&tools.save4)?).restricted_to(&expected4);
@@ -124,24 +126,29 @@ impl Firewall {
 
     /// What differs between the live rules (and IPv4 forwarding) and the policy.
     pub fn drift(&self) -> Result<Vec<String>, FirewallError> {
-        let got4 = live::normalise(&live::save(&self.tools.save4)?).restricted_to(&self.expected4);
+        self.drift_with(overlay::lock().as_ref())
+    }
+
+    /// [`Firewall::drift`] with the rules of `ov` (a session's) counted as wanted.
+    fn drift_with(&self, ov: Option<&Overlay>) -> Result<Vec<String>, FirewallError> {
+        let expected4 = ov.map_or_else(|| self.expected4.clone(), |o| o.expect(&self.expected4));
+        let got4 = live::normalise(&live::save(&self.tools.save4)?).restricted_to(&expected4);
         let got6 = live::normalise(&live::save(&self.tools.save6)?).restricted_to(&self.expected6);
-        let mut d = live::diff("ipv4", &self.expected4, &got4);
+        let mut d = live::diff("ipv4", &expected4, &got4);
         d.extend(live::diff("ipv6", &self.expected6, &got6));
         let fwd = live::forwarding(&self.tools)?;
-        if fwd != self.rules.forwarding {
-            d.push(format!(
-                "net.ipv4.ip_forward is {}, the policy needs {}",
-                u8::from(fwd),
-                u8::from(self.rules.forwarding)
-            ));
+        let want = self.rules.forwarding || ov.is_some_and(|o| o.forwarding);
+        if fwd != want {
+            d.push(format!("net.ipv4.ip_forward is {}, the policy needs {}", u8::from(fwd), u8::from(want)));
         }
         Ok(d)
     }
 
     /// One check: compares, restores on drift, audits. Returns what had changed.
     pub fn check(&self) -> Vec<String> {
-        let result = self.drift();
+        // Held through the repair: a session's rules are not added or removed meanwhile.
+        let ov = overlay::lock();
+        let result = self.drift_with(ov.as_ref());
         let status = || self.status.lock().unwrap_or_else(|p| p.into_inner());
         status().checks += 1;
         let changes = match result {
@@ -156,7 +163,18 @@ impl Firewall {
             return changes;
         }
         let family = |f: &str| changes.iter().any(|c| c.starts_with(f));
-        let repaired = live::repair(&self.rules, &self.tools, family("ipv4 "), family("ipv6 "));
+        let repaired = match ov.as_ref() {
+            None => live::repair(&self.rules, &self.tools, family("ipv4 "), family("ipv6 ")),
+            Some(o) => {
+                let rules = Ruleset {
+                    ipv4: o.merged(&self.rules.ipv4),
+                    forwarding: self.rules.forwarding || o.forwarding,
+                    ..self.rules.clone()
+                };
+                live::repair(&rules, &self.tools, family("ipv4 "), family("ipv6 "))
+            }
+        };
+        drop(ov);
         let mut st = status();
         match repaired {
             Ok(()) => {

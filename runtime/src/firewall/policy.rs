@@ -56,23 +56,24 @@ pub fn policy(cfg: &Config) -> Ruleset {
 }
 
 /// One rule, built from typed parts and printed in `iptables-save` order.
+/// (Also used for the rules of a remote session, `crate::sessions::rules`.)
 #[derive(Default)]
-struct Rule<'a> {
-    not_src: bool,
-    src: Option<Ipv4Addr>,
-    dst: Option<Ipv4Addr>,
-    iif: Option<&'a str>,
-    oif: Option<&'a str>,
-    proto: Option<&'static str>,
-    sport: Option<u16>,
-    dport: Option<u16>,
-    matches: Vec<String>,
-    comment: String,
-    target: String,
+pub(crate) struct Rule<'a> {
+    pub(crate) not_src: bool,
+    pub(crate) src: Option<Ipv4Addr>,
+    pub(crate) dst: Option<Ipv4Addr>,
+    pub(crate) iif: Option<&'a str>,
+    pub(crate) oif: Option<&'a str>,
+    pub(crate) proto: Option<&'static str>,
+    pub(crate) sport: Option<u16>,
+    pub(crate) dport: Option<u16>,
+    pub(crate) matches: Vec<String>,
+    pub(crate) comment: String,
+    pub(crate) target: String,
 }
 
 impl Rule<'_> {
-    fn render(&self, chain: &str) -> String {
+    pub(crate) fn render(&self, chain: &str) -> String {
         let mut s = format!("-A {chain}");
         if let Some(a) = self.src {
             let neg = if self.not_src { " !" } else { "" };

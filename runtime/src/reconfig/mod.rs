@@ -565,6 +565,11 @@ impl Reconfigurer {
         })));
     }
 
+    /// The configuration in force now (waits while an apply is in progress).
+    pub fn current(&self) -> Config {
+        lock(&self.state).current.clone()
+    }
+
     /// The configuration in force, the trial, recent events.
     pub fn show(&self) -> ShowReport {
         let (document, sha) = match self.files.read_current() {

@@ -10,7 +10,7 @@
 //! | ingest limits | `ingest.*` | live: every instrument port's listener starts again (agents reconnect and resend) |
 //! | log level | `log.level` | live |
 //! | reconfiguration | `reconfig.*` | live (read at the next apply) |
-//! | queue, FIPS, control socket, audit log, log target, command dispatcher, transfers | `queue.*`, `fips.*`, `control.*`, `audit.*`, `log.target`, `commands.*`, `transfers.*` | restart of rapd |
+//! | queue, FIPS, control socket, audit log, log target, command dispatcher, transfers, remote sessions | `queue.*`, `fips.*`, `control.*`, `audit.*`, `log.target`, `commands.*`, `transfers.*`, `sessions.*` | restart of rapd |
 
 use std::collections::BTreeSet;
 
@@ -111,6 +111,9 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     }
     if old.transfers != new.transfers {
         p.restart.push("transfers".into());
+    }
+    if old.sessions != new.sessions {
+        p.restart.push("sessions".into());
     }
     p.log_level = old.log.level != new.log.level;
     p.links = ports::plan(old) != ports::plan(new);

@@ -22,11 +22,21 @@ pub struct DanteConfig {
     /// `socksmethod: username` with this system account (created if missing);
     /// `None`: `socksmethod: none`.
     pub auth: Option<(String, String)>,
+    /// More client networks (e.g. `192.0.2.0/24`) besides 127.0.0.0/8.
+    pub clients: Vec<String>,
+    /// The `external:` interface (default `lo`).
+    pub external: Option<String>,
 }
 
 impl Default for DanteConfig {
     fn default() -> DanteConfig {
-        DanteConfig { listen: IpAddr::V4(Ipv4Addr::LOCALHOST), port: None, auth: None }
+        DanteConfig {
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: None,
+            auth: None,
+            clients: Vec::new(),
+            external: None,
+        }
     }
 }
 
@@ -88,11 +98,11 @@ impl Dante {
         let tag = addr_tag(addr);
         let conf = dir.join(format!("danted-{tag}.conf"));
         let method = if cfg.auth.is_some() { "username" } else { "none" };
-        let text = format!(
+        let mut text = format!(
             "# Written by rapbox-testkit.\n\
              logoutput: stderr\n\
              internal: {ip} port = {port}\n\
-             external: lo\n\
+             external: {external}\n\
              socksmethod: {method}\n\
              clientmethod: none\n\
              user.privileged: root\n\
@@ -100,7 +110,14 @@ impl Dante {
              client pass {{\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: connect disconnect error\n}}\n\
              socks pass {{\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  command: connect\n  log: connect disconnect error\n}}\n",
             ip = cfg.listen,
+            external = cfg.external.as_deref().unwrap_or("lo"),
         );
+        for c in &cfg.clients {
+            text.push_str(&format!(
+                "client pass {{\n  from: {c} to: 0.0.0.0/0\n  log: connect disconnect error\n}}\n\
+                 socks pass {{\n  from: {c} to: 0.0.0.0/0\n  command: connect\n  log: connect disconnect error\n}}\n"
+            ));
+        }
         write_file("danted", &conf, &text)?;
         let mut command = Command::new(program);
         command.arg("-f").arg(&conf).arg("-N").arg("1").arg("-p").arg(dir.join(format!("danted-{tag}.pid")));

@@ -18,6 +18,9 @@ pub struct TinyproxyConfig {
     pub basic_auth: Option<(String, String)>,
     /// `ConnectPort` lines: the only ports CONNECT may reach.
     pub connect_ports: Vec<u16>,
+    /// More `Allow` lines (addresses or networks, e.g. `192.0.2.0/24`) for clients in a
+    /// network namespace.
+    pub allow: Vec<String>,
 }
 
 impl Default for TinyproxyConfig {
@@ -27,6 +30,7 @@ impl Default for TinyproxyConfig {
             port: None,
             basic_auth: None,
             connect_ports: vec![443],
+            allow: Vec::new(),
         }
     }
 }
@@ -56,6 +60,9 @@ impl Tinyproxy {
         );
         if cfg.listen != IpAddr::V4(Ipv4Addr::LOCALHOST) {
             text.push_str(&format!("Allow {}\n", cfg.listen));
+        }
+        for a in &cfg.allow {
+            text.push_str(&format!("Allow {a}\n"));
         }
         for p in &cfg.connect_ports {
             text.push_str(&format!("ConnectPort {p}\n"));
