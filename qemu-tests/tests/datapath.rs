@@ -366,9 +366,12 @@ fn power_cuts_during_ingest_lose_nothing_acknowledged() {
     println!("{cycles} power cuts in {:.0} s, every queue intact", t_all.elapsed().as_secs_f64());
     let mut vm = boot(&format!("{test}_final"), &built, disk, &dc);
     login(&mut vm);
+    // rapd may still be `activating` at login on a loaded machine (FIPS self-tests, then
+    // the queue's integrity check and index rebuild over what the cuts left): wait for its
+    // control socket first; a failed check would have it exit and restart (asserted below).
+    wait_rapd(&mut vm, timeout(90).as_secs());
     let active = vm.console.run_ok("systemctl is-active rapd.service || true", timeout(60));
     assert_eq!(active.trim(), "active", "rapd did not start after the power cuts (queue integrity check)");
-    wait_rapd(&mut vm, 90);
     let reports = wait_dc(&dc, &acked, 120);
     assert_exactly_once(&reports, &acked);
     let total: usize = acked.values().map(BTreeSet::len).sum();
