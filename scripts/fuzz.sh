@@ -3,6 +3,10 @@
 #   agent_frame  the agent protocol: frame bodies and framed streams (crates/wire/src/agent.rs)
 #   batch        the uplink batch decoder the data center runs (crates/wire/src/batch.rs)
 #   config       rapd's configuration loading (runtime/src/config.rs)
+#   command      the command channel: the data center's answers and each command in them
+#                (crates/wire/src/command.rs, runtime/src/commands)
+#   manifest     signed manifests, download arguments (signature through
+#                runtime/src/transfers/signing.rs), upload chunk headers (crates/wire/src/transfer.rs)
 # The properties each target checks are in crates/fuzzing (rapfuzz); CI replays the stored
 # corpora through them (`cargo test -p rapfuzz`) on the stable toolchain.
 #
@@ -31,7 +35,7 @@ SAN=${FUZZ_SANITIZER:-none}
 TDIR=fuzz/target/$SAN
 RUNS=${FUZZ_RUNS:-10000000}
 export CARGO_BUILD_JOBS=${RAPBOX_JOBS:-2}
-all=(agent_frame batch config)
+all=(agent_frame batch config command manifest)
 targets=("${all[@]}")
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
   targets=("$1")

@@ -15,7 +15,8 @@ PKGS=(
   # the benchmark's reference peers (collectd's write_http plugin needs libcurl3-gnutls
   # and libyajl2, which collectd-core only recommends)
   syslog-ng-core syslog-ng-mod-http collectd-core libcurl3-gnutls libyajl2
-  # network namespaces, sqlite inspection
+  # network namespaces, sqlite inspection (sqlite3 also checks the queue offline after
+  # each power cut in qemu-tests; e2fsprogs' e2fsck/debugfs come with install-image-deps.sh)
   iproute2 sqlite3 procps iptables
   # headless Chromium (with a font) for the data center's dashboard test and, driven over
   # WebDriver, the configuration pages' browser test; rapweb links libcrypt

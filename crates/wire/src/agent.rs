@@ -208,6 +208,8 @@ pub enum DecodeError {
     ChunkTooLarge(usize),
     #[error("unknown received status {0}")]
     Status(u8),
+    #[error("{what} is {len} bytes, longer than {max}")]
+    TooLong { what: &'static str, len: usize, max: usize },
 }
 
 impl DecodeError {
