@@ -231,12 +231,13 @@ fn technician_console_audit_trail_and_syslog_over_tls() {
     // the validation of a start and the key named.
     let (out, rc) = vm.console.run("rapctl network check --proxy ftp://10.0.2.2:21", timeout(30));
     assert_eq!(
-        (lines(&out)[..], rc),
+        (lines(&out), rc),
         (
             [
                 "rapctl: refused, nothing was changed:",
                 "  /etc/rapbox/rapd.toml: key `uplink.proxy`: scheme `ftp` is not supported; use http:// (CONNECT) or socks5://"
-            ][..],
+            ]
+            .to_vec(),
             1
         )
     );
@@ -244,12 +245,13 @@ fn technician_console_audit_trail_and_syslog_over_tls() {
         .console
         .run("rapctl network check --addressing static --address 10.0.2.15/24 --gateway 10.0.3.2", timeout(30));
     assert_eq!(
-        (lines(&out)[..], rc),
+        (lines(&out), rc),
         (
             [
                 "rapctl: refused, nothing was changed:",
                 "  /etc/rapbox/rapd.toml: key `network.uplink.gateway`: 10.0.3.2 is not another host of the uplink subnet 10.0.2.0/24"
-            ][..],
+            ]
+            .to_vec(),
             1
         )
     );
