@@ -8,7 +8,8 @@
 //!               inst1                           ─ enp0s5 10.10.2.1 ┘ firewall             │        10.0.2.2 (gateway), 10.0.2.100
 //! ```
 //!
-//! Proven: every page (login, failed login, status, ports, uplink, refusals) starts with
+//! Proven: TLS 1.3 with an AES-GCM suite, ChaCha20 (not FIPS-approved) refused in TLS 1.3
+//! and 1.2, the FIPS gate passed before listening; every page (login, failed login, status, ports, uplink, refusals) starts with
 //! the DoD banner; without a session every page leads to the login page and a form post
 //! is refused (401); no plain HTTP; a failed login is refused; a bad proxy and a bad
 //! gateway are refused with rapd's message naming the key and change nothing; a good DNS
@@ -97,6 +98,19 @@ fn curl(ns: &str, args: &[&str]) -> String {
     } else {
         format!("curl exit {}", out.status.code().unwrap_or(-1))
     }
+}
+
+/// `openssl s_client` from the harness's namespace to the pages: whether the handshake
+/// passed, and what it printed.
+fn s_client(ns: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "openssl", "s_client", "-brief", "-connect", &format!("{BOX_A}:443")])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success() && text.contains("CONNECTION ESTABLISHED"), text)
 }
 
 /// Waits (in the guest) until rapd answers and rapweb listens on 10.10.1.1:443; on failure
@@ -198,6 +212,23 @@ fn configuration_pages_in_a_real_browser() {
     assert_eq!(curl(&harness, &["-X", "POST", "-d", "proxy=", &format!("https://{BOX_A}/uplink")]), "401");
     assert_eq!(curl(&harness, &[&format!("https://{BOX_A}/status")]), "303");
     assert_eq!(curl(&harness, &[&format!("https://{BOX_A}/cgi-bin/test.cgi")]), "404");
+
+    // ---- HTTPS through the FIPS provider: TLS 1.2+, the AES-GCM suites only ----
+    let ok = s_client(&harness, &["-tls1_3"]);
+    assert!(ok.0, "a TLS 1.3 handshake with the pages' defaults:\n{}", ok.1);
+    assert!(ok.1.contains("Protocol version: TLSv1.3") && ok.1.contains("Ciphersuite: TLS_AES_"), "{}", ok.1);
+    assert!(!ok.1.contains("X25519"), "only the NIST groups (P-256, P-384):\n{}", ok.1);
+    for refused in [
+        ["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+        ["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+    ] {
+        let (passed, out) = s_client(&harness, &refused);
+        assert!(!passed, "{refused:?} must be refused:\n{out}");
+    }
+    let j = vm
+        .console
+        .run_ok("journalctl -b -u rapweb.service --no-pager | grep -c 'FIPS gate passed (providers'", timeout(30));
+    assert_ne!(j.trim(), "0", "rapweb passed the FIPS gate before listening");
 
     // ---- not reachable from the uplink side (silent: the firewall drops it) ----
     check_within(
@@ -325,6 +356,7 @@ fn configuration_pages_in_a_real_browser() {
         format!("login refused for `{ALICE}`"),
         format!("uplink settings of {ALICE} refused: Refused, nothing was changed: {CONFIG}: key `uplink.proxy`: "),
         "GET /cgi-bin/test.cgi answered 404".to_owned(),
+        "TLS handshake failed: ".to_owned(),
     ] {
         assert!(error.contains(&want), "error.log lacks {want}:\n{error}");
     }
