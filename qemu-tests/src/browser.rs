@@ -152,12 +152,39 @@ fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Val
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    // chromedriver answers `Connection: close` but keeps the connection open: the answer
+    // ends after the head and Content-Length bytes, not at end of file.
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| format!("chromedriver {method} {path}: {e}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let json = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    serde_json::from_str(json)
-        .map_err(|e| format!("chromedriver {method} {path}: {e}: {}", text.chars().take(300).collect::<String>()))
+    let mut buf = [0u8; 16 * 1024];
+    let (head_end, len) = loop {
+        let n = s.read(&mut buf).map_err(|e| format!("chromedriver {method} {path}: {e}"))?;
+        if n == 0 {
+            return Err(format!("chromedriver {method} {path}: connection closed before the answer's head"));
+        }
+        resp.extend_from_slice(&buf[..n]);
+        if let Some(i) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&resp[..i]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                .ok_or_else(|| format!("chromedriver {method} {path}: no Content-Length in {head}"))?;
+            break (i + 4, len);
+        }
+    };
+    while resp.len() < head_end + len {
+        let n = s.read(&mut buf).map_err(|e| format!("chromedriver {method} {path}: {e}"))?;
+        if n == 0 {
+            return Err(format!("chromedriver {method} {path}: connection closed in the answer's body"));
+        }
+        resp.extend_from_slice(&buf[..n]);
+    }
+    let body = &resp[head_end..head_end + len];
+    serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "chromedriver {method} {path}: {e}: {}",
+            String::from_utf8_lossy(body).chars().take(300).collect::<String>()
+        )
+    })
 }
 
 fn base64_decode(s: &str) -> Option<Vec<u8>> {

@@ -41,14 +41,6 @@ pub enum Request {
     },
     /// The provisioned CA and box certificates (`rapctl certs`).
     Certificates,
-    /// Check a change of the uplink's settings against rapd's whole configuration
-    /// validation without applying it (`rapctl network check`, the pages' uplink form).
-    /// Answered `ok` with a summary, or not `ok` with the message naming the key.
-    CheckUplink {
-        settings: crate::uplink_settings::UplinkSettings,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        web_user: Option<String>,
-    },
     /// A configuration-pages event (`web.login`, `web.logout`, …): accepted only from the
     /// pages' server, recorded with the actor `web:<user>`.
     WebEvent {
@@ -114,9 +106,6 @@ pub struct Response {
     /// The answer to [`Request::Certificates`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<CertInfo>>,
-    /// The answer to [`Request::CheckUplink`]: what the checked settings amount to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uplink_check: Option<String>,
     /// The answer to [`Request::ConfigShow`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_show: Option<ShowReport>,
@@ -138,7 +127,6 @@ impl Response {
             audit_records: None,
             uplink_test: None,
             certificates: None,
-            uplink_check: None,
             config_show: None,
             config_apply: None,
         }
@@ -327,25 +315,6 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
             Ok(c) => Response { certificates: Some(c), ..Response::ok() },
             Err(e) => Response::error(e),
         },
-        Ok(Request::CheckUplink { settings, web_user }) => match src.config_path() {
-            None => Response::error("this rapd has no configuration file to check against".into()),
-            Some(path) => {
-                let actor = peer.actor(web_user.as_deref());
-                let res = crate::uplink_settings::check(&path, &settings);
-                let ev = Event::new("config.check").actor(&actor).target(&path.display().to_string());
-                let ev = match &res {
-                    Ok(_) => ev.detail(serde_json::json!({ "settings": redacted(&settings) })),
-                    Err(e) => ev
-                        .outcome(Outcome::Failure)
-                        .detail(serde_json::json!({ "settings": redacted(&settings), "error": e.to_string() })),
-                };
-                audit::record(ev);
-                match res {
-                    Ok(c) => Response { uplink_check: Some(summary(&c)), ..Response::ok() },
-                    Err(e) => Response::error(e.to_string()),
-                }
-            }
-        },
         Ok(Request::WebEvent { action, user, outcome, detail }) => {
             if !peer.is_web() {
                 Response::error(format!(
@@ -370,7 +339,8 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
             Ok(r) => Response { config_show: Some(r), ..Response::ok() },
             Err(e) => Response::error(e),
         },
-        Ok(Request::ConfigApply(args)) => match src.config_apply(&args, &peer.actor(None)) {
+        // The pages apply for the technician logged into them: actor `web:<user>`.
+        Ok(Request::ConfigApply(args)) => match src.config_apply(&args, &peer.actor(args.on_behalf_of.as_deref())) {
             Ok(r) => Response { config_apply: Some(r), ..Response::ok() },
             Err(e) => Response::error(e),
         },
@@ -379,44 +349,6 @@ fn handle(s: UnixStream, src: &dyn Source) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(&resp).unwrap_or_default();
     out.push(b'\n');
     (&s).write_all(&out)
-}
-
-/// The settings with a proxy password hidden, for the audit record.
-fn redacted(s: &crate::uplink_settings::UplinkSettings) -> serde_json::Value {
-    let mut s = s.clone();
-    s.proxy = s.proxy.map(|p| crate::uplink::redact(&p));
-    serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
-}
-
-/// What a checked configuration does on the uplink, in one line.
-fn summary(c: &crate::config::Config) -> String {
-    use crate::config::Addressing;
-    let addressing = match c.network.uplink.as_ref().map(|u| (&u.interface, u.addressing, &u.dns)) {
-        None => "addressing by the system (DHCP)".to_owned(),
-        Some((i, Addressing::Dhcp, dns)) => format!(
-            "{i} by DHCP, DNS {}",
-            if dns.is_empty() {
-                "from DHCP".to_owned()
-            } else {
-                dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-            }
-        ),
-        Some((i, Addressing::Static { address, gateway }, dns)) => format!(
-            "{i} static {address}, gateway {}, DNS {}",
-            gateway.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
-            if dns.is_empty() {
-                "none".to_owned()
-            } else {
-                dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-            }
-        ),
-    };
-    let proxy = c.uplink.proxy.as_ref().map(|p| crate::uplink::redact(&p.url)).unwrap_or_else(|| "direct".into());
-    format!(
-        "valid: {addressing}; data center {} {}",
-        c.uplink.url,
-        if proxy == "direct" { "direct".to_owned() } else { format!("through {proxy}") }
-    )
 }
 
 /// The whole status, as `rapctl status` shows it.

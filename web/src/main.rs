@@ -4,8 +4,8 @@
 //! at once), OpenSSL through the FIPS provider only (the same gate as rapd: it refuses to
 //! start otherwise, exit 3), listening only on the box addresses `[pages] interfaces`
 //! allow (the lab-side instrument ports by default, never the uplink unless named). It
-//! is a client of rapd's control socket like rapctl: it reads the status, and settings
-//! are checked by rapd. No CGI, no files served but its own style sheet. Every request
+//! is a client of rapd's control socket like rapctl: it reads the status, and changed
+//! settings are checked and applied by rapd (`config_apply`). No CGI, no files served but its own style sheet. Every request
 //! goes to the access log, every refusal and failure to the error log; logins, failed
 //! logins and logouts to the audit trail (through rapd).
 //!
@@ -28,7 +28,8 @@ use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream, SslVersion};
 use rapbox::audit::Outcome;
 use rapbox::config::Config;
 use rapbox::control::{self, Request};
-use rapbox::uplink_settings::UplinkSettings;
+use rapbox::reconfig::{ApplyArgs, ApplyOutcome};
+use rapbox::uplink_settings::{self, UplinkSettings};
 
 use crate::auth::{Auth, Login};
 use crate::http::{HttpError, Response};
@@ -40,8 +41,10 @@ const COOKIE: &str = "rapweb_session";
 #[derive(Parser)]
 #[command(version, about = "rapbox local configuration pages (HTTPS, FIPS)")]
 struct Args {
-    #[arg(long, default_value = rapbox::config::DEFAULT_PATH)]
-    config: PathBuf,
+    /// rapd's control socket: the configuration comes from rapd (`config_show`); rapweb
+    /// cannot read rapd's files (they are rapd's, beside the box's identity).
+    #[arg(long, default_value = "/run/rapd/control.sock")]
+    socket: PathBuf,
     /// The pages' TLS certificate and key (PEM); made once, self-signed, when missing.
     #[arg(long, default_value = "/data/rapweb/pages.crt")]
     cert: PathBuf,
@@ -96,14 +99,36 @@ fn main() {
     std::process::exit(run(args));
 }
 
-fn run(args: Args) -> i32 {
-    let cfg = match Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("rapweb: {e}");
-            return 2;
+/// How long rapweb waits at start for rapd to answer (it starts after rapd is ready; a
+/// rapd restarting meanwhile answers within this).
+const RAPD_WAIT: Duration = Duration::from_secs(60);
+
+/// The configuration in force, as rapd answers it (`config_show`, proxy credentials
+/// hidden: rapweb only shows them).
+fn config_from_rapd(socket: &Path) -> Result<Config, (i32, String)> {
+    let end = Instant::now() + RAPD_WAIT;
+    let show = loop {
+        match control::request(socket, &Request::ConfigShow) {
+            Ok(control::Response { ok: true, config_show: Some(sh), .. }) => break sh,
+            Ok(r) => return Err((1, format!("rapd refused config_show: {}", r.error.unwrap_or_default()))),
+            Err(e) if Instant::now() > end => {
+                return Err((1, format!("rapd does not answer after {} s: {e}", RAPD_WAIT.as_secs())))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     };
+    Config::parse(&show.path, &show.document).map_err(|e| (2, e.to_string()))
+}
+
+fn run(args: Args) -> i32 {
+    let mut cfg = match config_from_rapd(&args.socket) {
+        Ok(c) => c,
+        Err((code, e)) => {
+            eprintln!("rapweb: {e}");
+            return code;
+        }
+    };
+    cfg.control.socket = args.socket.clone();
     if !cfg.pages.enabled {
         eprintln!("rapweb: the configuration pages are disabled ([pages] enabled = false in {})", cfg.path.display());
         return 0;
@@ -138,12 +163,10 @@ fn run(args: Args) -> i32 {
     };
     let mut listeners = Vec::new();
     for a in &addrs {
-        match TcpListener::bind(a) {
+        match listen(a) {
             Ok(l) => listeners.push(l),
             Err(e) => {
-                eprintln!(
-                    "rapweb: cannot listen on {a}: {e} (is the port's address assigned? rapd does that at start)"
-                );
+                eprintln!("rapweb: cannot listen on {a}: {e}");
                 return 5;
             }
         }
@@ -165,6 +188,68 @@ fn run(args: Args) -> i32 {
         let _ = h.join();
     }
     1
+}
+
+/// A listening socket on `a` with `IP_FREEBIND`: the box address is rapd's to assign
+/// (at its start, and again when a reconfiguration or a restart of rapd moves the
+/// instrument ports), so the socket does not depend on the address being there at this
+/// moment; it receives whenever the address is assigned, and only then.
+fn listen(a: &SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let err = std::io::Error::last_os_error;
+    let family = if a.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls on a descriptor this function owns (the listener below
+    // closes it on every path).
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(err());
+        }
+        let l = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let opt = |level, name| {
+            let p = &one as *const libc::c_int as *const libc::c_void;
+            if libc::setsockopt(fd, level, name, p, std::mem::size_of::<libc::c_int>() as libc::socklen_t) < 0 {
+                return Err(err());
+            }
+            Ok(())
+        };
+        opt(libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+        opt(libc::IPPROTO_IP, libc::IP_FREEBIND)?;
+        let rc = match a {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+                    sin_zero: [0; 8],
+                };
+                libc::bind(
+                    fd,
+                    &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                    sin6_scope_id: v6.scope_id(),
+                };
+                libc::bind(
+                    fd,
+                    &sin6 as *const libc::sockaddr_in6 as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        };
+        if rc < 0 || libc::listen(fd, 128) < 0 {
+            return Err(err());
+        }
+        Ok(l)
+    }
 }
 
 fn accept_loop(l: TcpListener, app: Arc<App>, acceptor: Arc<SslAcceptor>, active: Arc<AtomicUsize>) {
@@ -394,9 +479,12 @@ fn logged_in(app: &App, req: &http::Request, peer: &SocketAddr, s: &auth::Sessio
             Ok(st) => Response::html(200, pages::page("Instrument ports", me, &pages::ports(&st))),
             Err(e) => unavailable(e),
         },
-        ("GET", "/uplink") => {
-            Response::html(200, pages::page("Uplink and proxy", me, &pages::uplink(&current(app), &s.csrf, None)))
-        }
+        ("GET", "/uplink") => match in_force(app) {
+            Ok((_, form)) => {
+                Response::html(200, pages::page("Uplink and proxy", me, &pages::uplink(&form, &s.csrf, None)))
+            }
+            Err(e) => unavailable(e),
+        },
         ("POST", "/uplink") => {
             let f = |k: &str| form_value(req, k).unwrap_or_default();
             let form = pages::UplinkForm {
@@ -406,34 +494,24 @@ fn logged_in(app: &App, req: &http::Request, peer: &SocketAddr, s: &auth::Sessio
                 dns: f("dns"),
                 proxy: f("proxy"),
             };
-            let settings = UplinkSettings {
-                addressing: Some(form.addressing.clone()).filter(|v| !v.trim().is_empty()),
-                address: Some(form.address.clone()),
-                gateway: Some(form.gateway.clone()),
-                dns: Some(form.dns.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect()),
-                proxy: Some(form.proxy.clone()),
+            let dry_run = f("action") != "apply";
+            let (doc, now) = match in_force(app) {
+                Ok(x) => x,
+                Err(e) => return unavailable(e),
             };
-            let settings = if app.cfg.network.uplink.is_none() {
-                UplinkSettings { proxy: settings.proxy, ..UplinkSettings::default() }
-            } else {
-                settings
-            };
-            match ask(app, &Request::CheckUplink { settings, web_user: Some(s.user.clone()) }) {
-                Ok(r) => {
-                    let m = format!("{} (checked by rapd, not yet applied)", r.uplink_check.unwrap_or_default());
-                    Response::html(
-                        200,
-                        pages::page("Uplink and proxy", me, &pages::uplink(&form, &s.csrf, Some((true, &m)))),
-                    )
-                }
-                Err(e) => {
-                    app.logs.error(peer, &format!("uplink settings of {} refused: {e}", s.user));
-                    Response::html(
-                        422,
-                        pages::page("Uplink and proxy", me, &pages::uplink(&form, &s.csrf, Some((false, &e)))),
-                    )
-                }
+            let (status, message) = change_uplink(app, &s.user, &doc, &now, &form, dry_run);
+            if status != 200 {
+                app.logs.error(peer, &format!("uplink settings of {} refused: {}", s.user, message.1));
             }
+            // After an apply the form shows the configuration now in force.
+            let shown = match (status, dry_run) {
+                (200, false) => in_force(app).map(|x| x.1).unwrap_or(form),
+                _ => form,
+            };
+            Response::html(
+                status,
+                pages::page("Uplink and proxy", me, &pages::uplink(&shown, &s.csrf, Some((message.0, &message.1)))),
+            )
         }
         ("POST", "/logout") => {
             app.auth.close(cookie);
@@ -445,26 +523,86 @@ fn logged_in(app: &App, req: &http::Request, peer: &SocketAddr, s: &auth::Sessio
     }
 }
 
-/// The uplink settings in the configuration as rapweb read it at start.
-fn current(app: &App) -> pages::UplinkForm {
-    use rapbox::config::Addressing;
-    let mut f = pages::UplinkForm {
-        proxy: app.cfg.uplink.proxy.as_ref().map(|p| rapbox::uplink::redact(&p.url)).unwrap_or_default(),
-        ..Default::default()
+/// The configuration document in force (from rapd: `config_show`, a proxy's credentials
+/// hidden) and its uplink settings as the form shows them.
+fn in_force(app: &App) -> Result<(String, pages::UplinkForm), String> {
+    let show = ask(app, &Request::ConfigShow)?.config_show.ok_or("rapd answered without its configuration")?;
+    let c = uplink_settings::current(&show.document)?;
+    let form = pages::UplinkForm {
+        addressing: c.addressing.unwrap_or_default(),
+        address: c.address.unwrap_or_default(),
+        gateway: c.gateway.unwrap_or_default(),
+        dns: c.dns.unwrap_or_default().join(", "),
+        proxy: c.proxy.unwrap_or_default(),
     };
-    if let Some(u) = &app.cfg.network.uplink {
-        match u.addressing {
-            Addressing::Dhcp => f.addressing = "dhcp".into(),
-            Addressing::Static { address, gateway } => {
-                f.addressing = "static".into();
-                f.address = address.to_string();
-                f.gateway = gateway.map(|g| g.to_string()).unwrap_or_default();
-            }
-        }
-        f.dns = u.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
-    }
-    f
+    Ok((show.document, form))
 }
+
+/// Checks (`dry_run`) or applies the form's changes through rapd's `config_apply`, the
+/// one apply of the box (the validation of `rapctl network` and `rapctl config`): the
+/// HTTP status and (success, message) for the page.
+fn change_uplink(
+    app: &App,
+    user: &str,
+    doc: &str,
+    now: &pages::UplinkForm,
+    form: &pages::UplinkForm,
+    dry_run: bool,
+) -> (u16, (bool, String)) {
+    let settings = |f: &pages::UplinkForm| UplinkSettings {
+        addressing: Some(f.addressing.clone()),
+        address: Some(f.address.clone()),
+        gateway: Some(f.gateway.clone()),
+        dns: Some(f.dns.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect()),
+        proxy: Some(f.proxy.clone()),
+    };
+    let mut changes = settings(form).changes_from(&settings(now));
+    if now.addressing.is_empty() {
+        // rapd does not manage the uplink's addressing here: only the proxy is the box's.
+        changes = UplinkSettings { proxy: changes.proxy, ..UplinkSettings::default() };
+    }
+    let keys = match changes.keys(doc) {
+        Ok(k) => k,
+        Err(e) => return (502, (false, e)),
+    };
+    if keys.is_empty() {
+        return (200, (true, "Nothing to change: these are the settings in force.".into()));
+    }
+    let args = ApplyArgs {
+        keys: Some(keys),
+        dry_run,
+        rollback: true,
+        on_behalf_of: Some(user.to_owned()),
+        ..ApplyArgs::default()
+    };
+    let rep = match control::request_with_timeout(&app.cfg.control.socket, &Request::ConfigApply(args), APPLY_TIMEOUT) {
+        Ok(control::Response { ok: true, config_apply: Some(rep), .. }) => rep,
+        Ok(r) => return (502, (false, format!("rapd refused the request: {}", r.error.unwrap_or_default()))),
+        Err(e) => return (502, (false, format!("rapd does not answer: {e}"))),
+    };
+    let errors = || rep.errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; ");
+    let changed = rep.changed_keys.join(", ");
+    match rep.outcome {
+        ApplyOutcome::Valid => (200, (true, format!("Valid (checked by rapd, not applied): {changed}"))),
+        ApplyOutcome::Unchanged => (200, (true, "Nothing to change: these are the settings in force.".into())),
+        ApplyOutcome::Applied => {
+            let trial = rep.trial.as_ref().map(|t| {
+                format!(
+                    "; on trial: rolled back unless the data center acknowledges a batch within {} s",
+                    t.rollback_after_s
+                )
+            });
+            (200, (true, format!("Applied: {changed}{}", trial.unwrap_or_default())))
+        }
+        ApplyOutcome::Refused => (422, (false, format!("Refused, nothing was changed: {}", errors()))),
+        ApplyOutcome::Failed => {
+            (500, (false, format!("Failed, the configuration in force was put back: {}", errors())))
+        }
+    }
+}
+
+/// An apply can wait for the uplink's batch in flight (as `rapctl config apply` does).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The TLS server: FIPS provider (the process's default properties after the gate),
 /// TLS 1.2+, AES-GCM suites, NIST curves: the uplink's settings.

@@ -166,16 +166,18 @@ pub struct UplinkForm {
 pub fn uplink(current: &UplinkForm, csrf: &str, message: Option<(bool, &str)>) -> String {
     let msg = match message {
         Some((true, m)) => format!("<div class=\"ok\" id=\"message\">{}</div>", esc(m)),
-        Some((false, m)) => format!("<div class=\"err\" id=\"message\">Refused: {}</div>", esc(m)),
+        Some((false, m)) => format!("<div class=\"err\" id=\"message\">{}</div>", esc(m)),
         None => String::new(),
     };
     let field = |name: &str, label: &str, v: &str| {
         format!("<label>{label} <input type=\"text\" name=\"{name}\" id=\"{name}\" value=\"{}\"></label>", esc(v))
     };
     format!(
-        "{msg}<p>Each change is checked by rapd with the same validation as the console (<code>rapctl network check</code>) \
-         before it can be applied.</p><form method=\"post\" action=\"/uplink\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-         {}{}{}{}{}<p><button type=\"submit\" id=\"check\">Check settings</button></p></form>",
+        "{msg}<p>rapd checks each change with the same validation as the console (<code>rapctl network</code>) \
+         and applies it only when valid; an applied change is rolled back unless the data center acknowledges the box \
+         in time.</p><form method=\"post\" action=\"/uplink\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         {}{}{}{}{}<p><button type=\"submit\" name=\"action\" value=\"check\" id=\"check\">Check</button> \
+         <button type=\"submit\" name=\"action\" value=\"apply\" id=\"apply\">Apply</button></p></form>",
         esc(csrf),
         field("addressing", "Addressing (dhcp or static)", &current.addressing),
         field("address", "Address (static: a.b.c.d/prefix)", &current.address),

@@ -110,25 +110,59 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum NetworkCmd {
-    /// Check changed uplink settings with rapd's own validation, without applying them
-    /// (exit 0 valid, 1 refused with the reason, 3 not checked).
+    /// Check a change of the uplink settings with rapd's validation (`config_apply` as a
+    /// dry run), without applying it (exit 0 valid, 1 refused with the reason, 3 not asked).
     Check {
-        /// `dhcp` or `static`.
+        #[command(flatten)]
+        settings: NetworkSettings,
+        /// The report as JSON.
         #[arg(long)]
-        addressing: Option<String>,
-        /// With static addressing: a.b.c.d/prefix.
-        #[arg(long)]
-        address: Option<String>,
-        /// With static addressing: the gateway ("" removes it).
-        #[arg(long)]
-        gateway: Option<String>,
-        /// DNS servers, comma-separated ("" uses DHCP's).
-        #[arg(long)]
-        dns: Option<String>,
-        /// http://[user:pass@]host:port (CONNECT), socks5://…, or "none" for direct.
-        #[arg(long)]
-        proxy: Option<String>,
+        json: bool,
     },
+    /// Apply a change of the uplink settings: validated by rapd first, applied live only
+    /// when valid, on trial like `rapctl config apply`; audited (exit 0 applied or
+    /// unchanged, 1 refused or failed, 3 not asked).
+    Set {
+        #[command(flatten)]
+        settings: NetworkSettings,
+        /// Arm no rollback (a box whose data center cannot be reached yet).
+        #[arg(long)]
+        no_rollback: bool,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct NetworkSettings {
+    /// `dhcp` or `static` (dhcp removes the static address and gateway).
+    #[arg(long)]
+    addressing: Option<String>,
+    /// With static addressing: a.b.c.d/prefix.
+    #[arg(long)]
+    address: Option<String>,
+    /// With static addressing: the gateway ("" removes it).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// DNS servers, comma-separated ("" uses DHCP's).
+    #[arg(long)]
+    dns: Option<String>,
+    /// http://[user:pass@]host:port (CONNECT), socks5://…, or "none" for direct.
+    #[arg(long)]
+    proxy: Option<String>,
+}
+
+impl NetworkSettings {
+    fn settings(self) -> rapbox::uplink_settings::UplinkSettings {
+        rapbox::uplink_settings::UplinkSettings {
+            addressing: self.addressing,
+            address: self.address,
+            gateway: self.gateway,
+            dns: self.dns.map(|d| d.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect()),
+            proxy: self.proxy.map(|p| if p == "none" { String::new() } else { p }),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -326,29 +360,12 @@ fn main() {
                 }
             }
         }
-        Cmd::Network { cmd: NetworkCmd::Check { addressing, address, gateway, dns, proxy } } => {
-            let settings = rapbox::uplink_settings::UplinkSettings {
-                addressing,
-                address,
-                gateway,
-                dns: dns.map(|d| d.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect()),
-                proxy: proxy.map(|p| if p == "none" { String::new() } else { p }),
+        Cmd::Network { cmd } => {
+            let (settings, dry_run, rollback, json) = match cmd {
+                NetworkCmd::Check { settings, json } => (settings.settings(), true, true, json),
+                NetworkCmd::Set { settings, no_rollback, json } => (settings.settings(), false, !no_rollback, json),
             };
-            if settings == rapbox::uplink_settings::UplinkSettings::default() {
-                eprintln!("rapctl: network check: nothing to check: give at least one of --addressing, --address, --gateway, --dns, --proxy");
-                std::process::exit(2);
-            }
-            match control::request(&args.socket, &Request::CheckUplink { settings, web_user: None }) {
-                Ok(r) if r.ok => println!("{}", r.uplink_check.unwrap_or_default()),
-                Ok(r) => {
-                    println!("refused: {}", r.error.unwrap_or_default());
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    eprintln!("rapctl: not checked: {}", unreachable(&e));
-                    std::process::exit(NOT_CHECKED);
-                }
-            }
+            std::process::exit(network(&args.socket, &settings, dry_run, rollback, json));
         }
         Cmd::SyslogConf { config, loghost, out } => {
             std::process::exit(views::syslog_conf(&config, &loghost, &out));
@@ -420,6 +437,48 @@ fn config(socket: &Path, cmd: ConfigCmd) -> i32 {
             }
         }
     }
+}
+
+/// `rapctl network check|set`: the settings become `config_apply` keys against the
+/// document in force, and rapd validates (and, unless a dry run, applies) them.
+fn network(
+    socket: &Path,
+    settings: &rapbox::uplink_settings::UplinkSettings,
+    dry_run: bool,
+    rollback: bool,
+    json: bool,
+) -> i32 {
+    let what = if dry_run { "check" } else { "set" };
+    if *settings == rapbox::uplink_settings::UplinkSettings::default() {
+        eprintln!(
+            "rapctl: network {what}: nothing given: give at least one of --addressing, --address, --gateway, --dns, --proxy"
+        );
+        return 2;
+    }
+    let doc = match control::request(socket, &Request::ConfigShow) {
+        Ok(Response { ok: true, config_show: Some(sh), .. }) => sh.document,
+        Ok(r) => {
+            eprintln!("rapctl: rapd refused: {}", r.error.unwrap_or_default());
+            return NOT_ASKED;
+        }
+        Err(e) => {
+            eprintln!("rapctl: not asked: {}", unreachable(&e));
+            return NOT_ASKED;
+        }
+    };
+    let keys = match settings.keys(&doc) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("rapctl: refused, nothing was changed:\n  {e}");
+            return REFUSED;
+        }
+    };
+    if keys.is_empty() {
+        println!("unchanged: this is the configuration in force");
+        return 0;
+    }
+    let args = ApplyArgs { keys: Some(keys), dry_run, rollback, ..ApplyArgs::default() };
+    apply_and_report(socket, &args, json, false)
 }
 
 /// The request's arguments from the command line.
