@@ -29,14 +29,27 @@ if [ -x scripts/build-image.sh ] && [ "${RAPBOX_SKIP_IMAGE:-0}" != 1 ]; then
 fi
 
 step "tests"
-log=$(mktemp)
+cargo test --workspace --locked -j "$JOBS" --no-run
+# The QEMU suite (CPU-bound under TCG, one guest at a time per test binary) runs beside
+# the host tests; its lines are prefixed with `qemu| `. Both run every test binary
+# (--no-fail-fast) so that one failure does not hide another.
+tmp=$(mktemp -d)
 set +e
-cargo test --workspace --locked -j "$JOBS" -- --test-threads="${RAPBOX_TEST_THREADS:-2}" 2>&1 | tee "$log"
+( cargo test -p qemu-tests --locked -j "$JOBS" --no-fail-fast -- --test-threads=2 2>&1; echo $? > "$tmp/qemu.rc" ) \
+  | tee "$tmp/qemu.log" | sed -u 's/^/qemu| /' &
+qemu_pipe=$!
+cargo test --workspace --exclude qemu-tests --locked -j "$JOBS" --no-fail-fast -- \
+  --test-threads="${RAPBOX_TEST_THREADS:-2}" 2>&1 | tee "$tmp/host.log"
 status=${PIPESTATUS[0]}
+wait "$qemu_pipe"
+qemu_status=$(cat "$tmp/qemu.rc" 2>/dev/null || echo 1)
 set -e
-passed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i } END { print s + 0 }' "$log")
-failed=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i } END { print s + 0 }' "$log")
-rm -f "$log"
+[ "$status" -eq 0 ] && status=$qemu_status
+count() { awk -v what="$1" '/^test result:/ { for (i = 1; i <= NF; i++) if ($(i+1) ~ "^" what) s += $i } END { print s + 0 }' "$tmp/host.log" "$tmp/qemu.log"; }
+passed=$(count passed)
+failed=$(count failed)
 echo
+grep -h -E '^test .* FAILED$' "$tmp/host.log" "$tmp/qemu.log" || true
+rm -rf "$tmp"
 echo "${passed:-0} passed, ${failed:-0} failed"
 exit "$status"

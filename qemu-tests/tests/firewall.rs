@@ -376,7 +376,7 @@ fn firewall_and_ports_in_the_booted_image() {
         "ProtectKernelTunables=yes",
         "ProtectSystem=strict",
         "CapabilityBoundingSet=cap_net_bind_service cap_net_admin",
-        "ReadWritePaths=/data/rapd /proc/sys/net/ipv4/ip_forward",
+        "ReadWritePaths=/data/rapd /data/config /proc/sys/net/ipv4/ip_forward",
     ] {
         assert!(sandbox.contains(want), "{want}: {sandbox}");
     }
@@ -561,7 +561,7 @@ fn firewall_and_ports_in_the_booted_image() {
 
     // Phase 5, the LIS forward switched off: nothing passes and forwarding is off.
     vm.console.run_ok(
-        &format!("sed 's/^{LIS_A_LINE}$/enabled = false/' /tmp/good.toml > /data/config/rapd.toml && systemctl reset-failed rapd.service; systemctl start rapd.service"),
+        &format!("sed 's/^{LIS_A_LINE}$/enabled = false/' /tmp/good.toml > /tmp/lis-off.toml && install -m 0600 -o rapd -g rapd /tmp/lis-off.toml /data/config/rapd.toml && systemctl reset-failed rapd.service; systemctl start rapd.service"),
         timeout(60),
     );
     wait_status(&mut vm, "rapd again, LIS forward off", "\"applied_at_ms\": [0-9]", 60, false);

@@ -248,7 +248,8 @@ fn hardened_image_refuses_non_approved_algorithms_and_passes_live_controls() {
     f.check(collector.wait_received(b"rapq log host probe 7e1f", timeout(30)), || {
         format!("the log host did not receive the probe message; s_server log: {}", collector.log())
     });
-    f.check(collector.wait_received(b"auditd:", timeout(30)), || {
+    // RFC 5424: the imfile tag `auditd:` is the APP-NAME field.
+    f.check(collector.wait_received(b" auditd ", timeout(30)), || {
         "the log host received no audit log line (imfile on /var/log/audit/audit.log)".to_string()
     });
     let maps = vm.console.run("grep -c fips.so /proc/$(pidof rsyslogd)/maps", timeout(10)).0;

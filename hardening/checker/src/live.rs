@@ -192,6 +192,11 @@ fn remote_log(root: &Root) -> Verdict {
     if !process_running("rsyslogd") {
         return Verdict::fail("rsyslogd is not running");
     }
+    // Backtick constants (`echo $NAME`) take their values from the environment rsyslog
+    // starts with (rsyslog.service's EnvironmentFile, written by `rapctl syslog-conf`).
+    let env = std::fs::read_to_string(root.dir.join(RSYSLOG_ENV.trim_start_matches('/'))).unwrap_or_default();
+    let ok: Vec<(String, String)> =
+        ok.iter().map(|(t, p)| (resolve_backtick(t, &env), resolve_backtick(p, &env))).collect();
     let ports = established_ports();
     let connected: Vec<String> = ok
         .iter()
@@ -204,6 +209,21 @@ fn remote_log(root: &Root) -> Verdict {
     } else {
         Verdict::pass(format!("rsyslogd connected to {}", connected.join(", ")))
     }
+}
+
+/// The environment file of rsyslog.service (written before it starts by `rapctl syslog-conf`).
+const RSYSLOG_ENV: &str = "/run/rapbox/rsyslog-remote.env";
+
+/// The value of an rsyslog backtick constant of the form `` `echo $NAME` `` from `env`
+/// (KEY=VALUE lines); anything else is returned as it is.
+fn resolve_backtick(v: &str, env: &str) -> String {
+    let Some(name) = v.trim().strip_prefix("echo $") else { return v.to_string() };
+    env.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, val)| val.trim().trim_matches('"').to_string())
+        .next_back()
+        .unwrap_or_else(|| format!("${name} (not set in {RSYSLOG_ENV})"))
 }
 
 fn fips() -> Verdict {
@@ -345,4 +365,18 @@ fn web(policy: &Policy, urls: &[String]) -> (Verdict, Verdict) {
         Verdict::not_evaluated("web server modules and log configuration: review the server's configuration"),
     ]);
     (v34, v46)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_backtick;
+
+    #[test]
+    fn backtick_constants_come_from_rsyslogs_environment() {
+        let env = "# generated\nRAPBOX_SYSLOG_ADDR=10.0.2.100\nRAPBOX_SYSLOG_PORT=6514\n";
+        assert_eq!(resolve_backtick("echo $RAPBOX_SYSLOG_ADDR", env), "10.0.2.100");
+        assert_eq!(resolve_backtick("echo $RAPBOX_SYSLOG_PORT", env), "6514");
+        assert_eq!(resolve_backtick("loghost.example", env), "loghost.example");
+        assert!(resolve_backtick("echo $RAPBOX_SYSLOG_NAME", env).contains("not set"));
+    }
 }
