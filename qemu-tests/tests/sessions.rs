@@ -10,7 +10,8 @@
 //!         uv0 192.168.77.1 ── veth ── ns V vv0 192.168.77.2: OpenVPN server :443, tun 10.99.0.1 = the technician
 //! ```
 //!
-//! The 128 kbit/s phase shapes both directions of the U–V link with tc and prints the time
+//! The session also runs through tinyproxy (CONNECT) and danted (SOCKS5) in U, each set as
+//! the uplink's proxy at run time with `rapctl config apply`. The 128 kbit/s phase shapes both directions of the U–V link with tc and prints the time
 //! from the approval to the tunnel being up (docs/benchmarks.md). Skips only when the image
 //! is missing.
 
@@ -29,6 +30,7 @@ use qemu_tests::image::{self, TEST_PASSWORD};
 use qemu_tests::timeout;
 use qemu_tests::vm::{Boot, Vm, VmConfig, VmExtras, UPLINK_TAP};
 use rapbox_testkit::netns::{sa, tcp, Got, Ns, Service};
+use rapbox_testkit::peers::{Dante, DanteConfig, Tinyproxy, TinyproxyConfig};
 use rapdc::commands::{CommandRecord, CommandState, QueueCommand};
 use rapsim::{ConsentAgent, Decision, RunningConsent};
 use rapwire::agent::ErrorCode;
@@ -522,6 +524,60 @@ fn remote_sessions_in_the_booted_image() {
     ax.revoke(s5, "measured").expect("revoke");
     assert!(wait_gone(&mut vm, FIVE_S), "not torn down: {}", guest_state(&mut vm));
     assert_eq!(guest_state(&mut vm), CLOSED, "at the end");
+
+    // ---- through a CONNECT proxy, then a SOCKS5 proxy, each set at run time ----
+    let tp = around
+        .u
+        .enter(|| {
+            Tinyproxy::start(
+                &dc.dir,
+                &TinyproxyConfig {
+                    listen: IpAddr::V4(GW),
+                    port: Some(3128),
+                    allow: vec!["10.0.2.0/24".into()],
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("tinyproxy");
+    let ds = around
+        .u
+        .enter(|| {
+            Dante::start(
+                &dc.dir,
+                &DanteConfig {
+                    listen: IpAddr::V4(GW),
+                    port: Some(1080),
+                    clients: vec!["10.0.2.0/24".into()],
+                    external: Some(UPLINK_TAP.into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .expect("danted");
+    for (n, url, nth) in [("connect", "http://10.0.2.2:3128", 6), ("socks5", "socks5://10.0.2.2:1080", 7)] {
+        // --wait: the data center confirms the new configuration through the proxy.
+        let (out, rc) = vm.console.run(&format!("rapctl config apply --wait uplink.proxy={url}"), timeout(180));
+        assert_eq!(rc, 0, "rapctl config apply uplink.proxy={url}: {out}\n{}", journal(&mut vm));
+        let id = format!("g-{n}");
+        let s = d.ask(&ax, &id, nth);
+        let before = server.connections();
+        ax.approve(s, "Dr. Lab", 240).expect("approval");
+        let tun = d.up(&id);
+        assert!(matches!(tech(tun, RDP), Got::Answer(_)), "{n}: X's remote desktop");
+        match n {
+            "connect" => assert!(tp.wait_established(&VPN.to_string(), timeout(10)), "{}", tp.log()),
+            _ => assert!(ds.wait_connect(SocketAddr::from((VPN, 443)), timeout(10)), "{}", ds.log()),
+        }
+        let log = server.log_text();
+        let conns: Vec<&str> = log.lines().filter(|l| l.contains("TCP connection established with")).collect();
+        assert_eq!(conns.len(), before + 1, "{log}");
+        assert!(!conns[before].contains("10.0.2.15:"), "{n}: the server saw the box, not the proxy: {}", conns[before]);
+        ax.revoke(s, "done").expect("revoke");
+        assert!(wait_gone(&mut vm, FIVE_S), "{n}: not torn down: {}", guest_state(&mut vm));
+        phase(&format!("{n} proxy (set at run time): the tunnel through it, torn down after the revoke"));
+    }
+    assert_eq!(guest_state(&mut vm), CLOSED, "after the proxies");
 
     // Every step is an audit record at the data center.
     let end = Instant::now() + timeout(60);

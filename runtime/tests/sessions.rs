@@ -645,6 +645,23 @@ fn sessions_need_consent_reach_only_their_instrument_and_end_cleanly() {
     assert!(rapd.actions("s-3").contains(&"session.not_approved".to_string()));
     t.assert_closed("declined");
 
+    // ---- requests refused before anything is asked ----
+    t.phase("bad requests");
+    let long = "x".repeat(65);
+    for (id, target, args, code) in [
+        ("s-bad-1", vec!["INST-X"], serde_json::json!({ "requester": long }), "malformed"),
+        ("s-bad-2", vec!["INST-X"], serde_json::json!({ "bogus": 1 }), "malformed"),
+        ("s-bad-3", vec!["INST-X"], serde_json::json!({ "max_minutes": 11 }), "malformed"),
+        ("s-bad-4", vec!["INST-X", "INST-Y"], Value::Null, "bad_target"),
+        ("s-bad-5", vec![], Value::Null, "bad_target"),
+    ] {
+        t.queue(id, "session", &target, args);
+        let r = t.final_state(id);
+        assert_eq!((r.state, r.code.as_str()), (CommandState::Refused, code), "{id}: {r:?}");
+    }
+    assert_eq!(ax.asks().len(), 3, "no refused request reached the instrument");
+    t.assert_closed("bad requests");
+
     // ---- no answer in time, then a late approval ----
     t.phase("expired request (10 s)");
     ax.set_decision(Decision::Ignore);

@@ -45,7 +45,7 @@ pub const KIND: &str = "session";
 pub const CLOSE_KIND: &str = "session_close";
 /// How long OpenVPN has to stop before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-/// Longest requester / reason text of a `session` command.
+/// Longest reason text of a `session` command (the requester: [`MAX_WHO`]).
 const MAX_TEXT: usize = 200;
 
 /// Arguments of a `session` command.
@@ -271,8 +271,12 @@ impl Sessions {
                 Ok(a) => a,
                 Err(e) => return Verdict::malformed(format!("session arguments: {e}")),
             };
-        if args.requester.len() > MAX_TEXT || args.reason.len() > MAX_TEXT {
-            return Verdict::malformed(format!("requester and reason are at most {MAX_TEXT} bytes each"));
+        if args.requester.len() > MAX_WHO || args.reason.len() > MAX_TEXT {
+            return Verdict::malformed(format!(
+                "requester is at most {MAX_WHO} bytes and reason at most {MAX_TEXT} (got {} and {})",
+                args.requester.len(),
+                args.reason.len()
+            ));
         }
         let max_minutes = match args.max_minutes {
             None => inner.cfg.max_minutes,
