@@ -18,9 +18,9 @@
 //! pages are silent from the uplink side (the box's uplink address and, routed through
 //! it, the lab-side address); the access and error logs hold the requests and refusals,
 //! the audit trail the logins, the refusals and the apply; a `[pages]` port applied on the
-//! console makes rapweb start again on it, reachable from the lab side. Screenshots of every page are
-//! kept under target/qemu-tests/screenshots/pages/ (paths printed). Skips only when the
-//! image is missing.
+//! console makes rapweb start again on it, reachable from the lab side. Screenshots of
+//! every page are kept under target/qemu-tests/screenshots/pages/ (paths printed). Skips
+//! only when the image is missing.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
