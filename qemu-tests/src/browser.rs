@@ -128,6 +128,21 @@ impl Session {
         let e = self.element(css)?;
         self.cmd("POST", &format!("/element/{e}/click"), Some(&json!({}))).map(|_| ())
     }
+    /// Clicks `css` (a submit button, a link) and waits until a new document has replaced
+    /// the page: an element reference is the document's, so the root element's changes. (A
+    /// click may return before the navigation it starts: reading the old page then is a race.)
+    pub fn click_and_wait(&self, css: &str) -> Result<(), String> {
+        let before = self.element("html")?;
+        self.click(css)?;
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.element("html") {
+                Ok(now) if now != before => return Ok(()),
+                _ if Instant::now() > end => return Err(format!("no new page within 60 s of clicking {css}")),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
     /// Saves a PNG screenshot of the window.
     pub fn screenshot(&self, to: &Path) -> Result<(), String> {
         let b64 = self.cmd("GET", "/screenshot", None)?.as_str().unwrap_or_default().to_owned();

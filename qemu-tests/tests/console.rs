@@ -270,6 +270,14 @@ fn technician_console_audit_trail_and_syslog_over_tls() {
     assert_eq!(rc, 0, "{out}");
     assert!(lines(&out)[0].starts_with("applied live ("), "{out}");
     assert_eq!(lines(&out)[2], "  changes  network.uplink.dns", "{out}");
+    // rapctl logs: rapd's journal (the technician is in systemd-journal), and a unit's.
+    let logs = vm.console.run_ok("rapctl logs -n 200", timeout(60));
+    assert!(logs.contains(&format!(" by console:{ALICE}: applied live (")), "rapd's journal:\n{logs}");
+    let web = vm.console.run_ok("rapctl logs -u rapweb -n 20", timeout(60));
+    assert!(
+        web.contains("rapweb: the configuration pages are disabled ([pages] enabled = false in /etc/rapbox/rapd.toml)"),
+        "rapweb's journal (pages off by default):\n{web}"
+    );
     let (out, rc) = vm.console.run("rapctl uplink tset", timeout(30));
     assert_eq!(rc, 2, "{out}");
     assert!(out.contains("error: unrecognized subcommand 'tset'"), "{out}");

@@ -17,9 +17,10 @@
 //! on trial, the actor is the technician of the pages); logging out ends the session; the
 //! pages are silent from the uplink side (the box's uplink address and, routed through
 //! it, the lab-side address); the access and error logs hold the requests and refusals,
-//! the audit trail the logins, the refusals and the apply. Screenshots of every page are
-//! kept under target/qemu-tests/screenshots/pages/ (paths printed). Skips only when the
-//! image is missing.
+//! the audit trail the logins, the refusals and the apply; a `[pages]` port applied on the
+//! console makes rapweb start again on it, reachable from the lab side. Screenshots of
+//! every page are kept under target/qemu-tests/screenshots/pages/ (paths printed). Skips
+//! only when the image is missing.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -262,14 +263,14 @@ fn configuration_pages_in_a_real_browser() {
             // A failed login.
             s.fill("#user", ALICE).unwrap();
             s.fill("#password", "not-her-password").unwrap();
-            s.click("#login").unwrap();
+            s.click_and_wait("#login").unwrap();
             assert_eq!(s.text("#message").unwrap(), "Login failed: wrong user name or password.");
             assert_banner(&s, "failed login");
             shot(&s, &shots_dir, "02-login-failed", &mut shots);
             // The right password.
             s.fill("#user", ALICE).unwrap();
             s.fill("#password", ALICE_PW).unwrap();
-            s.click("#login").unwrap();
+            s.click_and_wait("#login").unwrap();
             assert_eq!(s.url().unwrap(), format!("{base}/status"));
             assert_banner(&s, "status");
             let st = s.text("main").unwrap();
@@ -286,7 +287,7 @@ fn configuration_pages_in_a_real_browser() {
             shot(&s, &shots_dir, "05-uplink", &mut shots);
             // A bad proxy: refused by rapd's validation, the key named.
             s.fill("#proxy", "ftp://10.0.2.2:21").unwrap();
-            s.click("#apply").unwrap();
+            s.click_and_wait("#apply").unwrap();
             assert_eq!(
                 s.text("#message").unwrap(),
                 format!(
@@ -298,7 +299,7 @@ fn configuration_pages_in_a_real_browser() {
             // A bad gateway (not on the uplink's subnet), checked only.
             s.fill("#proxy", "").unwrap();
             s.fill("#gateway", "10.0.3.2").unwrap();
-            s.click("#check").unwrap();
+            s.click_and_wait("#check").unwrap();
             assert_eq!(
                 s.text("#message").unwrap(),
                 format!(
@@ -309,15 +310,15 @@ fn configuration_pages_in_a_real_browser() {
             // A good change: checked, then applied.
             s.fill("#gateway", &GW.to_string()).unwrap();
             s.fill("#dns", "10.0.2.2").unwrap();
-            s.click("#check").unwrap();
+            s.click_and_wait("#check").unwrap();
             assert_eq!(s.text("#message").unwrap(), "Valid (checked by rapd, not applied): network.uplink.dns");
-            s.click("#apply").unwrap();
+            s.click_and_wait("#apply").unwrap();
             let m = s.text("#message").unwrap();
             assert!(m.starts_with("Applied: network.uplink.dns; on trial: "), "{m}");
             assert_banner(&s, "applied");
             shot(&s, &shots_dir, "08-uplink-applied", &mut shots);
             // Logging out ends the session.
-            s.click("#logout").unwrap();
+            s.click_and_wait("#logout").unwrap();
             assert_eq!(s.url().unwrap(), format!("{base}/login"));
             s.goto(&format!("{base}/status")).unwrap();
             assert_eq!(s.url().unwrap(), format!("{base}/login"), "/status after logging out");
@@ -370,6 +371,21 @@ fn configuration_pages_in_a_real_browser() {
     assert_eq!(with(&[&actor, "config.applied  success  "]), 1, "{audit}");
     let verify = vm.console.run_ok("rapctl audit verify", timeout(30));
     assert!(verify.contains(": intact, "), "{verify}");
+
+    // ---- another port for the pages, applied while rapweb runs: rapweb starts again on it ----
+    let (out, rc) = vm.console.run("rapctl config apply pages.port=8443", timeout(120));
+    assert_eq!(rc, 0, "{out}");
+    let socks = vm.console.run_ok(
+        "for i in $(seq 60); do ss -Htlnp | grep '\"rapweb\"' | grep -q ':8443 ' && break; sleep 0.5; done; \
+         ss -Htlnp | grep '\"rapweb\"' | awk '{print $4}' | sort",
+        timeout(60),
+    );
+    assert_eq!(lines(&socks), ["10.10.1.1:8443", "10.10.2.1:8443"], "rapweb after pages.port=8443");
+    assert_eq!(curl(&harness, &[&format!("https://{BOX_A}:8443/login")]), "200", "the pages on the new port");
+    let j =
+        vm.console.run_ok("journalctl -b -u rapweb.service --no-pager | grep -c '\\[pages\\] changed'", timeout(30));
+    assert_eq!(j.trim(), "1", "rapweb said why it started again");
+
     println!(
         "pages test: {:.1} s ({:.1} s to the pages listening)",
         started.elapsed().as_secs_f64(),

@@ -10,7 +10,8 @@
 //! logins and logouts to the audit trail (through rapd).
 //!
 //! Exit codes: 0 the pages are disabled in the configuration (nothing to serve), 1
-//! runtime failure, 2 bad configuration or arguments, 3 FIPS gate refused, 5 cannot listen.
+//! runtime failure, 2 bad configuration or arguments, 3 FIPS gate refused, 5 cannot listen,
+//! 75 `[pages]` changed in the configuration in force (systemd starts it again).
 
 mod auth;
 mod http;
@@ -178,6 +179,10 @@ fn run(args: Args) -> i32 {
         cfg.pages.log_dir.display()
     );
     let app = Arc::new(App { cfg, auth: Auth::default(), logs, shadow: args.shadow });
+    {
+        let app = app.clone();
+        std::thread::spawn(move || watch_config(&app));
+    }
     let active = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for l in listeners {
@@ -188,6 +193,36 @@ fn run(args: Args) -> i32 {
         let _ = h.join();
     }
     1
+}
+
+/// How often rapweb asks rapd whether `[pages]` changed.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+/// The exit code of a restart for a changed `[pages]` (systemd starts rapweb again).
+const EXIT_RESTART: i32 = 75;
+
+/// Exits [`EXIT_RESTART`] when the configuration in force (a `config_apply` of anyone's)
+/// says other things about the pages than the one rapweb started with: another port,
+/// other interfaces or box addresses to listen on, other log directory, or disabled.
+/// systemd starts rapweb again (`Restart=on-failure`), with the new configuration.
+fn watch_config(app: &App) {
+    loop {
+        std::thread::sleep(WATCH_EVERY);
+        let Ok(control::Response { ok: true, config_show: Some(sh), .. }) =
+            control::request(&app.cfg.control.socket, &Request::ConfigShow)
+        else {
+            continue;
+        };
+        let Ok(now) = Config::parse(&sh.path, &sh.document) else { continue };
+        if now.pages != app.cfg.pages {
+            eprintln!(
+                "rapweb: [pages] changed in the configuration in force (now: enabled {}, port {}, {}): starting again",
+                now.pages.enabled,
+                now.pages.port,
+                now.pages.listen.iter().map(|(i, a)| format!("{i} {a}")).collect::<Vec<_>>().join(", ")
+            );
+            std::process::exit(EXIT_RESTART);
+        }
+    }
 }
 
 /// A listening socket on `a` with `IP_FREEBIND`: the box address is rapd's to assign
