@@ -748,6 +748,13 @@ impl Config {
             }
             None => raw.queue.path.with_file_name("audit.log"),
         };
+        if audit_path == raw.queue.path {
+            return Err(bad(
+                "queue.path",
+                "`audit.log` beside it is the audit log's default place: name the queue otherwise or set audit.path"
+                    .into(),
+            ));
+        }
 
         // commands
         let commands_path = match &raw.commands.path {
@@ -760,6 +767,13 @@ impl Config {
             }
             None => raw.queue.path.with_file_name("commands.db"),
         };
+        if raw.commands.path.is_none() && (commands_path == raw.queue.path || commands_path == audit_path) {
+            return Err(bad(
+                "queue.path",
+                "`commands.db` beside it is the command store's default place: name the files otherwise or set commands.path"
+                    .into(),
+            ));
+        }
         if !(1..=3600).contains(&raw.commands.poll_interval_s) {
             return Err(bad(
                 "commands.poll_interval_s",
@@ -1491,6 +1505,11 @@ listen = "10.10.2.1:7300"
         assert_eq!(e, "/etc/rapbox/rapd.toml: key `audit.path`: `audit.log` must be an absolute path");
         let e = err(&format!("{GOOD}\n[audit]\npath = \"/data/rapd/queue.db\"\n"));
         assert_eq!(e, "/etc/rapbox/rapd.toml: key `audit.path`: must not be the queue database");
+        // Found by the config fuzz target: a queue named like a default file beside it.
+        let e = err(&GOOD.replace("/data/rapd/queue.db", "/data/rapd/audit.log"));
+        assert!(e.contains("key `queue.path`") && e.contains("audit.path"), "{e}");
+        let e = err(&GOOD.replace("/data/rapd/queue.db", "/data/rapd/commands.db"));
+        assert!(e.contains("key `queue.path`") && e.contains("commands.path"), "{e}");
         let e = err(&format!("{GOOD}\n[audit]\nship = false\n"));
         assert!(e.contains("unknown field `ship`"), "{e}");
     }
