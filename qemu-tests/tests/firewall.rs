@@ -404,6 +404,15 @@ fn firewall_and_ports_in_the_booted_image() {
         "the data center is reached from the box's uplink address"
     );
     assert_eq!(vm.console.run_ok("cat /proc/sys/net/ipv4/ip_forward", timeout(10)).trim(), "1", "LIS forward on");
+    // Hardening controls 35 and 39 of the live box with the LIS forward on: forwarding is
+    // allowed because the firewall forwards (and names the rule), the uplink answers nothing.
+    let (text, _) = vm.console.run("raphard check-live | grep -E '^(35|39) '", timeout(120));
+    let line = |id: &str| text.lines().find(|l| l.starts_with(id)).unwrap_or("").to_string();
+    assert!(
+        line("35 pass").contains("net.ipv4.ip_forward=1 (the firewall forwards: QFW-0001: LIS forward"),
+        "control 35 with the LIS forward on: {text}"
+    );
+    assert!(line("39 pass").contains("nothing new accepted on the uplink enp0s3"), "control 39: {text}");
 
     // Real reports from both instruments reach rapd and the data center.
     let sims: Vec<SimRun> = [(a, SERIAL_A, A_BOX), (&around.b, SERIAL_B, B_BOX)]

@@ -1,5 +1,6 @@
 //! Hardening inside the booted image (docs/hardening.md), in one boot: `raphard
-//! check-live` passes every run-time control (its JSON and HTML reports are kept in
+//! check-live` passes every run-time control, the configuration pages crawled on an
+//! instrument port's box address (its JSON and HTML reports are kept in
 //! target/qemu-logs/ as test artifacts), the kernel runs with fips=1, and every TLS user
 //! on the box refuses a non-approved algorithm under the system FIPS configuration:
 //! rapd's gate, sshd (ChaCha20-Poly1305, curve25519, non-approved MACs refused; port 22
@@ -25,12 +26,12 @@ const TEST: &str = "hardening";
 const LOGHOST: &str = "10.0.2.100";
 
 /// The box configuration of a field installation: the harness's instrument ports, the
-/// uplink by DHCP with the remote syslog collector, and rapd's firewall on.
+/// uplink by DHCP with the remote syslog collector, rapd's firewall and the pages on.
 fn template(dc: &DataCenter) -> PathBuf {
     let t = image::template_with_ports(&dc.dir.join("rapd.toml.in"), &image::harness_ports("HARD")).expect("template");
     let mut text = std::fs::read_to_string(&t).expect("template");
     text.push_str(&format!(
-        "\n[network.uplink]\ninterface = \"enp0s3\"\naddressing = \"dhcp\"\nsyslog = \"{LOGHOST}:6514\"\n\n[firewall]\nenabled = true\n"
+        "\n[network.uplink]\ninterface = \"enp0s3\"\naddressing = \"dhcp\"\nsyslog = \"{LOGHOST}:6514\"\n\n[firewall]\nenabled = true\n\n[pages]\nenabled = true\n"
     ));
     std::fs::write(&t, text).expect("template");
     t
@@ -260,10 +261,16 @@ fn hardened_image_refuses_non_approved_algorithms_and_passes_live_controls() {
     // raphard check-live: every run-time control passes (or is waived with a reason).
     let waivers = std::fs::read_to_string(qemu_tests::workspace().join("hardening/waivers.toml")).expect("waivers");
     put(&mut vm, "/run/rapq-waivers.toml", &waivers);
+    // The pages are crawled on the first instrument port's box address (controls 34, 46).
+    let (web, _) = vm.console.run(
+        "for i in $(seq 120); do ss -Htln '( sport = :443 )' | grep -q . && break; sleep 0.5; done; ss -Htlnp '( sport = :443 )'",
+        timeout(90),
+    );
+    f.check(web.contains("rapweb"), || format!("rapweb is not listening on 443: {web}"));
     let (text, rc) = vm.console.run(
         "raphard check-live --waivers /run/rapq-waivers.toml --report-json /run/raphard-live.json \
-         --report-html /run/raphard-live.html",
-        timeout(120),
+         --report-html /run/raphard-live.html --web-url https://10.10.1.1/",
+        timeout(180),
     );
     println!("raphard check-live (exit {rc}):\n{text}");
     let logs = qemu_tests::log_dir();
@@ -276,8 +283,6 @@ fn hardened_image_refuses_non_approved_algorithms_and_passes_live_controls() {
         let (id, status, kind) =
             (c["id"].as_u64().unwrap_or(0), c["status"].as_str().unwrap_or(""), c["kind"].as_str());
         let want: &[&str] = match (id, kind) {
-            // the web pages (issue 7) are not in the image yet: nothing to crawl
-            (34 | 46, _) => &["not-evaluated"],
             (_, Some("offline")) => &["not-evaluated"],
             _ => &["pass", "waived"],
         };

@@ -117,7 +117,7 @@ pub const CONTROLS: &[Control] = &[
       "crawls the --web-url pages (same origin, through openssl s_client) and finds the banner text on each"),
     c(35, "IPv4/IPv6 routing hardening sysctls", &["sysctl_net_ipv4_ip_forward", "sysctl_net_ipv4_conf_all_rp_filter", "sysctl_net_ipv4_conf_all_accept_redirects", "sysctl_net_ipv4_conf_all_send_redirects", "sysctl_net_ipv4_conf_all_accept_source_route"], &["RHEL-08-040285", "RHEL-08-040279", "RHEL-08-040220", "RHEL-08-040239"], Both,
       "ip_forward=0, rp_filter=1, accept_redirects=0, send_redirects=0, accept_source_route=0 (all/default, IPv4 and IPv6) in the effective sysctl.d settings",
-      "the same values in /proc/sys (ip_forward may be 1 only while an authorised session is up: --session-active)"),
+      "the same values in /proc/sys; ip_forward may be 1 only where the firewall forwards (a live FORWARD rule accepting new connections: an opted-in LIS forward or a session's remote desktop) or while an authorised session is up (--session-active)"),
     c(36, "tcp_syncookies, kptr_restrict, dmesg_restrict", &["sysctl_net_ipv4_tcp_syncookies", "sysctl_kernel_kptr_restrict", "sysctl_kernel_dmesg_restrict"], &["RHEL-08-040283", "RHEL-08-010375"], Both,
       "net.ipv4.tcp_syncookies=1, kernel.kptr_restrict=2, kernel.dmesg_restrict=1 in the effective sysctl.d settings",
       "the same values in /proc/sys"),
@@ -127,9 +127,9 @@ pub const CONTROLS: &[Control] = &[
     c(38, "usb-storage and sctp modules blacklisted", &["kernel_module_usb-storage_disabled", "kernel_module_sctp_disabled"], &["RHEL-08-040080", "RHEL-08-040023"], Both,
       "modprobe.d: `install <module> /bin/false` (or /bin/true) and `blacklist <module>` for usb-storage and sctp",
       "neither module is loaded (/proc/modules)"),
-    c(39, "Default-drop INPUT and FORWARD policies", &["set_iptables_default_rule", "nftables_ensure_default_deny_policy"], &[], Runtime,
-      "INPUT and FORWARD chains (IPv4 and IPv6) have policy DROP once the box is up",
-      "`iptables -S` and `ip6tables -S` print -P INPUT DROP and -P FORWARD DROP"),
+    c(39, "Default-drop INPUT and FORWARD policies; the box answers nothing on the uplink side", &["set_iptables_default_rule", "nftables_ensure_default_deny_policy"], &[], Runtime,
+      "INPUT and FORWARD chains (IPv4 and IPv6) have policy DROP once the box is up, and no rule accepts a new connection arriving on the uplink",
+      "`iptables -S` and `ip6tables -S` print -P INPUT DROP and -P FORWARD DROP; no ACCEPT reachable from INPUT for packets on the uplink (--uplink, default the IPv4 default route's interface) other than RELATED,ESTABLISHED answers"),
     c(40, "Boot loader protected against editing", &["grub2_password"], &["RHEL-08-010150"], Offline,
       "systemd-boot loader.conf on the EFI system partition (--esp) says `editor no`; on real hardware also a firmware (BIOS) password", ""),
     c(41, "Audit daemon enabled", &["service_auditd_enabled"], &["RHEL-08-030181"], Both,
@@ -149,7 +149,7 @@ pub const CONTROLS: &[Control] = &[
       "/proc/sys/crypto/fips_enabled is 1; `openssl list -providers` shows fips active and no default provider; `openssl md5` is refused"),
     c(46, "Web pages: TLS only, no CGI, needed modules only, complete logs", &["httpd_configure_tls", "httpd_cgi_support", "httpd_enable_log_config"], &[], Runtime,
       "the web configuration interface answers only over TLS, runs no CGI, loads only needed modules and logs every access and error",
-      "for each --web-url host: plain HTTP on port 80 refused or redirected to https, /cgi-bin/ not served"),
+      "for each --web-url host: plain HTTP on port 80 refused or redirected to https, /cgi-bin/ not served; every request of the crawl in the --web-logs access log and every error answer in its error log; the listening process maps only the shared objects of policy/web-modules.allow"),
 ];
 
 /// The control with this id.

@@ -11,6 +11,7 @@ pub mod checks;
 pub mod dpkg;
 pub mod error;
 pub mod live;
+pub mod netfilter;
 pub mod policy;
 pub mod report;
 pub mod root;

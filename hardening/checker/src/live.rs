@@ -5,39 +5,68 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::checks::audit::{dir_problems, file_problems, rsyslog_text, tls_forwarders};
+use crate::netfilter::{self, Table};
 use crate::policy::Policy;
 use crate::report::Verdict;
 use crate::root::Root;
 use crate::sysctl::REQUIRED;
 
 /// Options of a live run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LiveOptions {
     /// An authorised remote-service session is up: net.ipv4.ip_forward may be 1.
     pub session_active: bool,
     /// Pages of the web configuration interface to crawl (controls 34 and 46).
     pub web_urls: Vec<String>,
+    /// The web server's log directory (access.log, error.log): every request of the
+    /// crawl must be in them (control 46).
+    pub web_logs: PathBuf,
+    /// The uplink interface (control 39); by default `[network.uplink] interface` of
+    /// `rapd_config`, else the interface of the IPv4 default route.
+    pub uplink: Option<String>,
+    /// rapd's configuration (for the uplink interface).
+    pub rapd_config: PathBuf,
+}
+
+impl Default for LiveOptions {
+    fn default() -> LiveOptions {
+        LiveOptions {
+            session_active: false,
+            web_urls: Vec::new(),
+            web_logs: PathBuf::from("/var/log/rapweb"),
+            uplink: None,
+            rapd_config: PathBuf::from("/etc/rapbox/rapd.toml"),
+        }
+    }
 }
 
 /// The live verdicts: (control id, verdict) for the controls with a live side.
 pub fn run(policy: &Policy, opts: &LiveOptions) -> Vec<(u8, Verdict)> {
     let root = Root::new("/");
     let mut out = Vec::new();
+    let tables = [("iptables", filter_table("iptables")), ("ip6tables", filter_table("ip6tables"))];
+    let forwards = match &tables[0].1 {
+        Ok(t) => t.forwards(),
+        Err(_) => Vec::new(),
+    };
     for id in [35, 36, 37] {
-        out.push((id, sysctls(id, opts.session_active)));
+        out.push((id, sysctls(id, opts.session_active, &forwards)));
     }
     out.push((38, modules()));
-    out.push((39, firewall()));
+    let uplink =
+        opts.uplink.clone().map(|u| (u, "--uplink".to_string())).or_else(|| configured_uplink(&opts.rapd_config));
+    out.push((39, firewall(&tables, uplink)));
     let status = command("auditctl", &["-s"]);
     out.push((41, audit_enabled(&status)));
     out.push((42, audit_immutable(&status)));
     out.push((43, audit_logs(&root)));
     out.push((44, remote_log(&root)));
     out.push((45, fips()));
-    let (v34, v46) = web(policy, &opts.web_urls);
+    let (v34, v46) = web(policy, &opts.web_urls, &opts.web_logs);
     out.push((34, v34));
     out.push((46, v46));
     out
@@ -53,16 +82,25 @@ fn command(program: &str, args: &[&str]) -> Result<(bool, String), String> {
     }
 }
 
-fn sysctls(id: u8, session_active: bool) -> Verdict {
+/// `forwards`: the firewall's rules that forward new connections (ip_forward=1 is
+/// needed, and allowed, only when there is one, or while an authorised session is up).
+fn sysctls(id: u8, session_active: bool, forwards: &[String]) -> Verdict {
     let mut bad = Vec::new();
     let mut found = Vec::new();
     for req in REQUIRED.iter().filter(|r| r.control == id) {
         let path = format!("/proc/sys/{}", req.key.replace('.', "/"));
         match std::fs::read_to_string(&path) {
             Ok(v) if req.holds(&v) => found.push(format!("{}={}", req.key, v.trim())),
-            Ok(v) if req.key == "net.ipv4.ip_forward" && session_active && v.trim() == "1" => {
+            Ok(v) if req.key == "net.ipv4.ip_forward" && v.trim() == "1" && session_active => {
                 found.push(format!("{}=1 (authorised session active)", req.key))
             }
+            Ok(v) if req.key == "net.ipv4.ip_forward" && v.trim() == "1" && !forwards.is_empty() => {
+                found.push(format!("{}=1 (the firewall forwards: {})", req.key, forwards.join("; ")))
+            }
+            Ok(v) if req.key == "net.ipv4.ip_forward" && v.trim() == "1" => bad.push(format!(
+                "{} = 1 in /proc/sys, must be 0: the firewall forwards nothing and no authorised session is up",
+                req.key
+            )),
             Ok(v) => bad.push(format!("{} = {} in /proc/sys, must be {}", req.key, v.trim(), req.wanted())),
             Err(e) => bad.push(format!("{path}: {e}")),
         }
@@ -80,29 +118,56 @@ fn modules() -> Verdict {
     Verdict::from_problems(bad, "usb_storage and sctp not loaded")
 }
 
-fn firewall() -> Verdict {
+fn filter_table(tool: &str) -> Result<Table, String> {
+    match command(tool, &["-S"]) {
+        Err(e) => Err(e),
+        Ok((false, out)) => Err(format!("`{tool} -S` failed: {}", out.trim())),
+        Ok((true, out)) => Ok(Table::parse(&out)),
+    }
+}
+
+/// `[network.uplink] interface` of rapd's configuration, with where it came from.
+fn configured_uplink(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    let iface = v.get("network")?.get("uplink")?.get("interface")?.as_str()?;
+    Some((iface.to_string(), format!("{} [network.uplink]", path.display())))
+}
+
+/// Control 39: INPUT and FORWARD drop by default (IPv4 and IPv6), and nothing accepts a
+/// new connection arriving on the uplink (`uplink`: the interface and where it came
+/// from; without it, the interface of the IPv4 default route).
+fn firewall(tables: &[(&str, Result<Table, String>)], uplink: Option<(String, String)>) -> Verdict {
     let mut bad = Vec::new();
     let mut found = Vec::new();
-    for tool in ["iptables", "ip6tables"] {
-        match command(tool, &["-S"]) {
-            Err(e) => bad.push(e),
-            Ok((false, out)) => bad.push(format!("`{tool} -S` failed: {}", out.trim())),
-            Ok((true, out)) => {
-                for chain in ["INPUT", "FORWARD"] {
-                    let policy = out
-                        .lines()
-                        .find_map(|l| l.strip_prefix(&format!("-P {chain} ")))
-                        .unwrap_or("?")
-                        .trim()
-                        .to_string();
-                    if policy == "DROP" {
-                        found.push(format!("{tool} {chain} DROP"));
-                    } else {
-                        bad.push(format!("{tool}: policy of {chain} is {policy}, not DROP"));
-                    }
-                }
+    let uplink = uplink.map(|(u, _)| u).or_else(|| {
+        netfilter::default_route_interface(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
+    });
+    for (tool, table) in tables {
+        let t = match table {
+            Ok(t) => t,
+            Err(e) => {
+                bad.push(e.clone());
+                continue;
+            }
+        };
+        for chain in ["INPUT", "FORWARD"] {
+            match t.policy(chain) {
+                "DROP" => found.push(format!("{tool} {chain} DROP")),
+                p => bad.push(format!("{tool}: policy of {chain} is {p}, not DROP")),
             }
         }
+        if let Some(up) = &uplink {
+            let open = t.uplink_accepts(up);
+            if open.is_empty() {
+                found.push(format!("{tool}: nothing new accepted on the uplink {up}"));
+            } else {
+                bad.push(format!("{tool}: new connections on the uplink {up} are accepted by: {}", open.join("; ")));
+            }
+        }
+    }
+    if uplink.is_none() {
+        bad.push("no --uplink, no [network.uplink] interface in rapd's configuration and no IPv4 default route: the uplink side cannot be checked".into());
     }
     Verdict::from_problems(bad, found.join(", "))
 }
@@ -304,14 +369,108 @@ fn links(body: &str) -> Vec<String> {
         .collect()
 }
 
-fn web(policy: &Policy, urls: &[String]) -> (Verdict, Verdict) {
+/// Sizes of the web server's logs before the crawl: only what is appended after them is
+/// read.
+fn log_sizes(dir: &Path) -> [u64; 2] {
+    ["access.log", "error.log"].map(|n| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0))
+}
+
+fn appended(path: &Path, from: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..]).into_owned()
+}
+
+/// Control 46, the logs: every request of the crawl in the access log (`"GET PATH ..."
+/// STATUS`, the common log format), and every error answer (4xx other than 401, 5xx)
+/// also in the error log. The server writes a line after it has answered, so this waits
+/// up to 5 s for the last ones.
+fn log_problems(dir: &Path, before: [u64; 2], asked: &[(String, u16)]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let access = appended(&dir.join("access.log"), before[0]);
+        let error = appended(&dir.join("error.log"), before[1]);
+        let mut bad = Vec::new();
+        for (path, code) in asked {
+            let req = format!("\"GET {path} ");
+            if !access.lines().any(|l| l.contains(&req) && l.contains(&format!("\" {code} "))) {
+                bad.push(format!("GET {path} (answered {code}) is not in {}", dir.join("access.log").display()));
+            }
+            if (*code >= 400 && *code != 401) && !error.lines().any(|l| l.contains(&format!(" {path} "))) {
+                bad.push(format!("GET {path} (answered {code}) is not in {}", dir.join("error.log").display()));
+            }
+        }
+        if bad.is_empty() || std::time::Instant::now() > deadline {
+            return bad;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The process listening on TCP `port` (from /proc/net/tcp{,6} and the processes' fds).
+fn listener(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(f).unwrap_or_default().lines().skip(1) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let local = w.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if w.len() > 9 && w[3] == "0A" && local == Some(port) {
+                inodes.push(format!("socket:[{}]", w[9]));
+            }
+        }
+    }
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for e in procs.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else { continue };
+        for fd in fds.filter_map(|f| f.ok()) {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str())) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// Control 46, the modules: every shared object the web server has mapped (its own
+/// program aside) is on the reviewed list policy/web-modules.allow.
+fn module_problems(policy: &Policy, port: u16) -> (Vec<String>, String) {
+    let Some(pid) = listener(port) else {
+        return (vec![format!("no process found listening on port {port}")], String::new());
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut objects = std::collections::BTreeSet::new();
+    for l in maps.lines() {
+        if let Some(path) = l.split_whitespace().nth(5).filter(|p| p.starts_with('/')) {
+            if Path::new(path) != exe {
+                objects.insert(path.to_string());
+            }
+        }
+    }
+    let mut bad = Vec::new();
+    let mut names = Vec::new();
+    for o in &objects {
+        let name = o.rsplit('/').next().unwrap_or(o);
+        if policy.web_module_allowed(name) {
+            names.push(name.to_string());
+        } else {
+            bad.push(format!("the web server {comm} (pid {pid}) maps {o}, not in policy/web-modules.allow"));
+        }
+    }
+    (bad, format!("{comm} (pid {pid}) maps only {}", names.join(" ")))
+}
+
+fn web(policy: &Policy, urls: &[String], logs: &Path) -> (Verdict, Verdict) {
     if urls.is_empty() {
-        let why = "no --web-url given: the image serves no web configuration pages yet";
+        let why = "no --web-url given: no web configuration pages to crawl";
         return (Verdict::not_evaluated(why), Verdict::not_evaluated(why));
     }
     let want = policy.banner.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut bad34 = Vec::new();
     let mut bad46 = Vec::new();
+    let mut ok46 = vec!["TLS only, no /cgi-bin/".to_string()];
     let mut pages = 0;
     for url in urls {
         let Some((scheme, host, port, path)) = parse_url(url) else {
@@ -322,6 +481,8 @@ fn web(policy: &Policy, urls: &[String]) -> (Verdict, Verdict) {
             bad46.push(format!("{url}: not https"));
             continue;
         }
+        let before = log_sizes(logs);
+        let mut asked = Vec::new();
         let mut todo = vec![path];
         let mut seen = std::collections::BTreeSet::new();
         while let Some(p) = todo.pop() {
@@ -332,6 +493,7 @@ fn web(policy: &Policy, urls: &[String]) -> (Verdict, Verdict) {
                 Err(e) => bad34.push(e),
                 Ok((code, body)) => {
                     pages += 1;
+                    asked.push((p.clone(), code));
                     let text = body.split_whitespace().collect::<Vec<_>>().join(" ");
                     if code == 200 && !text.contains(&want) {
                         bad34.push(format!("https://{host}:{port}{p} lacks the DoD banner"));
@@ -343,6 +505,7 @@ fn web(policy: &Policy, urls: &[String]) -> (Verdict, Verdict) {
         match std::net::TcpStream::connect((host.as_str(), 80)) {
             Err(_) => {}
             Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
                 let _ = s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes());
                 let mut head = String::new();
                 let _ = s.take(4096).read_to_string(&mut head);
@@ -354,16 +517,27 @@ fn web(policy: &Policy, urls: &[String]) -> (Verdict, Verdict) {
             }
         }
         match https_get(&host, port, "/cgi-bin/") {
-            Ok((code, _)) if code == 404 || code == 403 => {}
+            Ok((code, _)) if code == 404 || code == 403 => asked.push(("/cgi-bin/".into(), code)),
             Ok((code, _)) => bad46.push(format!("https://{host}:{port}/cgi-bin/ answers {code}")),
             Err(e) => bad46.push(e),
         }
+        let logged = log_problems(logs, before, &asked);
+        if logged.is_empty() {
+            ok46.push(format!(
+                "{} request(s) in {}/access.log, the refusals in error.log",
+                asked.len(),
+                logs.display()
+            ));
+        }
+        bad46.extend(logged);
+        let (modules, found) = module_problems(policy, port);
+        if modules.is_empty() {
+            ok46.push(found);
+        }
+        bad46.extend(modules);
     }
     let v34 = Verdict::from_problems(bad34, format!("DoD banner on {pages} page(s)"));
-    let v46 = Verdict::all(vec![
-        Verdict::from_problems(bad46, "TLS only, no /cgi-bin/"),
-        Verdict::not_evaluated("web server modules and log configuration: review the server's configuration"),
-    ]);
+    let v46 = Verdict::from_problems(bad46, ok46.join("; "));
     (v34, v46)
 }
 

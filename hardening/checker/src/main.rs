@@ -70,6 +70,16 @@ enum Cmd {
         /// A page of the web configuration interface to crawl (repeatable).
         #[arg(long)]
         web_url: Vec<String>,
+        /// The web server's log directory: every request of the crawl must be logged there.
+        #[arg(long, default_value = "/var/log/rapweb")]
+        web_logs: PathBuf,
+        /// The uplink interface (control 39); default: `[network.uplink] interface` of
+        /// --rapd-config, else the interface of the IPv4 default route.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// rapd's configuration, read for the uplink interface.
+        #[arg(long, default_value = "/etc/rapbox/rapd.toml")]
+        rapd_config: PathBuf,
         /// Also run the offline checks on / (slower: walks the root file system).
         #[arg(long)]
         with_offline: bool,
@@ -122,9 +132,9 @@ fn run() -> Result<bool> {
             let report = raphard::check_offline(&root, &policy, &inputs, &waivers)?;
             emit(&report, &common)
         }
-        Cmd::CheckLive { session_active, web_url, with_offline, common } => {
+        Cmd::CheckLive { session_active, web_url, web_logs, uplink, rapd_config, with_offline, common } => {
             let (policy, waivers) = load(&common)?;
-            let opts = LiveOptions { session_active, web_urls: web_url };
+            let opts = LiveOptions { session_active, web_urls: web_url, web_logs, uplink, rapd_config };
             let report = raphard::check_live(&policy, &opts, &waivers, with_offline);
             emit(&report, &common)
         }

@@ -13,6 +13,7 @@ const ACCOUNTS: &str = include_str!("../../policy/accounts.allow");
 const SUID: &str = include_str!("../../policy/suid.allow");
 const PACKAGES: &str = include_str!("../../policy/packages.deny");
 const BANNER: &str = include_str!("../../dod-banner.txt");
+const WEB_MODULES: &str = include_str!("../../policy/web-modules.allow");
 
 /// A file allowed to keep its set-user-ID or set-group-ID bit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub struct Policy {
     pub deny: Vec<DenyRule>,
     /// The DoD notice-and-consent text.
     pub banner: String,
+    /// Shared objects the web server may have mapped (control 46): file names, an entry
+    /// ending in `*` a prefix.
+    pub web_modules: Vec<String>,
 }
 
 impl Policy {
@@ -64,6 +68,14 @@ impl Policy {
         self.accounts.iter().any(|a| match a.strip_suffix('*') {
             Some(prefix) => account.len() > prefix.len() && account.starts_with(prefix),
             None => a == account,
+        })
+    }
+
+    /// Whether policy/web-modules.allow names the shared object file `name`.
+    pub fn web_module_allowed(&self, name: &str) -> bool {
+        self.web_modules.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => m == name,
         })
     }
 }
@@ -79,7 +91,7 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
 impl Policy {
     /// The policy compiled into the binary (hardening/ at build time).
     pub fn embedded() -> Policy {
-        Policy::parse(ACCOUNTS, SUID, PACKAGES, BANNER, Path::new("hardening (embedded)"))
+        Policy::parse(ACCOUNTS, SUID, PACKAGES, BANNER, WEB_MODULES, Path::new("hardening (embedded)"))
             .expect("the embedded hardening policy is valid (checked by unit tests)")
     }
 
@@ -94,11 +106,19 @@ impl Policy {
             &read("policy/suid.allow")?,
             &read("policy/packages.deny")?,
             &read("dod-banner.txt")?,
+            &read("policy/web-modules.allow")?,
             dir,
         )
     }
 
-    pub fn parse(accounts: &str, suid: &str, packages: &str, banner: &str, dir: &Path) -> Result<Policy, Error> {
+    pub fn parse(
+        accounts: &str,
+        suid: &str,
+        packages: &str,
+        banner: &str,
+        web_modules: &str,
+        dir: &Path,
+    ) -> Result<Policy, Error> {
         let bad = |file: &str, line: usize, problem: String| Error::PolicyLine {
             path: dir.join("policy").join(file),
             line,
@@ -138,7 +158,14 @@ impl Policy {
         if banner.trim().is_empty() {
             return Err(Error::Policy { path: dir.join("dod-banner.txt"), problem: "the banner text is empty".into() });
         }
-        Ok(Policy { accounts, suid: suid_entries, deny, banner: banner.to_string() })
+        let mut modules = Vec::new();
+        for (n, f) in lines(web_modules) {
+            if f.len() != 1 || f[0].contains('/') {
+                return Err(bad("web-modules.allow", n, "expected: one shared object file name per line".into()));
+            }
+            modules.push(f[0].to_string());
+        }
+        Ok(Policy { accounts, suid: suid_entries, deny, banner: banner.to_string(), web_modules: modules })
     }
 }
 
