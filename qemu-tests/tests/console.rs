@@ -2,11 +2,13 @@
 //! in one boot: the DoD banner before the login prompt; provisioned technician accounts
 //! (SHA-512 hashes, lockout after three failures, separate from root); rapctl's commands
 //! with their exact text; logins and failures, uplink settings set and refused
-//! (`rapctl network set`), tests in the audit trail; `rapctl audit verify` detecting a
+//! (`rapctl network set`), tests in the audit trail; a system audit event (hardening's
+//! time-change rule firing on `date -s`) in the trail; `rapctl audit verify` detecting a
 //! deleted and an edited record; the audit trail, the kernel audit log and the journal
 //! reaching a syslog-over-TLS collector on the host (RFC 5425: `openssl s_server` with
 //! client verification behind a second guest-forward, 10.0.2.100:6514); and the uplink
-//! delivering audit records made during an outage of the data center. Skips only when
+//! delivering audit records made during an outage of the data center, the system audit
+//! record with them. Skips only when
 //! the image is missing.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -328,6 +330,20 @@ fn technician_console_audit_trail_and_syslog_over_tls() {
         "{log}"
     );
     assert!(records_with(&log, &[&format!("  console:{BOB}  console.login  success")]).is_empty(), "{log}");
+
+    // ---- a system audit event (hardening's time-change rule) becomes a record too ----
+    vm.console.run_ok("date -s @$(date +%s) > /dev/null", timeout(30));
+    let end = Instant::now() + timeout(30);
+    let sys_seq: u64 = loop {
+        let log = vm.console.run_ok("rapctl audit log -n 50", timeout(30));
+        let found =
+            records_with(&log, &["  login:root  system.audit  success  time-change  {", "\"exe\":\"/usr/bin/date\""]);
+        if let Some(seq) = found.first().and_then(|l| l.split_whitespace().next()).and_then(|s| s.parse().ok()) {
+            break seq;
+        }
+        assert!(Instant::now() < end, "no system.audit record of `date -s` (key time-change):\n{log}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
     // root's first login may come before rapd listens (that is why it waited for rapd); this one is recorded.
     let last_login = log.lines().rfind(|l| l.contains("  console.login  ")).unwrap_or("");
     assert!(last_login.contains("  console:root  console.login  success  /dev/ttyS0  {"), "{log}");
@@ -433,12 +449,18 @@ fn technician_console_audit_trail_and_syslog_over_tls() {
             .into_iter()
             .filter(|r| r.instrument.is_empty())
             .collect();
-        if let Some(r) = at_dc.iter().find(|r| r.msg_id == seq) {
-            let line = vm.console.run_ok(&format!("grep '^{{\"seq\":{seq},' /data/rapd/audit.log"), timeout(30));
-            assert_eq!(r.payload, line.trim(), "record {seq} at the data center");
+        let both = [seq, sys_seq].map(|s| at_dc.iter().find(|r| r.msg_id == s));
+        if let [Some(r), Some(sys)] = both {
+            for (r, seq) in [(r, seq), (sys, sys_seq)] {
+                let line = vm.console.run_ok(&format!("grep '^{{\"seq\":{seq},' /data/rapd/audit.log"), timeout(30));
+                assert_eq!(r.payload, line.trim(), "record {seq} at the data center");
+            }
             break;
         }
-        assert!(Instant::now() < end, "record {seq} (made during the outage) did not reach the data center");
+        assert!(
+            Instant::now() < end,
+            "record {seq} (made during the outage) or the system audit record {sys_seq} did not reach the data center"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     println!("console test: {:.1} s", started.elapsed().as_secs_f64());

@@ -10,7 +10,17 @@
 //! | `ANOM_LOGIN_FAILURES`, `RESP_ACCT_LOCK` (pam_faillock locked the account) | `console.account_locked`, outcome `denied` |
 //!
 //! Only the programs people log in with count (login on the console, sshd); the user's
-//! own later actions on the control socket are recorded by rapd with the peer's uid. The
+//! own later actions on the control socket are recorded by rapd with the peer's uid.
+//!
+//! The system's own audit events go the same way, as `system.audit` records (so they are
+//! hash-chained and shipped up the uplink with high priority, besides auditd's log that
+//! rsyslog sends to the log host): a syscall that one of hardening's audit rules matched
+//! (the `SYSCALL` record carrying the rule's key; auditd's log keeps its PATH/CWD records),
+//! a change of the audit configuration, account and password changes, commands run with
+//! privileges, boot and shutdown, and a crashing program or a promiscuous interface
+//! ([`system_event`]). At most [`SYSTEM_BURST`] of them at once and [`SYSTEM_PER_SEC`] a
+//! second after that: what a runaway rule would add beyond is counted and reported in a
+//! `system.audit_suppressed` record, so the queue cannot be flooded by the kernel. The
 //! kernel's multicast does not wait for slow readers: a burst beyond the socket buffer
 //! would be lost (the kernel audit log itself, written by auditd and forwarded by rsyslog,
 //! keeps everything). Logins are rare; the buffer holds thousands.
@@ -32,6 +42,82 @@ const AUDIT_USER_START: u16 = 1105;
 const AUDIT_USER_END: u16 = 1106;
 const AUDIT_ANOM_LOGIN_FAILURES: u16 = 2100;
 const AUDIT_RESP_ACCT_LOCK: u16 = 2107;
+const AUDIT_SYSCALL: u16 = 1300;
+
+/// Record types forwarded as `system.audit` besides keyed syscalls (linux/audit.h).
+const SYSTEM_TYPES: &[(u16, &str)] = &[
+    (1102, "USER_MGMT"),
+    (1108, "USER_CHAUTHTOK"),
+    (1114, "ADD_USER"),
+    (1115, "DEL_USER"),
+    (1116, "ADD_GROUP"),
+    (1117, "DEL_GROUP"),
+    (1123, "USER_CMD"),
+    (1125, "CHUSER_ID"),
+    (1127, "SYSTEM_BOOT"),
+    (1128, "SYSTEM_SHUTDOWN"),
+    (1305, "CONFIG_CHANGE"),
+    (1700, "ANOM_PROMISCUOUS"),
+    (1701, "ANOM_ABEND"),
+];
+
+/// `system.audit` records allowed at once ...
+pub const SYSTEM_BURST: u32 = 200;
+/// ... and per second after that.
+pub const SYSTEM_PER_SEC: u32 = 20;
+
+/// A token bucket for `system.audit` records; counts what it refuses.
+#[derive(Debug)]
+pub struct Limiter {
+    tokens: f64,
+    last: std::time::Instant,
+    /// Refused since the last report.
+    pub suppressed: u64,
+}
+
+impl Limiter {
+    pub fn new(now: std::time::Instant) -> Limiter {
+        Limiter { tokens: f64::from(SYSTEM_BURST), last: now, suppressed: 0 }
+    }
+
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * f64::from(SYSTEM_PER_SEC)).min(f64::from(SYSTEM_BURST));
+        let ok = self.tokens >= 1.0;
+        if ok {
+            self.tokens -= 1.0;
+        }
+        ok
+    }
+
+    /// Whether one more record may be written at `now` (if not, it is counted).
+    pub fn allow(&mut self, now: std::time::Instant) -> bool {
+        let ok = self.take(now);
+        if !ok {
+            self.suppressed += 1;
+        }
+        ok
+    }
+
+    /// The `system.audit_suppressed` record for what was refused, once a record may be
+    /// written again (the report itself takes a token).
+    pub fn report(&mut self, now: std::time::Instant) -> Option<Event> {
+        if self.suppressed == 0 || !self.take(now) {
+            return None;
+        }
+        let n = std::mem::take(&mut self.suppressed);
+        Some(Event::new("system.audit_suppressed").target("kernel audit").outcome(Outcome::Failure).detail(
+            serde_json::json!({
+                "suppressed": n,
+                "reason": format!(
+                    "more than {SYSTEM_BURST} system audit events at once or {SYSTEM_PER_SEC} a second: \
+                     these are only in auditd's log (/var/log/audit/audit.log, also sent to the log host)"
+                ),
+            }),
+        ))
+    }
+}
 
 /// Why the audit stream cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +173,11 @@ pub fn open() -> Result<OwnedFd, LoginsError> {
 pub fn spawn(fd: OwnedFd, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("logins".into()).stack_size(256 * 1024).spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut limiter = Limiter::new(std::time::Instant::now());
         while !stop.load(Ordering::SeqCst) {
+            if let Some(ev) = limiter.report(std::time::Instant::now()) {
+                audit::record(ev);
+            }
             // SAFETY: recv into a buffer we own, of its length.
             let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n < 0 {
@@ -116,6 +206,10 @@ pub fn spawn(fd: OwnedFd, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<(
             for (ty, text) in messages(&buf[..n as usize]) {
                 if let Some(ev) = event(ty, &text) {
                     audit::record(ev);
+                } else if let Some(ev) = system_event(ty, &text) {
+                    if limiter.allow(std::time::Instant::now()) {
+                        audit::record(ev);
+                    }
                 }
             }
         }
@@ -266,6 +360,44 @@ pub fn event(ty: u16, text: &str) -> Option<Event> {
     Some(ev.actor(&actor).target(&target).detail(detail))
 }
 
+/// The `system.audit` record for one kernel audit record, if it is a system audit event:
+/// a syscall matched by a keyed audit rule, or one of [`SYSTEM_TYPES`]. Target: the rule's
+/// key (or the record type); actor: the login user (`auid`) when there is one, else
+/// `kernel`; outcome `failure` for a failed syscall (`success=no`) or `res=failed`.
+pub fn system_event(ty: u16, text: &str) -> Option<Event> {
+    let f = fields(text);
+    let get = |k: &str| f.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let key = get("key").filter(|k| !k.is_empty() && *k != "(null)");
+    let type_name = match ty {
+        AUDIT_SYSCALL => {
+            key?;
+            "SYSCALL"
+        }
+        _ => SYSTEM_TYPES.iter().find(|(t, _)| *t == ty)?.1,
+    };
+    let mut detail = serde_json::json!({ "type": type_name, "kernel_audit": text_id(text) });
+    for k in ["syscall", "exit", "success", "op", "res", "exe", "comm", "uid", "auid", "pid", "acct", "dev", "sig"] {
+        if let Some(v) = get(k).filter(|v| *v != "?") {
+            detail[k] = v.into();
+        }
+    }
+    if let Some(k) = key {
+        detail["key"] = k.into();
+    }
+    let failed = get("success") == Some("no") || get("res").is_some_and(|r| r == "failed" || r == "0");
+    let actor = match get("auid").and_then(|a| a.parse::<u32>().ok()).filter(|a| *a != u32::MAX) {
+        Some(auid) => format!("login:{}", crate::peer::user_name(auid)),
+        None => "kernel".to_owned(),
+    };
+    Some(
+        Event::new("system.audit")
+            .actor(&actor)
+            .target(key.unwrap_or(type_name))
+            .outcome(if failed { Outcome::Failure } else { Outcome::Success })
+            .detail(detail),
+    )
+}
+
 /// The `audit(time:serial)` stamp of a kernel record, which finds it in auditd's log.
 fn text_id(text: &str) -> String {
     text.find("audit(")
@@ -315,6 +447,57 @@ mod tests {
         let ev = event(AUDIT_RESP_ACCT_LOCK, t).unwrap();
         assert_eq!((ev.action.as_str(), ev.outcome), ("console.account_locked", Outcome::Denied));
         assert_eq!(ev.actor, format!("console:{}", crate::peer::user_name(0)));
+    }
+
+    const TIME: &str = "audit(1733100100.250:312): arch=c000003e syscall=227 success=yes exit=0 a0=0 a1=7ffd a2=0 a3=0 items=0 ppid=401 pid=977 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=ttyS0 ses=1 comm=\"date\" exe=\"/usr/bin/date\" key=\"time-change\"";
+
+    #[test]
+    fn a_keyed_syscall_is_a_system_audit_record() {
+        let ev = system_event(AUDIT_SYSCALL, TIME).unwrap();
+        assert_eq!(
+            (ev.action.as_str(), ev.target.as_str(), ev.outcome),
+            ("system.audit", "time-change", Outcome::Success)
+        );
+        assert_eq!(ev.actor, format!("login:{}", crate::peer::user_name(0)));
+        assert_eq!(ev.detail["kernel_audit"], "1733100100.250:312");
+        assert_eq!(ev.detail["exe"], "/usr/bin/date");
+        assert_eq!(ev.detail["syscall"], "227");
+        // Failed, and without a login user.
+        let t = TIME.replace("success=yes exit=0", "success=no exit=-1").replace("auid=0", "auid=4294967295");
+        let ev = system_event(AUDIT_SYSCALL, &t).unwrap();
+        assert_eq!((ev.actor.as_str(), ev.outcome), ("kernel", Outcome::Failure));
+        // A syscall no keyed rule matched, and the helper records of an event, are not.
+        assert!(system_event(AUDIT_SYSCALL, &TIME.replace("key=\"time-change\"", "key=(null)")).is_none());
+        assert!(system_event(1302, "audit(1733100100.250:312): item=0 name=\"/etc/localtime\"").is_none());
+        // Logins stay the login watcher's.
+        assert!(system_event(AUDIT_USER_AUTH, FAIL).is_none());
+    }
+
+    #[test]
+    fn an_audit_configuration_change_is_recorded() {
+        let t = "audit(1733100000.010:5): auid=4294967295 ses=4294967295 op=add_rule key=\"identity\" list=4 res=1";
+        let ev = system_event(1305, t).unwrap();
+        assert_eq!((ev.target.as_str(), ev.outcome), ("identity", Outcome::Success));
+        assert_eq!(ev.detail["type"], "CONFIG_CHANGE");
+        assert_eq!(ev.detail["op"], "add_rule");
+        let t = t.replace("res=1", "res=0");
+        assert_eq!(system_event(1305, &t).unwrap().outcome, Outcome::Failure);
+    }
+
+    #[test]
+    fn a_flood_is_limited_and_reported() {
+        let t0 = std::time::Instant::now();
+        let mut l = Limiter::new(t0);
+        let allowed = (0..1000).filter(|_| l.allow(t0)).count();
+        assert_eq!(allowed, SYSTEM_BURST as usize);
+        assert_eq!(l.suppressed, 1000 - u64::from(SYSTEM_BURST));
+        assert!(l.report(t0).is_none(), "no token for the report yet");
+        let later = t0 + Duration::from_secs(1);
+        let ev = l.report(later).unwrap();
+        assert_eq!(ev.action, "system.audit_suppressed");
+        assert_eq!(ev.detail["suppressed"], 1000 - u64::from(SYSTEM_BURST));
+        assert_eq!(l.suppressed, 0);
+        assert_eq!((0..100).filter(|_| l.allow(later)).count(), SYSTEM_PER_SEC as usize - 1);
     }
 
     #[test]
