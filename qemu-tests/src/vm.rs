@@ -74,14 +74,25 @@ impl std::fmt::Debug for Vm {
 
 /// "kvm" only when /dev/kvm exists and a probe boot of the image's kernel prints its
 /// banner within 10 s under KVM (on these hosts /dev/kvm exists but guests do not
-/// run on it); "tcg" otherwise. RAPBOX_QEMU_KVM=0 skips the probe. Probed once.
+/// run on it); "tcg" otherwise. RAPBOX_QEMU_KVM=0 skips the probe. Probed once per boot
+/// of the host: the answer is kept in target/qemu-tests/accel with the host's boot id,
+/// so the suite's test binaries do not each wait for it.
 fn accel(built: &Built) -> &'static str {
     static ACCEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     ACCEL.get_or_init(|| {
         if std::env::var("RAPBOX_QEMU_KVM").as_deref() == Ok("0") || !std::path::Path::new("/dev/kvm").exists() {
             return "tcg";
         }
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let cache = crate::workspace().join("target/qemu-tests/accel");
+        let cached = std::fs::read_to_string(&cache).unwrap_or_default();
+        match cached.split_once(' ') {
+            Some(("kvm", id)) if !boot_id.is_empty() && id == boot_id => return "kvm",
+            Some(("tcg", id)) if !boot_id.is_empty() && id == boot_id => return "tcg",
+            _ => {}
+        }
         let ok = kvm_probe(built);
+        let _ = std::fs::write(&cache, format!("{} {boot_id}", if ok { "kvm" } else { "tcg" }));
         eprintln!("qemu-tests: KVM probe boot {}", if ok { "worked: using KVM" } else { "failed: using TCG" });
         if ok {
             "kvm"
@@ -95,7 +106,7 @@ fn kvm_probe(built: &Built) -> bool {
     // No root device: the kernel prints its banner, then panics (panic=-1 reboots,
     // -no-reboot exits). Under a working KVM this takes well under a second.
     let out = Command::new("timeout")
-        .args(["10", "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none"])
+        .args(["-k", "2", "10", "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none"])
         .args(["-serial", "stdio", "-monitor", "none", "-no-reboot", "-kernel"])
         .arg(&built.vmlinux)
         .args(["-append", "console=ttyS0 panic=-1"])
