@@ -29,12 +29,9 @@ fn counts(line: &str) -> Option<Vec<(String, u64, u64, u64)>> {
 
 /// Processes whose command line contains `needle` (the demo's own files name them),
 /// leaving out `older` (ones that were there before this test started: an earlier run's).
-fn processes_with(needle: &str) -> Vec<(u32, String)> {
-    let older = OLDER.get().cloned().unwrap_or_default();
+fn processes_with(needle: &str, older: &[u32]) -> Vec<(u32, String)> {
     processes_matching(needle).into_iter().filter(|(pid, _)| !older.contains(pid)).collect()
 }
-
-static OLDER: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
 
 /// Stops the demo as a user would (SIGINT: it stops QEMU, nginx and the backend), then
 /// for good.
@@ -82,7 +79,6 @@ fn main_job_shows_live_counts_and_stops_cleanly_on_ctrl_c() {
     if !older.is_empty() {
         println!("left out of the checks: processes of an earlier run {older:?}");
     }
-    let _ = OLDER.set(older);
     let mut child = Command::new(env!("CARGO_BIN_EXE_rapbox-demo"))
         .args(["--rate", "20"])
         .stdin(Stdio::null())
@@ -143,8 +139,8 @@ fn main_job_shows_live_counts_and_stops_cleanly_on_ctrl_c() {
         (nginx_port.expect("nginx port in the output"), backend_port.expect("backend port in the output"));
     let netns = format!("rapq{pid}-rapbox");
     assert!(qemu_tests::run("ip", &["netns", "list"]).expect("ip netns").contains(&netns), "no namespace {netns}");
-    assert!(!processes_with("rapbox_demo.qcow2").is_empty(), "no QEMU running the demo disk");
-    assert!(!processes_with("rapbox_demo-dc/nginx").is_empty(), "no nginx of the demo");
+    assert!(!processes_with("rapbox_demo.qcow2", &older).is_empty(), "no QEMU running the demo disk");
+    assert!(!processes_with("rapbox_demo-dc/nginx", &older).is_empty(), "no nginx of the demo");
 
     // Ctrl-C.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).expect("SIGINT");
@@ -162,14 +158,14 @@ fn main_job_shows_live_counts_and_stops_cleanly_on_ctrl_c() {
     assert_eq!(status.code(), Some(0), "exit status after SIGINT: {status}\n{}", rest.join("\n"));
     assert!(rest.iter().any(|l| l.starts_with("stopped:")), "no `stopped:` line: {rest:?}");
     assert!(
-        processes_with("rapbox_demo.qcow2").is_empty(),
+        processes_with("rapbox_demo.qcow2", &older).is_empty(),
         "QEMU still running: {:?}",
-        processes_with("rapbox_demo.qcow2")
+        processes_with("rapbox_demo.qcow2", &older)
     );
     assert!(
-        processes_with("rapbox_demo-dc/nginx").is_empty(),
+        processes_with("rapbox_demo-dc/nginx", &older).is_empty(),
         "nginx still running: {:?}",
-        processes_with("rapbox_demo-dc/nginx")
+        processes_with("rapbox_demo-dc/nginx", &older)
     );
     for port in [nginx_port, backend_port] {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "127.0.0.1:{port} still accepts");

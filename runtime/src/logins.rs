@@ -315,6 +315,12 @@ fn area(exe: &str) -> Option<&'static str> {
 
 /// The audit event for one kernel audit record, if it is a login event.
 pub fn event(ty: u16, text: &str) -> Option<Event> {
+    if !matches!(
+        ty,
+        AUDIT_USER_AUTH | AUDIT_USER_START | AUDIT_USER_END | AUDIT_ANOM_LOGIN_FAILURES | AUDIT_RESP_ACCT_LOCK
+    ) {
+        return None;
+    }
     let f = fields(text);
     let get = |k: &str| f.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let exe = get("exe").unwrap_or("");
@@ -365,16 +371,16 @@ pub fn event(ty: u16, text: &str) -> Option<Event> {
 /// key (or the record type); actor: the login user (`auid`) when there is one, else
 /// `kernel`; outcome `failure` for a failed syscall (`success=no`) or `res=failed`.
 pub fn system_event(ty: u16, text: &str) -> Option<Event> {
+    let type_name = match ty {
+        AUDIT_SYSCALL => "SYSCALL",
+        _ => SYSTEM_TYPES.iter().find(|(t, _)| *t == ty)?.1,
+    };
     let f = fields(text);
     let get = |k: &str| f.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let key = get("key").filter(|k| !k.is_empty() && *k != "(null)");
-    let type_name = match ty {
-        AUDIT_SYSCALL => {
-            key?;
-            "SYSCALL"
-        }
-        _ => SYSTEM_TYPES.iter().find(|(t, _)| *t == ty)?.1,
-    };
+    if ty == AUDIT_SYSCALL && key.is_none() {
+        return None;
+    }
     let mut detail = serde_json::json!({ "type": type_name, "kernel_audit": text_id(text) });
     for k in ["syscall", "exit", "success", "op", "res", "exe", "comm", "uid", "auid", "pid", "acct", "dev", "sig"] {
         if let Some(v) = get(k).filter(|v| *v != "?") {

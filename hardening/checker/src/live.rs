@@ -230,20 +230,32 @@ fn process_running(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Remote ports of established TCP connections (/proc/net/tcp, tcp6).
-fn established_ports() -> Vec<u16> {
-    let mut ports = Vec::new();
+/// One TCP socket of /proc/net/tcp{,6}.
+struct TcpSocket {
+    local_port: u16,
+    remote_port: u16,
+    /// The kernel's state code: "01" established, "0A" listening.
+    state: String,
+    inode: String,
+}
+
+fn tcp_sockets() -> Vec<TcpSocket> {
+    let port = |a: &str| a.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    let mut out = Vec::new();
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in std::fs::read_to_string(f).unwrap_or_default().lines().skip(1) {
             let w: Vec<&str> = line.split_whitespace().collect();
-            if w.len() > 3 && w[3] == "01" {
-                if let Some(p) = w[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
-                    ports.push(p);
-                }
+            if let (true, Some(local_port), Some(remote_port)) = (w.len() > 9, port(w[1]), port(w[2])) {
+                out.push(TcpSocket { local_port, remote_port, state: w[3].to_string(), inode: w[9].to_string() });
             }
         }
     }
-    ports
+    out
+}
+
+/// Remote ports of established TCP connections.
+fn established_ports() -> Vec<u16> {
+    tcp_sockets().into_iter().filter(|s| s.state == "01").map(|s| s.remote_port).collect()
 }
 
 fn remote_log(root: &Root) -> Verdict {
@@ -409,16 +421,11 @@ fn log_problems(dir: &Path, before: [u64; 2], asked: &[(String, u16)]) -> Vec<St
 
 /// The process listening on TCP `port` (from /proc/net/tcp{,6} and the processes' fds).
 fn listener(port: u16) -> Option<u32> {
-    let mut inodes = Vec::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(f).unwrap_or_default().lines().skip(1) {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let local = w.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-            if w.len() > 9 && w[3] == "0A" && local == Some(port) {
-                inodes.push(format!("socket:[{}]", w[9]));
-            }
-        }
-    }
+    let inodes: Vec<String> = tcp_sockets()
+        .into_iter()
+        .filter(|s| s.state == "0A" && s.local_port == port)
+        .map(|s| format!("socket:[{}]", s.inode))
+        .collect();
     let procs = std::fs::read_dir("/proc").ok()?;
     for e in procs.filter_map(|e| e.ok()) {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };

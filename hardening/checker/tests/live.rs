@@ -70,6 +70,20 @@ fn live(ns: &Ns, dir: &Path, args: &[&str], id: u64) -> (String, String) {
     (c["status"].as_str().unwrap().to_string(), c["found"].as_str().unwrap().to_string())
 }
 
+/// Runs check-live in `ns` and asserts control `id`'s status and that its finding names
+/// every one of `wants`.
+fn expect(ns: &Ns, dir: &Path, args: &[&str], id: u64, status: &str, wants: &[&str]) {
+    verdict_is(&format!("control {id} with {args:?}"), &live(ns, dir, args, id), status, wants);
+}
+
+/// Asserts a (status, found) entry: the status, and every one of `wants` in the finding.
+fn verdict_is(what: &str, (got, found): &(String, String), status: &str, wants: &[&str]) {
+    assert_eq!(got, status, "{what}: {found}");
+    for want in wants {
+        assert!(found.contains(want), "{what}: missing `{want}` in: {found}");
+    }
+}
+
 #[test]
 fn c39_accept_policies_fail() {
     if skip("c39_accept_policies_fail") {
@@ -77,16 +91,13 @@ fn c39_accept_policies_fail() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ns = box_ns("c39a");
-    let (status, found) = live(&ns, dir.path(), &[], 39);
-    assert_eq!(status, "fail", "{found}");
-    for want in [
+    let wants = [
         "iptables: policy of INPUT is ACCEPT, not DROP",
         "iptables: policy of FORWARD is ACCEPT, not DROP",
         "ip6tables: policy of INPUT is ACCEPT, not DROP",
         "ip6tables: policy of FORWARD is ACCEPT, not DROP",
-    ] {
-        assert!(found.contains(want), "missing `{want}` in: {found}");
-    }
+    ];
+    expect(&ns, dir.path(), &[], 39, "fail", &wants);
 }
 
 #[test]
@@ -95,49 +106,32 @@ fn c39_generated_policy_passes_and_an_uplink_accept_fails() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
     let ns = box_ns("c39b");
     restore(&ns, "two-ports-lis.ipv4.rules", "two-ports-lis.ipv6.rules");
-    let (status, found) = live(&ns, dir.path(), &[], 39);
-    assert_eq!(status, "pass", "{found}");
-    assert!(found.contains("iptables: nothing new accepted on the uplink eth0"), "{found}");
+    expect(&ns, d, &[], 39, "pass", &["iptables: nothing new accepted on the uplink eth0"]);
 
     // Someone opens ssh on the uplink by hand: the policy is still DROP, the box answers.
     ns.sh("iptables -I INPUT 2 -i eth0 -p tcp --dport 22 -j ACCEPT");
-    let (status, found) = live(&ns, dir.path(), &[], 39);
-    assert_eq!(status, "fail", "{found}");
-    assert!(
-        found.contains("iptables: new connections on the uplink eth0 are accepted by: -A INPUT -i eth0 -p tcp -m tcp --dport 22 -j ACCEPT"),
-        "{found}"
-    );
+    let want = "iptables: new connections on the uplink eth0 are accepted by: -A INPUT -i eth0 -p tcp -m tcp --dport 22 -j ACCEPT";
+    expect(&ns, d, &[], 39, "fail", &[want]);
 
     // The policy generated with the pages opened on the uplink ([pages] interfaces).
     let ns = box_ns("c39c");
     restore(&ns, "pages.ipv4.rules", "pages.ipv6.rules");
-    let (status, found) = live(&ns, dir.path(), &[], 39);
-    assert_eq!(status, "fail", "{found}");
-    assert!(found.contains("configuration pages https://192.0.2.10:443 (opened by [pages] interfaces)"), "{found}");
+    expect(&ns, d, &[], 39, "fail", &["configuration pages https://192.0.2.10:443 (opened by [pages] interfaces)"]);
 
     // Without a default route the uplink is unknown: not a pass.
     let ns = Ns::new("raphard", "c39d");
     restore(&ns, "uplink-only.ipv4.rules", "uplink-only.ipv6.rules");
-    let (status, found) = live(&ns, dir.path(), &[], 39);
-    assert_eq!(status, "fail", "{found}");
-    assert!(
-        found.contains("no --uplink, no [network.uplink] interface in rapd's configuration and no IPv4 default route"),
-        "{found}"
-    );
-    let (status, found) = live(&ns, dir.path(), &["--uplink", "eth0"], 39);
-    assert_eq!(status, "pass", "{found}");
+    let want = "no --uplink, no [network.uplink] interface in rapd's configuration and no IPv4 default route";
+    expect(&ns, d, &[], 39, "fail", &[want]);
+    expect(&ns, d, &["--uplink", "eth0"], 39, "pass", &[]);
     // rapd's configuration names the uplink (the box's DHCP uplink may have no default route).
-    std::fs::write(dir.path().join("rapd.toml"), "[network.uplink]\ninterface = \"eth0\"\naddressing = \"dhcp\"\n")
-        .unwrap();
-    let (status, found) = live(&ns, dir.path(), &[], 39);
-    assert_eq!(status, "pass", "{found}");
-    assert!(found.contains("nothing new accepted on the uplink eth0"), "{found}");
+    std::fs::write(d.join("rapd.toml"), "[network.uplink]\ninterface = \"eth0\"\naddressing = \"dhcp\"\n").unwrap();
+    expect(&ns, d, &[], 39, "pass", &["nothing new accepted on the uplink eth0"]);
     ns.sh("iptables -I INPUT 1 -i eth0 -p udp --dport 161 -j ACCEPT");
-    let (status, found) = live(&ns, dir.path(), &[], 39);
-    assert_eq!(status, "fail", "{found}");
-    assert!(found.contains("-A INPUT -i eth0 -p udp -m udp --dport 161 -j ACCEPT"), "{found}");
+    expect(&ns, d, &[], 39, "fail", &["-A INPUT -i eth0 -p udp -m udp --dport 161 -j ACCEPT"]);
 }
 
 /// The control 35 sysctls of the namespace set as the hardening wants them.
@@ -153,43 +147,28 @@ fn c35_forwarding_only_where_the_firewall_forwards() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
     let ns = box_ns("c35");
     harden_sysctls(&ns);
     restore(&ns, "uplink-only.ipv4.rules", "uplink-only.ipv6.rules");
-    let (status, found) = live(&ns, dir.path(), &[], 35);
-    assert_eq!(status, "pass", "{found}");
-    assert!(found.contains("net.ipv4.ip_forward=0"), "{found}");
+    expect(&ns, d, &[], 35, "pass", &["net.ipv4.ip_forward=0"]);
 
-    // Forwarding on while the firewall forwards nothing.
+    // Forwarding on while the firewall forwards nothing ...
     ns.sh("sysctl -qw net.ipv4.ip_forward=1");
-    let (status, found) = live(&ns, dir.path(), &[], 35);
-    assert_eq!(status, "fail", "{found}");
-    assert!(
-        found.contains(
-            "net.ipv4.ip_forward = 1 in /proc/sys, must be 0: the firewall forwards nothing and no authorised session is up"
-        ),
-        "{found}"
-    );
+    let want =
+        "net.ipv4.ip_forward = 1 in /proc/sys, must be 0: the firewall forwards nothing and no authorised session is up";
+    expect(&ns, d, &[], 35, "fail", &[want]);
     // ... allowed while an authorised session is up.
-    let (status, found) = live(&ns, dir.path(), &["--session-active"], 35);
-    assert_eq!(status, "pass", "{found}");
+    expect(&ns, d, &["--session-active"], 35, "pass", &[]);
 
     // The policy with an opted-in LIS forward needs forwarding, and says which rule.
     restore(&ns, "two-ports-lis.ipv4.rules", "two-ports-lis.ipv6.rules");
-    let (status, found) = live(&ns, dir.path(), &[], 35);
-    assert_eq!(status, "pass", "{found}");
-    assert!(
-        found.contains(
-            "net.ipv4.ip_forward=1 (the firewall forwards: DXI-0001: LIS forward 10.10.1.1:5000 to 192.0.2.40:5001"
-        ),
-        "{found}"
-    );
+    let want = "net.ipv4.ip_forward=1 (the firewall forwards: DXI-0001: LIS forward 10.10.1.1:5000 to 192.0.2.40:5001";
+    expect(&ns, d, &[], 35, "pass", &[want]);
 
     // A redirect accepted while forwarding: still a failure of its own.
     ns.sh("sysctl -qw net.ipv4.conf.all.accept_redirects=1");
-    let (status, found) = live(&ns, dir.path(), &[], 35);
-    assert_eq!(status, "fail", "{found}");
-    assert!(found.contains("net.ipv4.conf.all.accept_redirects = 1 in /proc/sys, must be 0"), "{found}");
+    expect(&ns, d, &[], 35, "fail", &["net.ipv4.conf.all.accept_redirects = 1 in /proc/sys, must be 0"]);
 }
 
 /// How the fixture web server misbehaves.
@@ -344,14 +323,10 @@ fn c34_c46_a_good_site_passes() {
     if skip("c34_c46_a_good_site_passes") {
         return;
     }
-    let [(s34, f34), (s46, f46)] = crawl("good", Faults::default(), None, URL);
-    assert_eq!(s34, "pass", "{f34}");
-    assert!(f34.contains("DoD banner on 3 page(s)"), "{f34}");
-    println!("control 46: {f46}");
-    assert_eq!(s46, "pass", "{f46}");
-    for want in ["TLS only, no /cgi-bin/", "request(s) in", "maps only", "libssl.so.3"] {
-        assert!(f46.contains(want), "missing `{want}` in: {f46}");
-    }
+    let [c34, c46] = crawl("good", Faults::default(), None, URL);
+    println!("control 46: {}", c46.1);
+    verdict_is("34", &c34, "pass", &["DoD banner on 3 page(s)"]);
+    verdict_is("46", &c46, "pass", &["TLS only, no /cgi-bin/", "request(s) in", "maps only", "libssl.so.3"]);
 }
 
 #[test]
@@ -360,9 +335,8 @@ fn c34_a_page_without_the_banner_fails() {
         return;
     }
     let faults = Faults { no_banner: true, ..Faults::default() };
-    let [(s34, f34), _] = crawl("c34", faults, None, URL);
-    assert_eq!(s34, "fail", "{f34}");
-    assert!(f34.contains("https://127.0.0.1:443/status lacks the DoD banner"), "{f34}");
+    let [c34, _] = crawl("c34", faults, None, URL);
+    verdict_is("34", &c34, "fail", &["https://127.0.0.1:443/status lacks the DoD banner"]);
 }
 
 #[test]
@@ -381,13 +355,11 @@ fn c46_each_broken_property_fails_with_its_message() {
         ("c46err", Faults { no_error_log: true, ..Faults::default() }, "GET /cgi-bin/ (answered 404) is not in "),
     ];
     for (name, faults, want) in cases {
-        let [_, (s46, f46)] = crawl(name, faults, None, URL);
-        assert_eq!(s46, "fail", "{name}: {f46}");
-        assert!(f46.contains(want), "{name}: missing `{want}` in: {f46}");
+        let [_, c46] = crawl(name, faults, None, URL);
+        verdict_is(name, &c46, "fail", &[want]);
     }
-    let [_, (s46, f46)] = crawl("c46plain", Faults::default(), None, "http://127.0.0.1/");
-    assert_eq!(s46, "fail", "{f46}");
-    assert!(f46.contains("http://127.0.0.1/: not https"), "{f46}");
+    let [_, c46] = crawl("c46plain", Faults::default(), None, "http://127.0.0.1/");
+    verdict_is("c46plain", &c46, "fail", &["http://127.0.0.1/: not https"]);
 }
 
 #[test]
@@ -408,7 +380,6 @@ fn c46_a_module_not_on_the_reviewed_list_fails() {
     let without: String = allow.lines().filter(|l| l.trim() != "libssl.so.3").map(|l| format!("{l}\n")).collect();
     assert_ne!(without, allow);
     std::fs::write(policy.join("policy/web-modules.allow"), without).unwrap();
-    let [_, (s46, f46)] = crawl("c46mod", Faults::default(), Some(&policy), URL);
-    assert_eq!(s46, "fail", "{f46}");
-    assert!(f46.contains("libssl.so.3, not in policy/web-modules.allow"), "{f46}");
+    let [_, c46] = crawl("c46mod", Faults::default(), Some(&policy), URL);
+    verdict_is("c46mod", &c46, "fail", &["libssl.so.3, not in policy/web-modules.allow"]);
 }
