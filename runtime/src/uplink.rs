@@ -248,6 +248,7 @@ fn sender(
     let mut pending: VecDeque<Receiver<Result<(), String>>> = VecDeque::new();
     // The last batch that failed: the same rows are sent again with the same id and body.
     let mut retry: Option<(Vec<SeqRange>, u64, Vec<u8>)> = None;
+    let mut settled = false;
     while !stop.load(Ordering::SeqCst) {
         // Settle finished deletions; a failed one means those rows are still queued: read
         // from the start again (the data center recognises the resend).
@@ -319,7 +320,14 @@ fn sender(
         };
         set(&|s| s.state = "sending".into());
         let started = Instant::now();
-        match post(&agent, &cfg, batch_id, &body) {
+        let answer = post(&agent, &cfg, batch_id, &body);
+        if !settled {
+            // The uplink's own start-up (TLS context, first connection) is over: its code
+            // and OpenSSL's set-up are not needed again (see `memory`).
+            settled = true;
+            crate::memory::release_file_pages();
+        }
+        match answer {
             Ok(BatchAnswer { ack, commands }) => {
                 if let Some(x) = exchanger.as_mut() {
                     if !commands.is_empty() {
