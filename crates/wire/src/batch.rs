@@ -28,6 +28,8 @@ pub const MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
 pub const MAX_RECORDS: usize = 1_000_000;
 const MAGIC: &[u8; 4] = b"RPB1";
 const ZSTD_LEVEL: i32 = 3;
+/// Bytes reserved for the record count: the longest varint of a u64.
+const COUNT_SLOT: usize = 10;
 
 /// One queued message as it travels to the data center.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +90,8 @@ impl Encoder {
         buf.extend_from_slice(&batch_id.to_be_bytes());
         put_u64(&mut buf, dropped_total);
         let count_pos = buf.len();
+        // Room for the record count, which is known only at the end (see `finish`).
+        buf.extend_from_slice(&[0; COUNT_SLOT]);
         Encoder { buf, serials: Vec::new(), count: 0, prev_id: 0, prev_ts: 0, count_pos }
     }
 
@@ -123,20 +127,24 @@ impl Encoder {
         self.count == 0
     }
 
-    /// Uncompressed bytes so far.
+    /// Uncompressed bytes so far (the record count's varint not yet included).
     pub fn raw_len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - COUNT_SLOT
     }
 
     /// Finishes and compresses the body.
-    pub fn finish(self) -> Vec<u8> {
-        let mut head = Vec::with_capacity(self.count_pos + 10);
-        head.extend_from_slice(&self.buf[..self.count_pos]);
-        put_u64(&mut head, self.count);
-        let mut raw = head;
-        raw.extend_from_slice(&self.buf[self.count_pos..]);
+    pub fn finish(mut self) -> Vec<u8> {
+        // The count goes at the end of its slot and the head moves up to meet it, so the
+        // body is one contiguous slice of `buf`: never copied into a second buffer of the
+        // batch's size.
+        let mut count = Vec::with_capacity(COUNT_SLOT);
+        put_u64(&mut count, self.count);
+        let slot_end = self.count_pos + COUNT_SLOT;
+        let start = COUNT_SLOT - count.len();
+        self.buf[slot_end - count.len()..slot_end].copy_from_slice(&count);
+        self.buf.copy_within(..self.count_pos, start);
         // Compressing an in-memory buffer cannot fail except on allocation failure.
-        zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap_or_default()
+        zstd::bulk::compress(&self.buf[start..], ZSTD_LEVEL).unwrap_or_default()
     }
 }
 
@@ -260,6 +268,16 @@ mod tests {
         let body = encode(0xdead_beef, 17, &recs);
         let b = decode(&body).unwrap();
         assert_eq!(b, Batch { batch_id: 0xdead_beef, dropped_total: 17, records: recs });
+    }
+
+    #[test]
+    fn every_length_of_the_record_count_roundtrips() {
+        // Counts of 1, 2 and 3 varint bytes, with heads of different lengths before them.
+        for (n, dropped) in [(1, 0), (127, u64::MAX), (128, 300), (16_384, 1 << 40)] {
+            let recs = sample(n);
+            let b = decode(&encode(7, dropped, &recs)).unwrap();
+            assert_eq!(b, Batch { batch_id: 7, dropped_total: dropped, records: recs }, "{n} records");
+        }
     }
 
     #[test]
