@@ -6,15 +6,15 @@
 //! work, OpenSSL's start-up — stay mapped in rapd's page tables although the steady state
 //! never runs them again: at rapd's size they are most of its resident set (libcrypto,
 //! the FIPS module and rapd's own text are ~10 MiB of pages touched at start).
-//! [`release_file_pages`] gives those pages back in two steps. `MADV_PAGEOUT` asks the
-//! kernel to reclaim the read-only file-backed pages that only rapd maps (its own text
-//! above all); `MADV_RANDOM` first, so that what rapd runs later faults back in page by
-//! page instead of with the kernel's read-around of 32 pages per fault. The kernel
-//! leaves pages alone that other processes map too (libc, libcrypto and the FIPS module
-//! are shared with sshd, rsyslog and the pages), so each read-only mapping that holds no
-//! private copy-on-write page (`Anonymous: 0 kB` in `/proc/self/smaps`: text and
-//! read-only data, never a RELRO segment that the loader wrote) is then dropped from
-//! rapd's page tables with `MADV_DONTNEED`. Its pages stay in the page cache for the
+//! [`release_file_pages`] gives those pages back. On every read-only file mapping it sets
+//! `MADV_RANDOM`, so that what rapd runs later faults back in page by page instead of
+//! with the kernel's read-around of 32 pages per fault, and `MADV_PAGEOUT`, which
+//! reclaims the pages only rapd maps (its own text above all). The kernel leaves pages
+//! alone that other processes map too (libc, libcrypto and the FIPS module are shared
+//! with sshd, rsyslog and the pages), so each read-only mapping that holds no private
+//! copy-on-write page (`Anonymous: 0 kB` in `/proc/self/smaps`: text and read-only data,
+//! never a RELRO segment that the loader wrote) is then dropped from rapd's page tables
+//! with `MADV_DONTNEED`. Its pages stay in the page cache for the
 //! other processes, and whatever rapd runs later faults back in from there unchanged.
 //! Writable mappings and mappings with private pages are never dropped, so no data can be
 //! lost. This relies on rapd never unloading a shared object (OpenSSL keeps its providers
@@ -112,8 +112,8 @@ fn read_only_file_mappings(smaps: &str) -> Vec<Mapping> {
             continue;
         };
         // A mapping's header line; field lines ("Rss:   12 kB") never parse as a range.
-        let path = f.next().filter(|p| p.starts_with('/'));
-        current = b > a && perms.len() == 4 && !perms.contains('w') && inode != "0" && path.is_some();
+        let has_path = f.next().is_some_and(|p| p.starts_with('/'));
+        current = b > a && perms.len() == 4 && !perms.contains('w') && inode != "0" && has_path;
         if current {
             out.push(Mapping { start: a, end: b, private_pages: true });
         }
