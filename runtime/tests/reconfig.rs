@@ -524,11 +524,23 @@ fn kill_9_during_an_apply_leaves_a_consistent_state() {
 
     let all = vec![("INST-A".to_string(), a), ("INST-B".to_string(), b), ("INST-C".to_string(), c)];
     let runs = stream(&all);
+    // A sweep from "before rapd reads the request" to "after it answered" (as long as an
+    // apply took without load); while the agents stream an apply can take longer, so when
+    // the sweep ended before any apply completed, kills follow at doubling delays until one
+    // lands after the answer.
     let kills = 16;
-    let mut outcomes = Vec::new();
-    for k in 0..kills {
-        // From "before rapd reads the request" to "after it answered".
-        let delay = took.mul_f64(1.1 * k as f64 / (kills - 1) as f64);
+    let extra = 8;
+    let mut outcomes: Vec<String> = Vec::new();
+    for k in 0..kills + extra {
+        let applied_seen = outcomes.iter().any(|o| o.contains("-> applied"));
+        if k >= kills && applied_seen {
+            break;
+        }
+        let delay = if k < kills {
+            took.mul_f64(1.1 * k as f64 / (kills - 1) as f64)
+        } else {
+            took.mul_f64(1.1 * f64::from(1u32 << (k - kills + 1)))
+        };
         let sock = spec.socket();
         let args = if config_file(&spec) == old {
             keys(change.clone())
