@@ -20,6 +20,11 @@
 //! lost. This relies on rapd never unloading a shared object (OpenSSL keeps its providers
 //! loaded for the life of the process; rapd calls no `dlclose`), so a mapping seen in
 //! smaps is still the same mapping when it is advised.
+//!
+//! [`relax`] does both; the uplink calls it when it goes idle and, at most every 250 ms,
+//! after each delivered batch of a drain: the kernel maps code back in 64 KiB at a time
+//! (fault-around), so without it a long drain ends with most of rapd's text resident
+//! although one batch runs a fraction of it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -61,16 +66,17 @@ pub fn release_file_pages() -> usize {
     dropped
 }
 
-static LAST_RELAX_S: AtomicU64 = AtomicU64::new(0);
+static LAST_RELAX_MS: AtomicU64 = AtomicU64::new(0);
 
-/// Called by threads that have just become idle: trims the heap, and at most once per
-/// `every` releases the read-only file-backed pages.
+/// Called by threads that have just become idle or finished a unit of work: trims the
+/// heap, and at most once per `every` (whichever thread calls) releases the read-only
+/// file-backed pages.
 pub fn relax(every: Duration) {
     trim_heap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let last = LAST_RELAX_S.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= every.as_secs()
-        && LAST_RELAX_S.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let last = LAST_RELAX_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= every.as_millis() as u64
+        && LAST_RELAX_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     {
         release_file_pages();
     }

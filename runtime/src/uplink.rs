@@ -354,6 +354,9 @@ fn sender(
                 );
                 failures = 0;
                 backoff = cfg.backoff_initial;
+                // A long drain faults code and heap in batch after batch; give back what
+                // the next batch does not use again (see `memory`).
+                crate::memory::relax(BUSY_RELAX_EVERY);
                 set(&|s| {
                     s.state = "idle".into();
                     s.last_success_ms = Some(now_ms());
@@ -399,6 +402,8 @@ fn sender(
 
 /// How often an idle uplink lets rapd's read-only pages go (see `memory`).
 const RELAX_EVERY: Duration = Duration::from_secs(60);
+/// How often a draining uplink does (after a delivered batch).
+const BUSY_RELAX_EVERY: Duration = Duration::from_millis(250);
 
 fn post(agent: &ureq::Agent, cfg: &UplinkConfig, batch_id: u64, body: &[u8]) -> Result<BatchAnswer, Failure> {
     let resp = agent
