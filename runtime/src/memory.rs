@@ -21,10 +21,11 @@
 //! loaded for the life of the process; rapd calls no `dlclose`), so a mapping seen in
 //! smaps is still the same mapping when it is advised.
 //!
-//! [`relax`] does both; the uplink calls it when it goes idle and, at most every 250 ms,
-//! after each delivered batch of a drain: the kernel maps code back in 64 KiB at a time
-//! (fault-around), so without it a long drain ends with most of rapd's text resident
-//! although one batch runs a fraction of it.
+//! [`relax`] trims the heap on every call and releases the file pages at most once per the
+//! period its caller gives. The uplink calls it when it goes idle (pages at most every
+//! 60 s) and after each delivered batch of a drain (pages at most every 250 ms): the kernel
+//! maps code back in 64 KiB at a time (fault-around), so without it a long drain ends with
+//! most of rapd's text resident although one batch runs a fraction of it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -532,8 +532,7 @@ fn kill_9_during_an_apply_leaves_a_consistent_state() {
     let extra = 8;
     let mut outcomes: Vec<String> = Vec::new();
     for k in 0..kills + extra {
-        let applied_seen = outcomes.iter().any(|o| o.contains("-> applied"));
-        if k >= kills && applied_seen {
+        if k >= kills && outcomes.iter().any(|o| o.contains("-> applied")) {
             break;
         }
         let delay = if k < kills {
