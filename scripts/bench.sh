@@ -16,7 +16,7 @@ RAPBOX_SKIP_IMAGE=1 bash scripts/install-deps.sh
 command -v syslog-ng >/dev/null && [ -e /usr/lib/syslog-ng/3.38/libhttp.so ] || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends syslog-ng-core syslog-ng-mod-http >/dev/null
 }
-[ -e /usr/lib/collectd/write_http.so ] && ! ldd /usr/lib/collectd/write_http.so | grep -q 'not found' || {
+[ -e /usr/lib/collectd/write_http.so ] && ! grep -q 'not found' <<<"$(ldd /usr/lib/collectd/write_http.so)" || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends collectd-core libcurl3-gnutls libyajl2 >/dev/null
   systemctl disable --now collectd >/dev/null 2>&1 || true
 }

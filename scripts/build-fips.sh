@@ -292,7 +292,9 @@ self_check() {
     [[ "$providers" == "base fips " ]] || die "expected providers 'base fips', got '${providers% }'. Output: $out"
     active="$(printf '%s\n' "$out" | grep -c '^ *status: active$' || true)"
     [[ "$active" == "2" ]] || die "expected 2 active providers, got $active. Output: $out"
-    printf '%s\n' "$out" | grep -q "^ *version: $OPENSSL_FIPS_VERSION\$" ||
+    # A here-string, not a pipe: `grep -q` exits at its first match, and under pipefail the
+    # writer's SIGPIPE on the lines after it would fail the check at random.
+    grep -q "^ *version: $OPENSSL_FIPS_VERSION\$" <<<"$out" ||
         die "FIPS provider version is not $OPENSSL_FIPS_VERSION. Output: $out"
     log "  providers: fips ($OPENSSL_FIPS_VERSION) + base, both active; no default, no legacy"
 

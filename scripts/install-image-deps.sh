@@ -59,7 +59,7 @@ if [ -z "$qver" ] || [ "$qver" = "(none)" ]; then
   log "no installation candidate for qemu-system-x86 (check /etc/apt/sources.list)" >&2
   exit 1
 fi
-if ! apt-cache policy qemu-utils | grep -qF " $qver "; then
+if ! grep -qF " $qver " <<<"$(apt-cache policy qemu-utils)"; then
   log "qemu-utils $qver is not offered by apt (apt-cache policy qemu-utils); cannot match qemu-system-x86" >&2
   exit 1
 fi
