@@ -4,9 +4,10 @@
 //!
 //! * a `(box, batch_id)` already in `batches` is answered with the ack it got the first
 //!   time and changes nothing but the `repeated_batches` counter;
-//! * otherwise every record is inserted into `reports`, which is `UNIQUE(box, instrument,
-//!   msg_id)`: a record the store already has is not stored again, its `deliveries`
-//!   counter goes up and it counts as a duplicate;
+//! * otherwise every record is inserted into `reports`, which is `UNIQUE(source, msg_id)`
+//!   (`source` is the integer id of the record's box and instrument in `sources`): a record
+//!   the store already has is not stored again, its `deliveries` counter goes up and it
+//!   counts as a duplicate;
 //! * the box's latest `dropped_total` and its counters, and the per-instrument, per-kind
 //!   counters are updated from totals gathered in memory (one row write per instrument and
 //!   kind, not one per record).
@@ -34,7 +35,45 @@ pub use triggers::{NewAlert, Source, TriggerProgress, TriggerTx};
 pub use views::CommandRow;
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// Version 3: reports are unique on `(source, msg_id)`, two integers, instead of on
+/// `(box, instrument, msg_id)`. Every stored record is checked against that index, and with
+/// text keys the descent and its comparisons were the largest cost of storing a batch. The
+/// box and instrument stay in each row, so reads need no join. The table is rebuilt with
+/// its report ids kept: the trigger engine's cursor and clients' `since` point at them.
+const SCHEMA_V3: &str = "
+CREATE TABLE sources (
+    id         INTEGER PRIMARY KEY,
+    box        TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    UNIQUE (box, instrument)
+);
+INSERT INTO sources (box, instrument) SELECT DISTINCT box, instrument FROM reports ORDER BY box, instrument;
+CREATE TABLE reports_v3 (
+    id           INTEGER PRIMARY KEY,
+    source       INTEGER NOT NULL REFERENCES sources (id),
+    box          TEXT NOT NULL,
+    instrument   TEXT NOT NULL,
+    msg_id       INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    kind         INTEGER NOT NULL,
+    priority     INTEGER NOT NULL,
+    payload      BLOB NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    batch_id     INTEGER NOT NULL,
+    deliveries   INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (source, msg_id)
+);
+INSERT INTO reports_v3 (id, source, box, instrument, msg_id, timestamp_ms, kind, priority, payload,
+                        received_ms, batch_id, deliveries)
+    SELECT r.id, s.id, r.box, r.instrument, r.msg_id, r.timestamp_ms, r.kind, r.priority, r.payload,
+           r.received_ms, r.batch_id, r.deliveries
+    FROM reports r JOIN sources s ON s.box = r.box AND s.instrument = r.instrument
+    ORDER BY r.id;
+DROP TABLE reports;
+ALTER TABLE reports_v3 RENAME TO reports;
+";
 
 /// Version 2: plain lines (the benchmark's syslog-ng reference posts them), stored with the
 /// same durability as reports so that both peers are measured against the same work.
@@ -218,6 +257,12 @@ impl Store {
             tx.pragma_update(None, "user_version", 2).map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
+        if version < 3 {
+            let tx = conn.transaction().map_err(open_err)?;
+            tx.execute_batch(SCHEMA_V3).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", 3).map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
         triggers::migrate(path, &mut conn)?;
         Ok(Store { path: path.to_owned(), conn: Mutex::new(conn), clock: clock::system() })
     }
@@ -299,44 +344,64 @@ impl Store {
         }
 
         let (mut accepted, mut duplicates) = (0u64, 0u64);
-        // (instrument, kind) -> (count, largest timestamp), for the stored records only.
-        let mut per_kind: HashMap<(&str, u8), (i64, i64)> = HashMap::new();
+        // One tally per instrument of the batch. Records of one instrument mostly come in
+        // runs, so the last one used is tried before the map.
+        let mut tallies: Vec<SourceTally<'_>> = Vec::new();
+        let mut tally_of: HashMap<&str, usize> = HashMap::new();
+        let mut last = usize::MAX;
         {
+            let mut add_source = tx
+                .prepare_cached("INSERT INTO sources (box, instrument) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                .op("prepare source insert")?;
+            let mut find_source = tx
+                .prepare_cached("SELECT id FROM sources WHERE box = ?1 AND instrument = ?2")
+                .op("prepare source lookup")?;
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO reports (box, instrument, msg_id, timestamp_ms, kind, priority, payload, received_ms, batch_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (box, instrument, msg_id) DO NOTHING",
+                    "INSERT INTO reports (source, box, instrument, msg_id, timestamp_ms, kind, priority, payload, received_ms, batch_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (source, msg_id) DO NOTHING",
                 )
                 .op("prepare report insert")?;
             let mut redeliver = tx
-                .prepare_cached(
-                    "UPDATE reports SET deliveries = deliveries + 1 WHERE box = ?1 AND instrument = ?2 AND msg_id = ?3",
-                )
+                .prepare_cached("UPDATE reports SET deliveries = deliveries + 1 WHERE source = ?1 AND msg_id = ?2")
                 .op("prepare redelivery update")?;
+            // What is the same for every record is bound once; SQLite keeps bindings
+            // across executions of a statement.
+            insert.raw_bind_parameter(2, box_id).op("bind report box")?;
+            insert.raw_bind_parameter(9, now).op("bind report time")?;
+            insert.raw_bind_parameter(10, batch_key).op("bind report batch")?;
             for rec in &batch.records {
+                let instrument = rec.instrument.as_str();
+                if tallies.get(last).is_none_or(|t| t.instrument != instrument) {
+                    last = match tally_of.get(instrument) {
+                        Some(&i) => i,
+                        None => {
+                            add_source.execute(params![box_id, instrument]).op("add source")?;
+                            let id: i64 = find_source
+                                .query_row(params![box_id, instrument], |r| r.get(0))
+                                .op("look up source")?;
+                            tallies.push(SourceTally { instrument, id, kinds: Vec::new() });
+                            tally_of.insert(instrument, tallies.len() - 1);
+                            tallies.len() - 1
+                        }
+                    };
+                }
+                let tally = &mut tallies[last];
                 let msg_key = rec.msg_id as i64;
-                let inserted = insert
-                    .execute(params![
-                        box_id,
-                        rec.instrument,
-                        msg_key,
-                        rec.timestamp_ms,
-                        rec.kind as u8,
-                        rec.priority,
-                        rec.payload,
-                        now,
-                        batch_key
-                    ])
-                    .op("insert report")?;
-                if inserted == 1 {
+                insert.raw_bind_parameter(1, tally.id).op("bind report")?;
+                insert.raw_bind_parameter(3, instrument).op("bind report")?;
+                insert.raw_bind_parameter(4, msg_key).op("bind report")?;
+                insert.raw_bind_parameter(5, rec.timestamp_ms).op("bind report")?;
+                insert.raw_bind_parameter(6, rec.kind as u8).op("bind report")?;
+                insert.raw_bind_parameter(7, rec.priority).op("bind report")?;
+                insert.raw_bind_parameter(8, &rec.payload).op("bind report")?;
+                if insert.raw_execute().op("insert report")? == 1 {
                     accepted += 1;
-                    let e = per_kind.entry((rec.instrument.as_str(), rec.kind as u8)).or_insert((0, i64::MIN));
-                    e.0 += 1;
-                    e.1 = e.1.max(rec.timestamp_ms);
+                    tally.count(rec.kind as u8, rec.timestamp_ms);
                 } else {
                     duplicates += 1;
-                    redeliver.execute(params![box_id, rec.instrument, msg_key]).op("count redelivery")?;
+                    redeliver.execute(params![tally.id, msg_key]).op("count redelivery")?;
                 }
             }
         }
@@ -351,10 +416,12 @@ impl Store {
                         last_timestamp_ms = max(last_timestamp_ms, excluded.last_timestamp_ms)",
                 )
                 .op("prepare instrument counters")?;
-            for ((instrument, kind), (count, max_ts)) in &per_kind {
-                upsert
-                    .execute(params![box_id, instrument, kind, count, now, max_ts])
-                    .op("update instrument counters")?;
+            for t in &tallies {
+                for &(kind, count, max_ts) in &t.kinds {
+                    upsert
+                        .execute(params![box_id, t.instrument, kind, count, now, max_ts])
+                        .op("update instrument counters")?;
+                }
             }
         }
         tx.prepare_cached(
@@ -481,10 +548,31 @@ impl Store {
     pub fn reset(&self) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).op("begin reset")?;
-        tx.execute_batch("DELETE FROM reports; DELETE FROM batches; DELETE FROM boxes; DELETE FROM instrument_kinds;")
+        tx.execute_batch("DELETE FROM reports; DELETE FROM sources; DELETE FROM batches; DELETE FROM boxes; DELETE FROM instrument_kinds;")
             .op("reset")?;
         triggers::reset(&tx)?;
         tx.commit().op("commit reset")
+    }
+}
+
+/// What one batch stored for one instrument.
+struct SourceTally<'a> {
+    instrument: &'a str,
+    /// Its id in `sources`.
+    id: i64,
+    /// (kind, records stored, largest timestamp): a handful of kinds at most.
+    kinds: Vec<(u8, i64, i64)>,
+}
+
+impl SourceTally<'_> {
+    fn count(&mut self, kind: u8, timestamp_ms: i64) {
+        match self.kinds.iter_mut().find(|k| k.0 == kind) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 = k.2.max(timestamp_ms);
+            }
+            None => self.kinds.push((kind, 1, timestamp_ms)),
+        }
     }
 }
 
@@ -712,6 +800,90 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert!(s.ingest("box-0001", &batch(1, 0, vec![])).unwrap().repeated);
         assert_eq!(all(&s).len(), 1);
+    }
+
+    #[test]
+    fn interleaved_instruments_are_tallied_per_instrument_and_kind() {
+        let s = Store::open_in_memory().unwrap();
+        let recs = vec![
+            rec("A-1", 1, Kind::Status),
+            rec("B-2", 1, Kind::Alarm),
+            rec("A-1", 2, Kind::Alarm),
+            rec("A-1", 3, Kind::Status),
+            rec("B-2", 1, Kind::Alarm),
+            rec("C-3", 9, Kind::Event),
+            rec("B-2", 2, Kind::Status),
+        ];
+        let got = s.ingest("box-0001", &batch(1, 0, recs)).unwrap();
+        assert_eq!(got.ack, BatchAck { batch_id: 1, accepted: 6, duplicates: 1 });
+        let st = s.stats().unwrap();
+        let a = st.for_instrument("box-0001", "A-1").unwrap();
+        assert_eq!((a.count, a.kinds.get("status"), a.kinds.get("alarm")), (3, Some(&2), Some(&1)));
+        assert_eq!(a.last_timestamp_ms, 1_700_000_000_003);
+        let b = st.for_instrument("box-0001", "B-2").unwrap();
+        assert_eq!((b.count, b.kinds.get("status"), b.kinds.get("alarm")), (2, Some(&1), Some(&1)));
+        let c = st.for_instrument("box-0001", "C-3").unwrap();
+        assert_eq!((c.count, c.kinds.get("event")), (1, Some(&1)));
+        let latest = s.latest_reports().unwrap();
+        assert_eq!(
+            latest.iter().map(|r| (r.instrument.as_str(), r.msg_id)).collect::<Vec<_>>(),
+            vec![("A-1", 3), ("B-2", 2), ("C-3", 9)]
+        );
+    }
+
+    #[test]
+    fn version_2_database_migrates_to_3_keeping_ids_and_uniqueness() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dc.sqlite");
+        {
+            // A database as a version-2 rapdc left it, with a gap in the report ids.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(SCHEMA_V2).unwrap();
+            c.execute_batch(
+                "INSERT INTO reports (id, box, instrument, msg_id, timestamp_ms, kind, priority, payload, received_ms, batch_id, deliveries)
+                 VALUES (1, 'box-0001', 'A-1', 1, 10, 1, 2, x'6f6e65', 100, 1, 1),
+                        (2, 'box-0001', 'B-2', -1, 11, 2, 0, x'74776f', 100, 1, 2),
+                        (7, 'box-0002', 'A-1', 1, 12, 1, 2, x'', 200, 5, 1);
+                 INSERT INTO batches (box, batch_id, received_ms, record_count, accepted, duplicates, dropped_total)
+                 VALUES ('box-0001', 1, 100, 2, 2, 0, 0), ('box-0002', 5, 200, 1, 1, 0, 0);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let version: i64 = s.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let rows = all(&s);
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.id, r.box_id.as_str(), r.instrument.as_str(), r.msg_id, r.deliveries))
+                .collect::<Vec<_>>(),
+            vec![(1, "box-0001", "A-1", 1, 1), (2, "box-0001", "B-2", u64::MAX, 2), (7, "box-0002", "A-1", 1, 1)]
+        );
+        assert_eq!(rows[1].payload, "two");
+        // The migrated rows still decide what is a duplicate, per box and instrument.
+        let got = s
+            .ingest(
+                "box-0001",
+                &batch(
+                    2,
+                    0,
+                    vec![rec("A-1", 1, Kind::Status), rec("B-2", u64::MAX, Kind::Alarm), rec("A-1", 2, Kind::Status)],
+                ),
+            )
+            .unwrap();
+        assert_eq!(got.ack, BatchAck { batch_id: 2, accepted: 1, duplicates: 2 });
+        let rows = all(&s);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[3].id, 8, "new reports continue after the highest migrated id");
+        assert_eq!(rows[1].deliveries, 3);
+        // A repeated batch id from before the migration still gets its first ack.
+        assert!(s.ingest("box-0002", &batch(5, 0, vec![])).unwrap().repeated);
+        drop(s);
+        // Opening again runs no migration twice.
+        let s = Store::open(&path).unwrap();
+        assert_eq!(all(&s).len(), 4);
     }
 
     #[test]

@@ -37,23 +37,22 @@ impl Store {
     /// The newest report (highest message id) of every instrument, by box and instrument.
     pub fn latest_reports(&self) -> Result<Vec<Report>, StoreError> {
         let conn = self.conn();
-        let mut sources = conn
-            .prepare_cached("SELECT DISTINCT box, instrument FROM instrument_kinds ORDER BY box, instrument")
-            .op("prepare instrument list")?;
-        let pairs = sources
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        let mut sources =
+            conn.prepare_cached("SELECT id FROM sources ORDER BY box, instrument").op("prepare instrument list")?;
+        let ids = sources
+            .query_map([], |r| r.get::<_, i64>(0))
             .op("query instrument list")?
             .collect::<Result<Vec<_>, _>>()
             .op("read instrument list")?;
-        // One index lookup per instrument on UNIQUE(box, instrument, msg_id).
+        // One index lookup per instrument on UNIQUE(source, msg_id).
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {REPORT_COLUMNS} FROM reports WHERE box = ?1 AND instrument = ?2 ORDER BY msg_id DESC LIMIT 1"
+                "SELECT {REPORT_COLUMNS} FROM reports WHERE source = ?1 ORDER BY msg_id DESC LIMIT 1"
             ))
             .op("prepare latest report")?;
         let mut out = Vec::new();
-        for (b, i) in pairs {
-            let mut rows = stmt.query(params![b, i]).op("query latest report")?;
+        for id in ids {
+            let mut rows = stmt.query(params![id]).op("query latest report")?;
             if let Some(r) = rows.next().op("read latest report")? {
                 out.push(report_from_row(r)?);
             }
