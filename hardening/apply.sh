@@ -62,7 +62,7 @@ for db in passwd shadow; do
     : > "$tmp"
     while IFS= read -r line; do
         name=${line%%:*}
-        if grep -qx "$name" <<<"$allowed"; then
+        if printf '%s\n' "$allowed" | grep -qx "$name"; then
             printf '%s\n' "$line" >> "$tmp"
         fi
     done < "$TARGET/etc/$db"
