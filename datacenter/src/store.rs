@@ -245,23 +245,14 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew { path: path.to_owned(), found: version, known: SCHEMA_VERSION });
         }
-        if version < 1 {
-            let tx = conn.transaction().map_err(open_err)?;
-            tx.execute_batch(SCHEMA_V1).map_err(open_err)?;
-            tx.pragma_update(None, "user_version", 1).map_err(open_err)?;
-            tx.commit().map_err(open_err)?;
-        }
-        if version < 2 {
-            let tx = conn.transaction().map_err(open_err)?;
-            tx.execute_batch(SCHEMA_V2).map_err(open_err)?;
-            tx.pragma_update(None, "user_version", 2).map_err(open_err)?;
-            tx.commit().map_err(open_err)?;
-        }
-        if version < 3 {
-            let tx = conn.transaction().map_err(open_err)?;
-            tx.execute_batch(SCHEMA_V3).map_err(open_err)?;
-            tx.pragma_update(None, "user_version", 3).map_err(open_err)?;
-            tx.commit().map_err(open_err)?;
+        // Each step in its own transaction, so an interrupted upgrade resumes at its step.
+        for (to, step) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
+            if version < to {
+                let tx = conn.transaction().map_err(open_err)?;
+                tx.execute_batch(step).map_err(open_err)?;
+                tx.pragma_update(None, "user_version", to).map_err(open_err)?;
+                tx.commit().map_err(open_err)?;
+            }
         }
         triggers::migrate(path, &mut conn)?;
         Ok(Store { path: path.to_owned(), conn: Mutex::new(conn), clock: clock::system() })
