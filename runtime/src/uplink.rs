@@ -90,7 +90,8 @@ pub fn agent(cfg: &UplinkConfig) -> Result<ureq::Agent, tls::TlsSetupError> {
         .timeout_read(cfg.io_timeout)
         .timeout_write(cfg.io_timeout)
         .redirects(0)
-        .max_idle_connections(2)
+        .max_idle_connections(MAX_IN_FLIGHT)
+        .max_idle_connections_per_host(MAX_IN_FLIGHT)
         .user_agent(concat!("rapd/", env!("CARGO_PKG_VERSION")));
     if let Some(p) = &cfg.proxy {
         // Validated at configuration time; ureq names socks5 "socks5" and CONNECT "http".
@@ -128,12 +129,16 @@ struct Steer {
 
 /// The uplink; returns when `stop` is set.
 ///
-/// Two threads: the batcher reads the next batch after a per-priority cursor and
-/// compresses it while the sender's previous POST is in flight; the sender posts, and on
-/// the data center's acknowledgement hands the rows to the queue writer for deletion
-/// (committed while the next batch travels). When a POST fails, the sender rewinds the
-/// batcher to the last acknowledged position, so the next attempt is read afresh — new
-/// alarms go first — and a batch with the same rows keeps its id and body.
+/// The batcher reads the next batch after a per-priority cursor and compresses it while
+/// earlier POSTs are in flight; the sender hands batches to two poster threads, so that
+/// while the data center commits one batch the next one travels (only while deliveries
+/// succeed, and never routine status beside an alarm batch), and takes their answers in
+/// the order the batches were read: on each acknowledgement it hands the rows to the queue
+/// writer for deletion (committed while the next batch travels). When a POST fails, the
+/// sender rewinds the batcher to the last position acknowledged in order, so the next
+/// attempt is read afresh — new alarms go first — and a batch with the same rows keeps its
+/// id and body; a batch that travelled beside it and was acknowledged is removed all the
+/// same (if it is read again before that, the data center recognises the resend).
 pub fn run(cfg: UplinkConfig, queue: Queue, status: SharedStatus, stop: Arc<AtomicBool>) {
     run_with_commands(cfg, queue, status, stop, None)
 }
@@ -223,6 +228,64 @@ fn batcher(cfg: UplinkConfig, queue: Queue, steer: Arc<Mutex<Steer>>, tx: SyncSe
     }
 }
 
+/// POSTs at once while deliveries succeed: the next batch travels, and is decompressed
+/// by the data center, while the data center commits the one before. One at a time before
+/// the first success and after any failure, so that a failing data center sees one attempt
+/// per backoff.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// A POST for a poster thread.
+struct Job {
+    agent: ureq::Agent,
+    batch_id: u64,
+    body: Vec<u8>,
+    done: mpsc::Sender<Posted>,
+}
+
+/// A poster's answer; the body comes back for a retry with the same bytes.
+struct Posted {
+    answer: Result<BatchAnswer, Failure>,
+    body: Vec<u8>,
+}
+
+/// A batch whose POST has not been answered yet.
+struct InFlight {
+    epoch: u64,
+    ranges: Vec<SeqRange>,
+    records: u64,
+    batch_id: u64,
+    /// The most urgent priority among its rows (0 = alarms).
+    most_urgent: u8,
+    started: Instant,
+    done: Receiver<Posted>,
+    /// The answer, once it was seen while waiting for the next batch.
+    ready: Option<Posted>,
+}
+
+/// Whether `next` may travel beside the batches in flight: only if none of its rows is
+/// less urgent than a row in flight, so that routine status never overtakes an alarm.
+fn may_overtake(flight: &VecDeque<InFlight>, next: &Prepared) -> bool {
+    let least_urgent = next.ranges.iter().map(|r| r.priority).max().unwrap_or(0);
+    flight.iter().all(|f| least_urgent <= f.most_urgent)
+}
+
+/// Starts the poster threads: each takes a job, posts it and sends the answer back.
+fn posters(cfg: &UplinkConfig) -> std::io::Result<(mpsc::Sender<Job>, Vec<std::thread::JoinHandle<()>>)> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    let mut handles = Vec::new();
+    for i in 0..MAX_IN_FLIGHT {
+        let (cfg, rx) = (cfg.clone(), rx.clone());
+        handles.push(std::thread::Builder::new().name(format!("uplink-post-{i}")).spawn(move || loop {
+            let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok(job) = job else { return };
+            let answer = post(&job.agent, &cfg, job.batch_id, &job.body);
+            let _ = job.done.send(Posted { answer, body: job.body });
+        })?);
+    }
+    Ok((tx, handles))
+}
+
 fn sender(
     cfg: UplinkConfig,
     queue: Queue,
@@ -239,6 +302,13 @@ fn sender(
         st.from = to;
         st.epoch
     };
+    let (jobs, poster_threads) = match posters(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("uplink: cannot start the poster threads: {e}");
+            return;
+        }
+    };
     let mut agent_opt: Option<ureq::Agent> = None;
     let mut backoff = cfg.backoff_initial;
     let mut failures: u32 = 0;
@@ -248,6 +318,12 @@ fn sender(
     let mut pending: VecDeque<Receiver<Result<(), String>>> = VecDeque::new();
     // The last batch that failed: the same rows are sent again with the same id and body.
     let mut retry: Option<(Vec<SeqRange>, u64, Vec<u8>)> = None;
+    // POSTs not answered yet, oldest first; answers are taken in this order.
+    let mut flight: VecDeque<InFlight> = VecDeque::new();
+    // A batch taken from the batcher that waits for room in flight.
+    let mut next: Option<Prepared> = None;
+    // Whether the last answer was a success: only then does more than one batch travel.
+    let mut flowing = false;
     let mut settled = false;
     while !stop.load(Ordering::SeqCst) {
         // Settle finished deletions; a failed one means those rows are still queued: read
@@ -297,30 +373,82 @@ fn sender(
                 }
             },
         };
-        let p = match rx.recv_timeout(Duration::from_millis(if pending.is_empty() { 500 } else { 20 })) {
-            Ok(p) if p.epoch == epoch => p,
-            Ok(_) => continue, // read before the last rewind
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                set(&|s| {
-                    if s.state != "backoff" {
-                        s.state = "idle".into();
+        let room = if flowing { MAX_IN_FLIGHT } else { 1 };
+        if next.is_none() && flight.len() < room {
+            let got = if flight.is_empty() {
+                rx.recv_timeout(Duration::from_millis(if pending.is_empty() { 500 } else { 20 }))
+            } else {
+                // Whichever comes first: the next batch, or the oldest POST's answer.
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(1)) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        got => break got,
                     }
-                });
-                if let Some(x) = exchanger.as_mut() {
-                    x.maybe(&agent, rapwire::command::MAX_EXCHANGE_BYTES, true, &status);
+                    let front = flight.front_mut().expect("a batch in flight");
+                    match front.done.try_recv() {
+                        Ok(posted) => front.ready = Some(posted),
+                        Err(mpsc::TryRecvError::Empty) => continue,
+                        Err(mpsc::TryRecvError::Disconnected) => {}
+                    }
+                    break Err(mpsc::RecvTimeoutError::Timeout);
                 }
-                continue;
+            };
+            match got {
+                Ok(p) => next = Some(p),
+                Err(mpsc::RecvTimeoutError::Timeout) if flight.is_empty() => {
+                    set(&|s| {
+                        if s.state != "backoff" {
+                            s.state = "idle".into();
+                        }
+                    });
+                    if let Some(x) = exchanger.as_mut() {
+                        x.maybe(&agent, rapwire::command::MAX_EXCHANGE_BYTES, true, &status);
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let records = p.records;
-        let (batch_id, body) = match retry.take() {
-            Some((r, id, body)) if r == p.ranges => (id, body),
-            _ => (p.batch_id, p.body),
-        };
-        set(&|s| s.state = "sending".into());
-        let started = Instant::now();
-        let answer = post(&agent, &cfg, batch_id, &body);
+        }
+        if let Some(p) = next.take() {
+            if p.epoch != epoch {
+                continue; // read before the last rewind
+            }
+            if flight.len() < room && may_overtake(&flight, &p) {
+                let (batch_id, body) = match retry.take() {
+                    Some((r, id, body)) if r == p.ranges => (id, body),
+                    _ => (p.batch_id, p.body),
+                };
+                let (done_tx, done) = mpsc::channel();
+                if jobs.send(Job { agent: agent.clone(), batch_id, body, done: done_tx }).is_err() {
+                    log::error!("uplink: the poster threads stopped");
+                    break;
+                }
+                let most_urgent = p.ranges.iter().map(|r| r.priority).min().unwrap_or(0);
+                flight.push_back(InFlight {
+                    epoch,
+                    ranges: p.ranges,
+                    records: p.records,
+                    batch_id,
+                    most_urgent,
+                    started: Instant::now(),
+                    done,
+                    ready: None,
+                });
+                set(&|s| s.state = "sending".into());
+                continue; // fill the window before waiting
+            }
+            next = Some(p);
+        }
+        // The window is full, or the next batch waits for the ones in flight: take the
+        // oldest answer.
+        let Some(mut f) = flight.pop_front() else { continue };
+        let Posted { answer, body } =
+            f.ready.take().map(Ok).unwrap_or_else(|| f.done.recv()).unwrap_or_else(|_| Posted {
+                answer: Err(Failure { message: "the uplink's poster thread stopped".into(), retry_after: None }),
+                body: Vec::new(),
+            });
+        let (batch_id, records) = (f.batch_id, f.records);
         if !settled {
             // The uplink's own start-up (TLS context, first connection) is over: its code
             // and OpenSSL's set-up are not needed again (see `memory`).
@@ -337,63 +465,91 @@ fn sender(
                     }
                     x.maybe(&agent, rapwire::command::MAX_EXCHANGE_BYTES, false, &status);
                 }
-                confirmed.advance(&p.ranges);
-                match queue.complete_async(p.ranges) {
+                // A batch sent before a rewind is delivered all the same, but the cursor
+                // only moves over batches acknowledged in order since then.
+                if f.epoch == epoch {
+                    confirmed.advance(&f.ranges);
+                    flowing = true;
+                }
+                match queue.complete_async(f.ranges) {
                     Ok(drx) => pending.push_back(drx),
                     Err(e) => log::error!("uplink: batch {batch_id:016x} acknowledged but not removed: {e}"),
                 }
-                if failures > 0 {
+                if failures > 0 && f.epoch == epoch {
                     log::info!("uplink: data center reachable again after {failures} failed attempts");
+                    failures = 0;
+                    backoff = cfg.backoff_initial;
                 }
                 log::debug!(
                     "uplink: batch {batch_id:016x}: {records} records, {} bytes, accepted {} duplicates {} in {:?}",
                     body.len(),
                     ack.accepted,
                     ack.duplicates,
-                    started.elapsed()
+                    f.started.elapsed()
                 );
-                failures = 0;
-                backoff = cfg.backoff_initial;
                 // A long drain faults code and heap in batch after batch; give back what
                 // the next batch does not use again (see `memory`).
                 crate::memory::relax(BUSY_RELAX_EVERY);
+                let in_flight = !flight.is_empty();
                 set(&|s| {
-                    s.state = "idle".into();
+                    s.state = if in_flight { "sending" } else { "idle" }.into();
                     s.last_success_ms = Some(now_ms());
-                    s.consecutive_failures = 0;
-                    s.next_attempt_ms = None;
+                    s.consecutive_failures = failures;
+                    if failures == 0 {
+                        s.next_attempt_ms = None;
+                    }
                     s.batches_sent += 1;
                     s.records_sent += records;
                     s.duplicates_reported += ack.duplicates;
                     s.bytes_sent += body.len() as u64;
                 });
             }
-            Err(f) => {
+            Err(f_err) if f.epoch != epoch => {
+                // It travelled beside a batch that failed first; the rewind already covers
+                // its rows.
+                log::warn!("uplink: batch {batch_id:016x} ({records} records) not delivered either: {}", f_err.message);
+            }
+            Err(f_err) => {
+                flowing = false;
                 failures = failures.saturating_add(1);
                 let jittered = jitter(backoff);
-                let wait = match f.retry_after {
+                let wait = match f_err.retry_after {
                     Some(ra) => ra.max(jittered).min(Duration::from_secs(3600)),
                     None => jittered,
                 };
                 log::warn!(
                     "uplink: batch {batch_id:016x} ({records} records) not delivered: {}; retrying in {} ms",
-                    f.message,
+                    f_err.message,
                     wait.as_millis()
                 );
                 set(&|s| {
                     s.state = "backoff".into();
-                    s.last_error = Some(f.message.clone());
+                    s.last_error = Some(f_err.message.clone());
                     s.last_error_ms = Some(now_ms());
                     s.consecutive_failures = failures;
                     s.next_attempt_ms = Some(now_ms() + wait.as_millis() as u64);
                 });
-                retry = Some((p.ranges, batch_id, body));
+                if !body.is_empty() {
+                    retry = Some((f.ranges, batch_id, body));
+                }
                 backoff = (backoff * 2).min(cfg.backoff_max);
                 sleep_unless_stopped(&stop, wait);
                 // Read afresh only now: what arrived during the wait (alarms first) is included.
                 epoch = rewind(confirmed);
             }
         }
+    }
+    // Answers still owed: rows the data center acknowledged are removed.
+    for mut f in flight {
+        if let Ok(Posted { answer: Ok(_), .. }) = f.ready.take().map(Ok).unwrap_or_else(|| f.done.recv()) {
+            if let Ok(drx) = queue.complete_async(f.ranges) {
+                pending.push_back(drx);
+            }
+        }
+    }
+    drop(jobs);
+    for h in poster_threads {
+        let _ = h.join();
     }
     for drx in pending {
         let _ = queue.wait_completed(&drx);
@@ -488,6 +644,37 @@ mod tests {
             let j = jitter(Duration::from_millis(1000));
             assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000), "{j:?}");
         }
+    }
+
+    #[test]
+    fn routine_never_travels_beside_an_alarm_batch() {
+        let range = |priority| SeqRange { priority, first: 1, last: 2 };
+        let prepared = |ps: &[u8]| Prepared {
+            epoch: 0,
+            ranges: ps.iter().map(|&p| range(p)).collect(),
+            records: 2,
+            batch_id: 1,
+            body: Vec::new(),
+        };
+        let in_flight = |most_urgent| InFlight {
+            epoch: 0,
+            ranges: vec![range(most_urgent)],
+            records: 2,
+            batch_id: 0,
+            most_urgent,
+            started: Instant::now(),
+            done: mpsc::channel().1,
+            ready: None,
+        };
+        let mut flight = VecDeque::new();
+        assert!(may_overtake(&flight, &prepared(&[2])), "nothing in flight");
+        flight.push_back(in_flight(2));
+        assert!(may_overtake(&flight, &prepared(&[2])), "routine beside routine");
+        assert!(may_overtake(&flight, &prepared(&[0])), "an alarm may pass routine status");
+        flight.push_back(in_flight(0));
+        assert!(!may_overtake(&flight, &prepared(&[2])), "routine waits for the alarms in flight");
+        assert!(!may_overtake(&flight, &prepared(&[0, 2])), "a mixed batch waits too");
+        assert!(may_overtake(&flight, &prepared(&[0])), "alarms beside alarms");
     }
 
     #[test]
