@@ -556,3 +556,89 @@ fn uplink_ready_times() {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("median uplink ready: {}; load average after: {}", summary.join(", "), load.trim());
 }
+
+/// rapd's `VmRSS`/`VmHWM` in the guest, in KiB (from its `/proc/PID/status`).
+fn rapd_memory(vm: &mut Vm) -> (u64, u64) {
+    let out = vm
+        .console
+        .run_ok("grep -E '^Vm(RSS|HWM):' /proc/$(systemctl show -p MainPID --value rapd)/status", timeout(30));
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {out:?}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Resets rapd's `VmHWM` to its current resident set.
+fn reset_peak(vm: &mut Vm) {
+    vm.console.run_ok("echo 5 > /proc/$(systemctl show -p MainPID --value rapd)/clear_refs", timeout(30));
+}
+
+/// rapd's resident set on the box's own kernel (the image's): idle after start, peak
+/// during ingest with the data center's front door down, and peak while that backlog
+/// drains. The host benchmark (bench/) measures the same on the build machine's kernel,
+/// whose page cache behaves differently (see docs/benchmarks.md).
+#[test]
+#[ignore = "measurement (rapd's resident set in the booted image, for docs/benchmarks.md): run with --ignored --nocapture"]
+fn rapd_resident_set_in_the_image() {
+    let per: u64 = std::env::var("RAPBOX_RSS_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let test = "dp_rss";
+    let Some((built, mut dc, raw)) = provisioned(test) else { return };
+    let disk = image::overlay_of(&raw, test).expect("overlay");
+    let mut vm = boot(test, &built, disk, &dc);
+    login(&mut vm);
+    wait_uplink(&mut vm, 120);
+    let kernel = vm.console.run_ok("uname -r", timeout(30)).trim().to_string();
+    std::thread::sleep(Duration::from_secs(10));
+    let (early, _) = rapd_memory(&mut vm);
+    // An idle uplink gives back start-up pages after a minute (runtime/src/memory.rs).
+    std::thread::sleep(Duration::from_secs(65));
+    let (idle, _) = rapd_memory(&mut vm);
+
+    dc.stop_front_door();
+    reset_peak(&mut vm);
+    let t0 = Instant::now();
+    let runs: Vec<SimRun> = ports()
+        .iter()
+        .map(|p| {
+            let cfg = Instrument { window: 1024, alarm_every: 0, ..instrument(p, Some(per), 1) };
+            SimRun::spawn(&vm.netns().name, cfg)
+        })
+        .collect();
+    for r in runs {
+        let serial = r.serial.clone();
+        let sum = r.join().unwrap_or_else(|e| panic!("{serial}: {e}"));
+        assert_eq!(sum.stats.acked, per, "{serial}: {:?}", sum.stats);
+    }
+    let ingest_s = t0.elapsed().as_secs_f64();
+    let (_, ingest_peak) = rapd_memory(&mut vm);
+
+    reset_peak(&mut vm);
+    let t0 = Instant::now();
+    dc.start_front_door().expect("front door");
+    let end = Instant::now() + timeout(900);
+    loop {
+        let st = status(&mut vm);
+        if st["queue"]["depth"].as_u64() == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < end, "backlog not drained: {st:#}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let drain_s = t0.elapsed().as_secs_f64();
+    let (_, drain_peak) = rapd_memory(&mut vm);
+    println!(
+        "rapd in the image (kernel {kernel}, TCG): VmRSS {:.1} MiB 10 s after the first upload, idle {:.1} MiB \
+         75 s after; {} messages from 2 instruments \
+         ingested in {ingest_s:.0} s with the data center down, VmHWM {:.1} MiB; drained in {drain_s:.0} s, \
+         VmHWM {:.1} MiB",
+        early as f64 / 1024.0,
+        idle as f64 / 1024.0,
+        2 * per,
+        ingest_peak as f64 / 1024.0,
+        drain_peak as f64 / 1024.0
+    );
+}
