@@ -30,6 +30,7 @@ use std::io::{BufWriter, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -610,18 +611,23 @@ fn bench_rapd(a: &Args, dir: &Path, dc: &Dc, client: &Client) -> Result<RapdResu
     // Durable ingest: the data center is down, so rapd only stores and acknowledges.
     let per = a.messages / a.instruments as u64;
     let extra = a.messages % a.instruments as u64;
+    // The same kind of pre-rendered payloads as the syslog-ng senders cycle, so that
+    // neither peer's load generator spends its CPU rendering readings.
+    let pools: Vec<Arc<[Vec<u8>]>> = instruments.iter().map(|(s, _)| payloads(s, 4096, a.payload).into()).collect();
     let mut sampler = ThreadSampler::new(pid);
     let self0 = process_cpu(std::process::id());
     let t = Instant::now();
     let runs = instruments
         .iter()
+        .zip(pools)
         .enumerate()
-        .map(|(i, (s, addr))| {
+        .map(|(i, ((s, addr), pool))| {
             Instrument {
                 rate: 0,
                 count: Some(per + u64::from((i as u64) < extra)),
                 window: a.window,
                 payload_size: a.payload,
+                payloads: Some(pool),
                 drain_timeout: Duration::from_secs(60),
                 stall_timeout: Some(Duration::from_secs(120)),
                 ..Instrument::new(*addr, s.clone())
@@ -1257,7 +1263,8 @@ impl Report<'_> {
               (`rapsim::StatusText`), 1000 rows per transaction; 1 row per transaction for reference.\n";
         s += "- **rapd durable ingest**: the release `rapd` in FIPS mode (OpenSSL FIPS provider from \
               scripts/build-fips.sh), one port per instrument; `rapsim::Instrument` agents (rate 0 = as fast as the \
-              window allows, 200-byte realistic payloads, pipelined window) send the messages; the uplink points at a \
+              window allows, pipelined window; each cycles 4096 pre-rendered 200-byte status payloads, as the syslog-ng \
+              senders do, instead of rendering every report) send the messages; the uplink points at a \
               data center whose nginx is not running yet, so only ingest is measured. A message counts when its ack \
               arrives, and rapd acks only after the fsync'ed commit. The rate is messages / time from the first \
               connection to the last ack. Idle RSS is `VmRSS` 2 s after start; peak RSS is `VmHWM` \

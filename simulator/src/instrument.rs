@@ -85,6 +85,10 @@ pub struct Instrument {
     pub holds: Vec<(String, String)>,
     /// Every alarm is this one of [`crate::ALARMS`] (`None`: a random one each time).
     pub alarm_name: Option<String>,
+    /// Status payloads to send in turn instead of rendering each report (`None`: render).
+    /// For benchmarks, whose load generator should cost less than the box it loads:
+    /// rendering a report's readings costs more CPU than the box spends storing it.
+    pub payloads: Option<Arc<[Vec<u8>]>>,
 }
 
 impl Instrument {
@@ -111,6 +115,7 @@ impl Instrument {
             stats: Arc::new(Stats::default()),
             holds: Vec::new(),
             alarm_name: None,
+            payloads: None,
         }
     }
 
@@ -560,7 +565,10 @@ impl<'a> Engine<'a> {
             kind: if alarm { Kind::Alarm } else { Kind::Status },
             priority: if alarm { rapwire::PRIORITY_URGENT } else { STATUS_PRIORITY },
             serial: self.cfg.wire_serial().to_string(),
-            payload: self.text.next(alarm, self.cfg.payload_size),
+            payload: match &self.cfg.payloads {
+                Some(pool) if !alarm && !pool.is_empty() => pool[(index % pool.len() as u64) as usize].clone(),
+                _ => self.text.next(alarm, self.cfg.payload_size),
+            },
         };
         let mut frame = Vec::with_capacity(self.cfg.payload_size + 96);
         report.encode_into(&mut frame);

@@ -226,3 +226,21 @@ fn held_readings_and_a_fixed_alarm_are_sent() {
         }
     }
 }
+
+#[test]
+fn a_payload_pool_is_sent_in_turn_and_alarms_are_still_rendered() {
+    let fake = FakeBox::start("DXI-0010", Behaviour::AckAll { hold: 1 });
+    let pool: Vec<Vec<u8>> = vec![b"status one".to_vec(), b"status two".to_vec(), b"status three".to_vec()];
+    let i = Instrument { alarm_every: 5, payloads: Some(pool.clone().into()), ..inst(&fake, 20) };
+    assert_eq!(i.run().expect("run").stats.acked, 20);
+    let seen = fake.seen.lock().unwrap();
+    let reports: Vec<&Report> = seen.per_conn.iter().flatten().collect();
+    assert_eq!(reports.len(), 20);
+    for (index, r) in reports.iter().enumerate() {
+        if r.kind == Kind::Alarm {
+            assert!(String::from_utf8_lossy(&r.payload).starts_with("alarm="), "{:?}", r.payload);
+        } else {
+            assert_eq!(r.payload, pool[index % pool.len()], "report {index}");
+        }
+    }
+}
