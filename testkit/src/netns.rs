@@ -160,6 +160,9 @@ pub enum Got {
     Silence,
 }
 
+/// How long a UDP probe waits for an answer before it sends its datagram again.
+const UDP_RESEND: Duration = Duration::from_millis(600);
+
 /// How long a probe waits for anything to come back (host tests).
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -207,15 +210,33 @@ pub fn tcp(ns: &Ns, from: Option<Ipv4Addr>, to: SocketAddrV4, timeout: Duration)
 pub fn udp(ns: &Ns, from: Option<Ipv4Addr>, to: SocketAddrV4, timeout: Duration) -> Got {
     ns.enter(|| {
         let s = UdpSocket::bind(SocketAddrV4::new(from.unwrap_or(Ipv4Addr::UNSPECIFIED), 0)).expect("bind udp");
-        s.set_read_timeout(Some(timeout)).unwrap();
-        if let Err(e) = s.connect(to).and_then(|()| s.send(b"ping")) {
+        if let Err(e) = s.connect(to) {
             return Got::Refused(e.to_string());
         }
+        // A datagram, or the ICMP error it draws, can be lost; and a host sends ICMP errors
+        // to one peer at about one per second once a small burst is used up (Linux's
+        // icmp_ratelimit), so a probe right after others may draw nothing. Send again
+        // every UDP_RESEND until the timeout: silence is then silence to all of them.
+        let end = std::time::Instant::now() + timeout;
         let mut buf = [0u8; 64];
-        match s.recv(&mut buf) {
-            Ok(n) => Got::Answer(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Got::Silence,
-            Err(e) => Got::Refused(e.to_string()),
+        loop {
+            if let Err(e) = s.send(b"ping") {
+                return Got::Refused(e.to_string());
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Got::Silence;
+            }
+            s.set_read_timeout(Some(left.min(UDP_RESEND))).unwrap();
+            match s.recv(&mut buf) {
+                Ok(n) => return Got::Answer(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if std::time::Instant::now() >= end {
+                        return Got::Silence;
+                    }
+                }
+                Err(e) => return Got::Refused(e.to_string()),
+            }
         }
     })
 }
