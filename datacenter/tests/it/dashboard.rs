@@ -160,7 +160,16 @@ fn staff_rig(clock: &ManualClock) -> Option<(Rig, SocketAddr)> {
     let rules = RuleSet::load(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")]).unwrap();
     let c = clock.clone();
     let rig = rig_with(
-        move || Backend::start_full(|s| s.with_clock(Arc::new(c)), |cfg| cfg.rules = rules),
+        // Only the seed's explicit evaluations tick, between its clock moves.
+        move || {
+            Backend::start_full(
+                |s| s.with_clock(Arc::new(c)),
+                |cfg| {
+                    cfg.rules = rules;
+                    cfg.tick_interval = Duration::from_secs(3600);
+                },
+            )
+        },
         |mut fd, dir| {
             fd.staff = Some(StaffListener { listen: staff, passwords: password_file(dir) });
             fd
