@@ -254,19 +254,24 @@ struct InFlight {
     ranges: Vec<SeqRange>,
     records: u64,
     batch_id: u64,
-    /// The most urgent priority among its rows (0 = alarms).
-    most_urgent: u8,
     started: Instant,
     done: Receiver<Posted>,
     /// The answer, once it was seen while waiting for the next batch.
     ready: Option<Posted>,
 }
 
+impl InFlight {
+    /// The poster's answer: the one already seen, or the next to come.
+    fn answer(&mut self) -> Result<Posted, mpsc::RecvError> {
+        self.ready.take().map(Ok).unwrap_or_else(|| self.done.recv())
+    }
+}
+
 /// Whether `next` may travel beside the batches in flight: only if none of its rows is
 /// less urgent than a row in flight, so that routine status never overtakes an alarm.
 fn may_overtake(flight: &VecDeque<InFlight>, next: &Prepared) -> bool {
     let least_urgent = next.ranges.iter().map(|r| r.priority).max().unwrap_or(0);
-    flight.iter().all(|f| least_urgent <= f.most_urgent)
+    flight.iter().all(|f| f.ranges.iter().all(|r| least_urgent <= r.priority))
 }
 
 /// Starts the poster threads: each takes a job, posts it and sends the answer back.
@@ -424,13 +429,11 @@ fn sender(
                     log::error!("uplink: the poster threads stopped");
                     break;
                 }
-                let most_urgent = p.ranges.iter().map(|r| r.priority).min().unwrap_or(0);
                 flight.push_back(InFlight {
                     epoch,
                     ranges: p.ranges,
                     records: p.records,
                     batch_id,
-                    most_urgent,
                     started: Instant::now(),
                     done,
                     ready: None,
@@ -443,11 +446,10 @@ fn sender(
         // The window is full, or the next batch waits for the ones in flight: take the
         // oldest answer.
         let Some(mut f) = flight.pop_front() else { continue };
-        let Posted { answer, body } =
-            f.ready.take().map(Ok).unwrap_or_else(|| f.done.recv()).unwrap_or_else(|_| Posted {
-                answer: Err(Failure { message: "the uplink's poster thread stopped".into(), retry_after: None }),
-                body: Vec::new(),
-            });
+        let Posted { answer, body } = f.answer().unwrap_or_else(|_| Posted {
+            answer: Err(Failure { message: "the uplink's poster thread stopped".into(), retry_after: None }),
+            body: Vec::new(),
+        });
         let (batch_id, records) = (f.batch_id, f.records);
         if !settled {
             // The uplink's own start-up (TLS context, first connection) is over: its code
@@ -541,7 +543,7 @@ fn sender(
     }
     // Answers still owed: rows the data center acknowledged are removed.
     for mut f in flight {
-        if let Ok(Posted { answer: Ok(_), .. }) = f.ready.take().map(Ok).unwrap_or_else(|| f.done.recv()) {
+        if let Ok(Posted { answer: Ok(_), .. }) = f.answer() {
             if let Ok(drx) = queue.complete_async(f.ranges) {
                 pending.push_back(drx);
             }
@@ -656,12 +658,11 @@ mod tests {
             batch_id: 1,
             body: Vec::new(),
         };
-        let in_flight = |most_urgent| InFlight {
+        let in_flight = |priority| InFlight {
             epoch: 0,
-            ranges: vec![range(most_urgent)],
+            ranges: vec![range(priority)],
             records: 2,
             batch_id: 0,
-            most_urgent,
             started: Instant::now(),
             done: mpsc::channel().1,
             ready: None,
