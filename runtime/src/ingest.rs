@@ -250,7 +250,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             return;
         }
     };
-    let (tx, rx) = mpsc::channel::<Reply>();
+    let (tx, rx) = mpsc::channel::<Vec<Reply>>();
     let serial = ctx.serial.clone();
     let out: agents::Writer = Arc::new(Mutex::new(wstream));
     let mut requests = ctx.agents.as_ref().map(|a| a.connection(ctx.serial.clone(), out.clone()));
@@ -278,11 +278,11 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             }
         }
         if ctx.stop.load(Ordering::SeqCst) {
-            let _ = tx.send(Reply::Error {
+            let _ = tx.send(vec![Reply::Error {
                 msg_id: 0,
                 code: ErrorCode::ShuttingDown,
                 reason: "the box is shutting down".into(),
-            });
+            }]);
             break "shutdown".to_string();
         }
         // Between frames: the idle deadline, checked in slices so that shutdown is noticed.
@@ -318,13 +318,13 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             Err(ReadError::TooLarge(n)) => {
                 let reason = format!("declared frame length {n} exceeds the limit of {} bytes", agent::MAX_BODY);
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error { msg_id: 0, code: ErrorCode::TooLarge, reason: reason.clone() });
+                let _ = tx.send(vec![Reply::Error { msg_id: 0, code: ErrorCode::TooLarge, reason: reason.clone() }]);
                 break reason;
             }
             Err(ReadError::Io(e)) if is_timeout(&e) => {
                 let reason = format!("frame not complete within {} ms", ctx.cfg.frame_timeout.as_millis());
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error { msg_id: 0, code: ErrorCode::Timeout, reason: reason.clone() });
+                let _ = tx.send(vec![Reply::Error { msg_id: 0, code: ErrorCode::Timeout, reason: reason.clone() }]);
                 break reason;
             }
             Err(ReadError::Io(e)) => break format!("read error: {e}"),
@@ -360,14 +360,14 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             Ok(Frame::Reply(_)) => {
                 let reason = "an agent may only send REPORT frames".to_string();
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error { msg_id, code: ErrorCode::UnknownFrameType, reason });
+                let _ = tx.send(vec![Reply::Error { msg_id, code: ErrorCode::UnknownFrameType, reason }]);
                 continue;
             }
             Err(e) => {
                 let code = e.code();
                 let reason = e.to_string();
                 note_error(ctx, &reason);
-                let _ = tx.send(Reply::Error { msg_id, code, reason: reason.clone() });
+                let _ = tx.send(vec![Reply::Error { msg_id, code, reason: reason.clone() }]);
                 if code.closes_connection() {
                     break reason;
                 }
@@ -377,7 +377,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         if *report.serial != *ctx.serial {
             let reason = format!("this port belongs to instrument {}, not {}", ctx.serial, report.serial);
             note_error(ctx, &reason);
-            let _ = tx.send(Reply::Error { msg_id, code: ErrorCode::WrongInstrument, reason });
+            let _ = tx.send(vec![Reply::Error { msg_id, code: ErrorCode::WrongInstrument, reason }]);
             continue;
         }
         ctx.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -415,20 +415,22 @@ fn frame_buffered(buf: &[u8]) -> bool {
 
 /// Hands the decoded messages to the queue; on a stopped queue each is answered
 /// `shutting_down` and the connection ends.
-fn hand_over(ctx: &PortCtx, batch: &mut Vec<Incoming>, tx: &mpsc::Sender<Reply>) -> Result<(), String> {
+fn hand_over(ctx: &PortCtx, batch: &mut Vec<Incoming>, tx: &mpsc::Sender<Vec<Reply>>) -> Result<(), String> {
     if batch.is_empty() {
         return Ok(());
     }
     let msgs = std::mem::take(batch);
     let ids: Vec<u64> = msgs.iter().map(|m| m.msg_id).collect();
     if ctx.queue.submit_many(msgs, tx.clone()).is_err() {
-        for msg_id in ids {
-            let _ = tx.send(Reply::Error {
+        let replies = ids
+            .into_iter()
+            .map(|msg_id| Reply::Error {
                 msg_id,
                 code: ErrorCode::ShuttingDown,
                 reason: "the box is shutting down".into(),
-            });
-        }
+            })
+            .collect();
+        let _ = tx.send(replies);
         return Err("queue stopped".to_string());
     }
     Ok(())
@@ -440,18 +442,21 @@ fn note_error(ctx: &PortCtx, reason: &str) {
     *ctx.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
 }
 
-fn write_loop(stream: agents::Writer, rx: Receiver<Reply>, serial: &str) {
+fn write_loop(stream: agents::Writer, rx: Receiver<Vec<Reply>>, serial: &str) {
     let mut out = Vec::with_capacity(16 * 1024);
     while let Ok(first) = rx.recv() {
         out.clear();
-        let mut close = reply_closes(&first);
-        first.encode_into(&mut out);
+        let mut close = false;
+        let mut encode = |replies: Vec<Reply>, out: &mut Vec<u8>| {
+            for r in replies {
+                close |= reply_closes(&r);
+                r.encode_into(out);
+            }
+        };
+        encode(first, &mut out);
         while out.len() < 60 * 1024 {
             match rx.try_recv() {
-                Ok(r) => {
-                    close |= reply_closes(&r);
-                    r.encode_into(&mut out);
-                }
+                Ok(replies) => encode(replies, &mut out),
                 Err(_) => break,
             }
         }

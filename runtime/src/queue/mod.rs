@@ -191,8 +191,40 @@ pub struct Incoming {
     pub payload: Vec<u8>,
 }
 
-/// Where the writer sends the outcome of an [`Incoming`].
-pub type ReplyTo = Sender<Reply>;
+/// Where the writer sends the outcomes of a submission: one channel message per outcome,
+/// or all outcomes of one submission in one channel message (so that a pipelining agent's
+/// ack thread is woken once per hand-over, not once per message).
+pub enum ReplyTo {
+    Each(Sender<Reply>),
+    Batch(Sender<Vec<Reply>>),
+}
+
+impl ReplyTo {
+    fn send(&self, replies: Vec<Reply>) {
+        match self {
+            ReplyTo::Each(tx) => {
+                for r in replies {
+                    let _ = tx.send(r);
+                }
+            }
+            ReplyTo::Batch(tx) => {
+                let _ = tx.send(replies);
+            }
+        }
+    }
+}
+
+impl From<Sender<Reply>> for ReplyTo {
+    fn from(tx: Sender<Reply>) -> Self {
+        ReplyTo::Each(tx)
+    }
+}
+
+impl From<Sender<Vec<Reply>>> for ReplyTo {
+    fn from(tx: Sender<Vec<Reply>>) -> Self {
+        ReplyTo::Batch(tx)
+    }
+}
 
 /// One stored message as read for the uplink.
 #[derive(Debug, Clone)]
@@ -425,18 +457,18 @@ impl Queue {
 
     /// Hands a message to the writer; the outcome arrives on `reply`. Blocks while the
     /// writer's channel is full (back-pressure from the disk).
-    pub fn submit(&self, msg: Incoming, reply: ReplyTo) -> Result<(), QueueError> {
-        self.tx.send(Cmd::Insert(vec![msg], reply)).map_err(|_| QueueError::Stopped)
+    pub fn submit(&self, msg: Incoming, reply: impl Into<ReplyTo>) -> Result<(), QueueError> {
+        self.tx.send(Cmd::Insert(vec![msg], reply.into())).map_err(|_| QueueError::Stopped)
     }
 
     /// Like [`Queue::submit`] for several messages of one sender (at most [`MAX_SUBMIT`]
     /// are sensible; more only make the writer's groups uneven); one outcome per message
-    /// arrives on `reply`, in order.
-    pub fn submit_many(&self, msgs: Vec<Incoming>, reply: ReplyTo) -> Result<(), QueueError> {
+    /// arrives on `reply`, in order (all in one channel message on a [`ReplyTo::Batch`]).
+    pub fn submit_many(&self, msgs: Vec<Incoming>, reply: impl Into<ReplyTo>) -> Result<(), QueueError> {
         if msgs.is_empty() {
             return Ok(());
         }
-        self.tx.send(Cmd::Insert(msgs, reply)).map_err(|_| QueueError::Stopped)
+        self.tx.send(Cmd::Insert(msgs, reply.into())).map_err(|_| QueueError::Stopped)
     }
 
     /// Deletes delivered messages (after the data center acknowledged them); returns once committed.
@@ -863,14 +895,16 @@ impl Writer {
                 for cmd in group.drain(..) {
                     match cmd {
                         Cmd::Insert(msgs, reply) => {
-                            for (m, outcome) in msgs.into_iter().zip(&mut outcomes) {
-                                let r = match outcome {
+                            let replies = msgs
+                                .into_iter()
+                                .zip(&mut outcomes)
+                                .map(|(m, outcome)| match outcome {
                                     Outcome::Stored => Reply::Ack { msg_id: m.msg_id, duplicate: false },
                                     Outcome::Duplicate => Reply::Ack { msg_id: m.msg_id, duplicate: true },
                                     Outcome::Refused(code, reason) => Reply::Error { msg_id: m.msg_id, code, reason },
-                                };
-                                let _ = reply.send(r);
-                            }
+                                })
+                                .collect();
+                            reply.send(replies);
                         }
                         Cmd::Complete(_, done) => {
                             let _ = outcomes.next();
@@ -889,9 +923,11 @@ impl Writer {
                 for cmd in group.drain(..) {
                     match cmd {
                         Cmd::Insert(msgs, reply) => {
-                            for m in msgs {
-                                let _ = reply.send(Reply::Error { msg_id: m.msg_id, code, reason: reason.clone() });
-                            }
+                            let replies = msgs
+                                .into_iter()
+                                .map(|m| Reply::Error { msg_id: m.msg_id, code, reason: reason.clone() })
+                                .collect();
+                            reply.send(replies);
                         }
                         Cmd::Complete(_, done) => {
                             let _ = done.send(Err(reason.clone()));

@@ -411,3 +411,25 @@ fn batched_submissions_get_one_outcome_each_in_order() {
     drop(q);
     w.join();
 }
+
+#[test]
+fn a_batch_reply_channel_gets_each_submissions_outcomes_in_one_message() {
+    let p = tmp("batch-replies");
+    let (q, w) = Queue::open(&p, 64 << 20, Duration::from_secs(3600)).unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<Reply>>();
+    let first: Vec<Incoming> = (0..10).map(|i| msg("A", i, Kind::Status, 10)).collect();
+    let second: Vec<Incoming> = (5..15).map(|i| msg("A", i, Kind::Status, 10)).collect();
+    q.submit_many(first, tx.clone()).unwrap();
+    q.submit_many(second, tx).unwrap();
+    let messages: Vec<Vec<Reply>> = rx.iter().collect();
+    assert_eq!(messages.len(), 2, "one channel message per submission: {messages:?}");
+    let want = |ids: std::ops::Range<u64>, dup_below: u64| -> Vec<Reply> {
+        ids.map(|i| Reply::Ack { msg_id: i, duplicate: i < dup_below }).collect()
+    };
+    assert_eq!(messages[0], want(0..10, 0));
+    assert_eq!(messages[1], want(5..15, 10), "ids 5-9 were stored by the first submission");
+    assert_eq!(q.stats().depth, 15);
+    q.shutdown();
+    drop(q);
+    w.join();
+}
