@@ -5,11 +5,12 @@
 //! `idle_timeout`), checks that the message belongs to the instrument cabled to this
 //! port, and hands it to the queue — every complete frame already received in one go,
 //! so that a pipelining agent costs the queue one hand-over per read, not per message. The
-//! queue answers a hand-over with one channel message holding every outcome (one wake-up of
-//! the writer thread, which would otherwise preempt the queue writer once per message); the
-//! writer thread sends the answers back, coalescing replies into one write. A connection over the per-port limit is told so
-//! and closed. Nothing a connection does can block another: each has its own threads,
-//! and the only shared resource, the queue's channel, is drained by group commits.
+//! queue answers a hand-over with one channel message holding all its outcomes, so the
+//! connection's writer thread wakes once per hand-over (woken once per message, it took the
+//! queue writer's CPU each time); the writer thread sends the answers back, coalescing
+//! replies into one write. A connection over the per-port limit is told so and closed.
+//! Nothing a connection does can block another: each has its own threads, and the only
+//! shared resource, the queue's channel, is drained by group commits.
 //!
 //! Version-2 frames (requests: files, and what later versions add) go to the connection's
 //! [`agents::Connection`]; both it and the writer thread write whole frames under the
